@@ -1,0 +1,46 @@
+"""Shared start-up of the `bin/` programs: quiet TensorFlow, absl flag parsing, exit codes.
+
+Exit status 2 means a usage error (bad flag value, unknown choice, unwritable path), printed
+as one line on stderr; 0 means success; anything else is a failure during the run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# TensorFlow's C++ start-up messages (CUDA plugin registration, CPU feature notes) would
+# drown our output; set before TensorFlow is imported anywhere.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# Let `python bin/x.py` import the project packages from a source checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags, logging  # noqa: E402
+
+USAGE_ERROR = 2
+
+
+def usage_error(program: str, message: str) -> None:
+  """Prints `program: error: message` on stderr and exits with status 2."""
+  print(f'{program}: error: {message}', file=sys.stderr)
+  sys.exit(USAGE_ERROR)
+
+
+def parse_flags(argv: list[str], doc: str) -> list[str]:
+  """Parses absl flags; `--help` prints the flags and exits 0; bad flags exit 2."""
+  program = os.path.basename(argv[0])
+  if any(arg in ('-h', '--help', '-help', '--helpfull') for arg in argv[1:]):
+    print(doc.strip() + '\n')
+    print(flags.FLAGS.main_module_help())
+    sys.exit(0)
+  try:
+    remaining = flags.FLAGS(argv)
+  except flags.Error as e:
+    usage_error(program, f'{e}. See --help.')
+  if len(remaining) > 1:
+    usage_error(program, f"unexpected arguments {remaining[1:]}; flags look like --name=value.")
+  logging.set_verbosity(logging.WARNING)
+  import tensorflow as tf  # noqa: PLC0415 (after the environment is set)
+
+  tf.get_logger().setLevel('ERROR')
+  return remaining

@@ -1,0 +1,98 @@
+"""Validated, frozen configuration of a training run.
+
+`bin/train.py` turns its absl flags into a `TrainConfig`; the library never reads flags.
+`validate()` raises `ConfigError` with one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from tff_gan import losses, optimizers
+
+SCHEMES = ('fedgan',)
+PARTITIONS = ('iid', 'dirichlet', 'pathological')
+
+
+class ConfigError(ValueError):
+  """A configuration value is invalid; the message says which and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything that defines a training run (and is written to `config.json`).
+
+  Attributes mirror the flags of `bin/train.py`; see `--help` there for their meaning.
+  `local_steps = 0` means no cap on the batches per round.
+  """
+
+  task: str = 'ring'
+  scheme: str = 'fedgan'
+  model: str = 'mlp'
+  model_width: float = 1.0
+  num_clients: int = 10
+  clients_per_round: int = 10
+  rounds: int = 100
+  partition: str = 'iid'
+  dirichlet_alpha: float = 0.5
+  labels_per_client: int = 2
+  local_epochs: int = 1
+  local_steps: int = 0
+  batch_size: int = 64
+  client_optimizer: str = 'adam'
+  client_learning_rate: float = 2e-4
+  server_optimizer: str = 'sgd'
+  server_learning_rate: float = 1.0
+  loss: str = 'non_saturating'
+  eval_every: int = 10
+  num_eval_samples: int = 2500
+  seed: int = 0
+  output_dir: str = 'runs/demo'
+
+  def validate(self) -> TrainConfig:
+    """Returns `self` if valid; raises `ConfigError` otherwise."""
+    positive = ('num_clients', 'clients_per_round', 'rounds', 'local_epochs', 'batch_size',
+                'eval_every', 'num_eval_samples', 'labels_per_client')
+    for name in positive:
+      if getattr(self, name) <= 0:
+        raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
+    for name in ('client_learning_rate', 'server_learning_rate', 'dirichlet_alpha',
+                 'model_width'):
+      if not getattr(self, name) > 0:
+        raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
+    if self.local_steps < 0:
+      raise ConfigError(f'--local_steps must be 0 (no cap) or positive, got {self.local_steps}.')
+    if self.clients_per_round > self.num_clients:
+      raise ConfigError(f'--clients_per_round={self.clients_per_round} exceeds '
+                        f'--num_clients={self.num_clients}; lower it or add clients.')
+    choices = {
+        'scheme': SCHEMES,
+        'partition': PARTITIONS,
+        'client_optimizer': optimizers.CLIENT_OPTIMIZERS,
+        'server_optimizer': optimizers.SERVER_OPTIMIZERS,
+        'loss': tuple(sorted(losses.LOSSES)),
+    }
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise ConfigError(f"unknown --{name} '{getattr(self, name)}'; choose one of: "
+                          f"{', '.join(allowed)}.")
+    if not self.output_dir:
+      raise ConfigError('--output_dir must not be empty.')
+    return self
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def check_output_dir_writable(output_dir: str) -> None:
+  """Creates `output_dir` if needed; raises `ConfigError` if it cannot be written."""
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f'cannot create --output_dir {output_dir}: {e.strerror}; choose a '
+                      'writable directory.') from e
+  if not os.access(output_dir, os.W_OK | os.X_OK):
+    raise ConfigError(f'--output_dir {output_dir} is not writable; choose a writable '
+                      'directory.')

@@ -1,0 +1,240 @@
+"""The one place that creates, installs and shuts down TFF execution contexts.
+
+TFF's own local C++ context starts `tensorflow_federated/data/worker_binary` as a gRPC
+subprocess that inherits our stdout/stderr and is stopped only from a `__del__` that may never
+run: the worker then outlives the Python process and holds shell pipes open. This module owns
+that subprocess instead:
+
+* its output goes to a log file, never to our stdout/stderr;
+* it is stopped when the context exits, on normal interpreter exit (`atexit`), on SIGTERM and
+  SIGINT (through the exceptions they raise unwinding the `with` block), and on errors;
+* the kernel sends it SIGKILL if our process dies without running any Python (e.g. SIGKILL),
+  through `PR_SET_PDEATHSIG`.
+
+Use::
+
+    with contexts.local_cpp_context(log_path='worker.log'):
+      state = process.initialize()
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import grpc
+import portpicker
+import tensorflow_federated as tff
+from absl import logging
+
+WORKER_BINARY = os.path.join(os.path.dirname(tff.__file__), 'data', 'worker_binary')
+
+_GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
+_GRPC_CHANNEL_OPTIONS = [
+    ('grpc.max_message_length', _GRPC_MAX_MESSAGE_BYTES),
+    ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES),
+    ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
+]
+_PR_SET_PDEATHSIG = 1
+
+_live_workers: set[LocalWorker] = set()
+_live_workers_lock = threading.Lock()
+
+
+class WorkerError(RuntimeError):
+  """The TFF worker could not be started or stopped working."""
+
+
+def _libc_prctl():
+  libc_name = ctypes.util.find_library('c')
+  if libc_name is None:
+    return None
+  try:
+    return ctypes.CDLL(libc_name, use_errno=True).prctl
+  except (OSError, AttributeError):
+    return None
+
+
+_PRCTL = _libc_prctl()
+
+
+def _die_with_parent():  # Runs in the child between fork and exec.
+  if _PRCTL is not None:
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class LocalWorker:
+  """A `worker_binary` subprocess serving TFF's executor on a loopback port.
+
+  Args:
+    log_path: File that receives the worker's stdout and stderr (appended). Defaults to a
+      fresh file in the temp dir.
+    max_concurrent_computation_calls: Passed to the worker; non-positive means no limit.
+    port: Port to listen on; a free one is picked by default.
+    start_timeout_seconds: How long to wait for the worker to accept connections.
+  """
+
+  def __init__(
+      self,
+      *,
+      log_path: str | None = None,
+      max_concurrent_computation_calls: int = -1,
+      port: int | None = None,
+      start_timeout_seconds: float = 60.0,
+  ):
+    if log_path is None:
+      handle, log_path = tempfile.mkstemp(prefix='tff_gan_worker_', suffix='.log')
+      os.close(handle)
+    self.log_path = log_path
+    self.port = port or portpicker.pick_unused_port()
+    self._max_concurrent_computation_calls = max_concurrent_computation_calls
+    self._start_timeout_seconds = start_timeout_seconds
+    self._process: subprocess.Popen | None = None
+    self._channel: grpc.Channel | None = None
+    self.stub = None
+
+  @property
+  def pid(self) -> int | None:
+    return None if self._process is None else self._process.pid
+
+  def start(self) -> LocalWorker:
+    """Starts the worker and blocks until it accepts gRPC connections."""
+    if not os.path.isfile(WORKER_BINARY):
+      raise WorkerError(f'TFF worker binary not found at {WORKER_BINARY}; reinstall with '
+                        '`uv sync --frozen`.')
+    with open(self.log_path, 'ab') as log_file:
+      self._process = subprocess.Popen(
+          [
+              WORKER_BINARY,
+              f'--port={self.port}',
+              f'--max_concurrent_computation_calls={self._max_concurrent_computation_calls}',
+          ],
+          stdin=subprocess.DEVNULL,
+          stdout=log_file,
+          stderr=subprocess.STDOUT,
+          close_fds=True,
+          preexec_fn=_die_with_parent,
+      )
+    with _live_workers_lock:
+      _live_workers.add(self)
+    logging.info('Started TFF worker pid=%d on port %d (log: %s)', self.pid, self.port,
+                 self.log_path)
+    self._channel = grpc.insecure_channel(f'localhost:{self.port}', _GRPC_CHANNEL_OPTIONS)
+    self.stub = tff.framework.RemoteExecutorGrpcStub(self._channel)
+    deadline = time.monotonic() + self._start_timeout_seconds
+    while not self.stub.is_ready:
+      if self._process.poll() is not None:
+        self.stop()
+        raise WorkerError(f'TFF worker exited with status {self._process.returncode} at start; '
+                          f'see {self.log_path}.')
+      if time.monotonic() > deadline:
+        self.stop()
+        raise WorkerError(f'TFF worker did not accept connections within '
+                          f'{self._start_timeout_seconds:.0f} s; see {self.log_path}.')
+      time.sleep(0.05)
+    return self
+
+  def stop(self, timeout_seconds: float = 5.0) -> None:
+    """Stops the worker (SIGTERM, then SIGKILL after `timeout_seconds`). Idempotent."""
+    if self._channel is not None:
+      self._channel.close()
+      self._channel = None
+    process = self._process
+    if process is not None and process.poll() is None:
+      process.terminate()
+      try:
+        process.wait(timeout_seconds)
+      except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+      logging.info('Stopped TFF worker pid=%d', process.pid)
+    with _live_workers_lock:
+      _live_workers.discard(self)
+
+  def executor_factory(self, default_num_clients: int = 0):
+    """A `tff.framework.ExecutorFactory` whose executors run on this worker."""
+
+    def stack_fn(cardinalities):
+      if cardinalities.get(tff.CLIENTS) is None:
+        cardinalities[tff.CLIENTS] = default_num_clients
+      if self._process is None or self._process.poll() is not None:
+        raise WorkerError(f'TFF worker on port {self.port} is not running; see {self.log_path}.')
+      executor = tff.framework.RemoteExecutor(self.stub)
+      executor.set_cardinalities(cardinalities)
+      return executor
+
+    return tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
+
+
+def stop_all_workers() -> None:
+  """Stops every worker this process started and has not stopped yet."""
+  with _live_workers_lock:
+    workers = list(_live_workers)
+  for worker in workers:
+    worker.stop()
+
+
+atexit.register(stop_all_workers)
+
+
+def _raise_system_exit_on_sigterm(signum, frame):
+  del frame
+  stop_all_workers()
+  raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+  """Within the block, SIGTERM stops the workers and raises SystemExit (main thread only)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = signal.signal(signal.SIGTERM, _raise_system_exit_on_sigterm)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def local_cpp_context(
+    *,
+    log_path: str | None = None,
+    max_concurrent_computation_calls: int = -1,
+    default_num_clients: int = 0,
+):
+  """Installs TFF's C++ runtime on a worker this module owns, for the `with` block.
+
+  Args:
+    log_path: File for the worker's output (default: a new temp file).
+    max_concurrent_computation_calls: Limit on concurrent calls inside the worker;
+      non-positive means no limit.
+    default_num_clients: Number of clients used when a computation's arguments do not say.
+
+  Yields:
+    The `LocalWorker` (its `pid`, `port` and `log_path` are useful in logs and tests).
+  """
+  worker = LocalWorker(
+      log_path=log_path, max_concurrent_computation_calls=max_concurrent_computation_calls
+  )
+  with _sigterm_unwinds():
+    worker.start()
+    try:
+      context = tff.framework.SyncExecutionContext(
+          executor_fn=worker.executor_factory(default_num_clients),
+          compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+          transform_args=tff.tensorflow.transform_args,
+          transform_result=tff.tensorflow.transform_result,
+      )
+      with tff.framework.get_context_stack().install(context):
+        yield worker
+    finally:
+      worker.stop()

@@ -1,0 +1,145 @@
+"""Builds a `tff.templates.IterativeProcess` from a scheme's pure-TF pieces.
+
+A scheme (see `schemes/`) supplies three TensorFlow bodies in a `SchemeFns`; this module is
+the only place that wraps them as `tff.tensorflow.computation`s and composes the federated
+round:
+
+    broadcast → federated_map(client_update) → aggregator (tff.aggregators) → server_update
+
+Type signatures of the resulting process:
+
+* `initialize: ( -> ServerState@SERVER)`
+* `next: (<ServerState@SERVER, {float32[?,...]*}@CLIENTS> -> <ServerState@SERVER, M@SERVER>)`
+
+where `M` holds `discriminator_loss` and `generator_loss` (means weighted by the examples
+each client trained on), `num_examples` (their sum) and the aggregator's measurements.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_gan import tf_fns
+from tff_gan.state import ClientOutput, ServerBroadcast, ServerState
+
+AggregationFactory = (
+    tff.aggregators.WeightedAggregationFactory | tff.aggregators.UnweightedAggregationFactory
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemeFns:
+  """The TensorFlow bodies that define a training scheme.
+
+  Attributes:
+    initial_state: `() -> ServerState` with `aggregator_state=()`; builds the models in the
+      calling graph. `process.py` fills in the aggregator state.
+    client_update: `(dataset, ServerBroadcast) -> ClientOutput`; runs inside a
+      `tff.tensorflow.computation` (build models there, iterate the dataset in a
+      `tf.function`).
+    server_update: `(ServerState, aggregated_delta, new_aggregator_state) -> ServerState`.
+  """
+
+  initial_state: Callable[[], ServerState]
+  client_update: Callable[[tf.data.Dataset, ServerBroadcast], ClientOutput]
+  server_update: Callable[..., ServerState]
+
+
+def default_aggregator() -> tff.aggregators.WeightedAggregationFactory:
+  """Weighted mean (FedAvg) that yields zeros, not NaNs, when every weight is 0."""
+  return tff.aggregators.MeanFactory(no_nan_division=True)
+
+
+def build_process(
+    scheme: SchemeFns,
+    *,
+    data_spec: tf.TensorSpec,
+    aggregator: AggregationFactory | None = None,
+) -> tff.templates.IterativeProcess:
+  """Composes a scheme's TF bodies into a federated training process.
+
+  Args:
+    scheme: The scheme's `SchemeFns`.
+    data_spec: Spec of one client batch, e.g. `float32[None, 2]`.
+    aggregator: A `tff.aggregators` factory for the client deltas. A weighted factory is
+      given each client's `num_examples` as weight. Defaults to `default_aggregator()`.
+
+  Returns:
+    A `tff.templates.IterativeProcess` with the signatures in the module docstring.
+  """
+  aggregator = aggregator or default_aggregator()
+  data_type = tff.SequenceType(tff.TensorType(data_spec.dtype.as_numpy_dtype, data_spec.shape))
+
+  initial_model_state = tff.tensorflow.computation(scheme.initial_state)
+  model_state_type = initial_model_state.type_signature.result
+  weights_type = model_state_type.weights
+  broadcast_type = ServerBroadcast(
+      weights=weights_type, round_seed=tff.TensorType(np.int64, [2])
+  )
+
+  client_update = tff.tensorflow.computation(scheme.client_update, data_type, broadcast_type)
+  client_output_type = client_update.type_signature.result
+  delta_type = client_output_type.delta
+
+  weighted = isinstance(aggregator, tff.aggregators.WeightedAggregationFactory)
+  if weighted:
+    aggregation_process = aggregator.create(delta_type, client_output_type.num_examples)
+  else:
+    aggregation_process = aggregator.create(delta_type)
+  aggregator_state_type = aggregation_process.state_type.member
+
+  @tff.tensorflow.computation(model_state_type, aggregator_state_type)
+  def attach_aggregator_state(model_state, aggregator_state):
+    return model_state._replace(aggregator_state=aggregator_state)
+
+  state_type = attach_aggregator_state.type_signature.result
+
+  @tff.tensorflow.computation(state_type)
+  def make_broadcast(state):
+    return ServerBroadcast(
+        weights=state.weights, round_seed=tf_fns.round_seed(state.seed, state.round_num)
+    )
+
+  server_update = tff.tensorflow.computation(
+      scheme.server_update, state_type, delta_type, aggregator_state_type
+  )
+
+  @tff.federated_computation
+  def initialize():
+    return tff.federated_map(
+        attach_aggregator_state,
+        (tff.federated_eval(initial_model_state, tff.SERVER), aggregation_process.initialize()),
+    )
+
+  @tff.federated_computation(
+      tff.FederatedType(state_type, tff.SERVER), tff.FederatedType(data_type, tff.CLIENTS)
+  )
+  def next_fn(state, client_data):
+    broadcast = tff.federated_broadcast(tff.federated_map(make_broadcast, state))
+    outputs = tff.federated_map(client_update, (client_data, broadcast))
+    if weighted:
+      aggregate = aggregation_process.next(
+          state.aggregator_state, outputs.delta, outputs.num_examples
+      )
+    else:
+      aggregate = aggregation_process.next(state.aggregator_state, outputs.delta)
+    new_state = tff.federated_map(server_update, (state, aggregate.result, aggregate.state))
+    metrics = tff.federated_zip(
+        collections.OrderedDict(
+            discriminator_loss=tff.federated_mean(
+                outputs.discriminator_loss, weight=outputs.num_examples
+            ),
+            generator_loss=tff.federated_mean(outputs.generator_loss, weight=outputs.num_examples),
+            num_examples=tff.federated_sum(outputs.num_examples),
+            aggregator=aggregate.measurements,
+        )
+    )
+    return new_state, metrics
+
+  return tff.templates.IterativeProcess(initialize_fn=initialize, next_fn=next_fn)

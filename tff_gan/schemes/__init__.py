@@ -1,0 +1,1 @@
+"""Training schemes, one module each; each builds a `tff.templates.IterativeProcess`."""

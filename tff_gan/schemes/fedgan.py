@@ -1,0 +1,144 @@
+"""FedGAN: clients train both networks adversarially; the server averages both.
+
+The server initializes G and D; every sampled client trains D and G on its own data for its
+local steps, starting from the broadcast weights; the server combines the deltas of both
+networks weighted by the number of examples each client trained on (n_k / n) and applies them
+with a server optimizer. With server SGD at learning rate 1 this is FedAvg of both networks
+(Rasouli et al., "FedGAN: Federated Generative Adversarial Networks", 2020).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_gan import losses as losses_lib
+from tff_gan import optimizers, process, tf_fns
+from tff_gan.models import GanModels
+from tff_gan.state import GanWeights, ServerState
+
+DEFAULT_CLIENT_LEARNING_RATE = 2e-4
+
+
+def _read_weights(model: tf.keras.Model):
+  return [v.read_value() for v in model.trainable_variables]
+
+
+def initial_state_fn(
+    models: GanModels,
+    *,
+    generator_server_optimizer,
+    discriminator_server_optimizer,
+    seed: int,
+):
+  """Returns a TF body building the initial `ServerState` (without aggregator state).
+
+  Keras initializers draw from the graph-level seed set here, so `seed` fixes the initial
+  weights as well as every later round's randomness.
+  """
+
+  def initial_state():
+    tf.random.set_seed(seed)
+    generator = models.generator_fn()
+    discriminator = models.discriminator_fn()
+    generator_weights = _read_weights(generator)
+    discriminator_weights = _read_weights(discriminator)
+    return ServerState(
+        weights=GanWeights(generator=generator_weights, discriminator=discriminator_weights),
+        generator_optimizer_state=tf_fns.initialize_optimizer(
+            generator_server_optimizer, generator.trainable_variables
+        ),
+        discriminator_optimizer_state=tf_fns.initialize_optimizer(
+            discriminator_server_optimizer, discriminator.trainable_variables
+        ),
+        aggregator_state=(),
+        round_num=tf.constant(0, tf.int64),
+        seed=tf.constant([seed, 0], tf.int64),
+    )
+
+  return initial_state
+
+
+def build_fedgan_process(
+    models: GanModels,
+    *,
+    loss: losses_lib.GanLoss | None = None,
+    client_optimizer: tff.learning.optimizers.Optimizer | None = None,
+    client_generator_optimizer: tff.learning.optimizers.Optimizer | None = None,
+    server_optimizer: tff.learning.optimizers.Optimizer | None = None,
+    aggregator: process.AggregationFactory | None = None,
+    seed: int = 0,
+) -> tff.templates.IterativeProcess:
+  """Builds the FedGAN training process.
+
+  Type signatures:
+
+  * `initialize: ( -> ServerState@SERVER)`
+  * `next: (<ServerState@SERVER, {float32[?,*data_shape]*}@CLIENTS> ->
+    <ServerState@SERVER, M@SERVER>)`
+
+  Each client dataset yields batches; one D step and one G step are taken per batch, so the
+  client's data pipeline (`tff_gan.data.client_dataset`) sets the local steps or epochs.
+
+  Args:
+    models: The task's `GanModels`.
+    loss: A `GanLoss`; defaults to the non-saturating loss.
+    client_optimizer: Client optimizer of the discriminator, and of the generator unless
+      `client_generator_optimizer` is given; it starts fresh every round. Defaults to
+      Adam(2e-4, β1 = 0.5).
+    client_generator_optimizer: Client optimizer of the generator, if it differs.
+    server_optimizer: Server optimizer applied to each network's aggregated delta (one state
+      per network, kept in `ServerState`). Defaults to SGD with learning rate 1 (FedAvg).
+    aggregator: A `tff.aggregators` factory; defaults to the weighted mean with weights n_k.
+    seed: Seeds the initial weights and all generator noise.
+
+  Returns:
+    A `tff.templates.IterativeProcess`.
+  """
+  loss = loss or losses_lib.NON_SATURATING
+  discriminator_optimizer = client_optimizer or optimizers.build_optimizer(
+      'adam', DEFAULT_CLIENT_LEARNING_RATE
+  )
+  generator_optimizer = client_generator_optimizer or discriminator_optimizer
+  server_optimizer = server_optimizer or optimizers.build_optimizer('sgd', 1.0)
+
+  def client_update(dataset, broadcast):
+    generator = models.generator_fn()
+    discriminator = models.discriminator_fn()
+    local_work = tf.function(
+        functools.partial(
+            tf_fns.fedgan_client_update,
+            generator=generator,
+            discriminator=discriminator,
+            loss=loss,
+            generator_optimizer=generator_optimizer,
+            discriminator_optimizer=discriminator_optimizer,
+            noise_dim=models.noise_dim,
+        )
+    )
+    return local_work(dataset, broadcast)
+
+  def server_update(state, aggregated_delta, aggregator_state):
+    return tf_fns.server_update(
+        state,
+        aggregated_delta,
+        aggregator_state,
+        generator_optimizer=server_optimizer,
+        discriminator_optimizer=server_optimizer,
+    )
+
+  scheme = process.SchemeFns(
+      initial_state=initial_state_fn(
+          models,
+          generator_server_optimizer=server_optimizer,
+          discriminator_server_optimizer=server_optimizer,
+          seed=seed,
+      ),
+      client_update=client_update,
+      server_update=server_update,
+  )
+  return process.build_process(scheme, data_spec=models.data_spec(), aggregator=aggregator)
+
+

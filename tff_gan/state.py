@@ -1,0 +1,66 @@
+"""Small containers for the state that crosses TFF placement boundaries.
+
+TFF maps `NamedTuple`s to named structs and back, so these types appear in type signatures
+(e.g. `ServerState` in `initialize: ( -> ServerState@SERVER)`) and in the values a process
+returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+
+class GanWeights(NamedTuple):
+  """Trainable weights of both networks, each a list of tensors in Keras variable order."""
+
+  generator: Any
+  discriminator: Any
+
+
+class ServerState(NamedTuple):
+  """Everything the server keeps between rounds.
+
+  Attributes:
+    weights: The global `GanWeights`.
+    generator_optimizer_state: State of the server optimizer for the generator.
+    discriminator_optimizer_state: State of the server optimizer for the discriminator.
+    aggregator_state: State of the `tff.aggregators` process that combines client updates.
+    round_num: Number of rounds completed (int64 scalar).
+    seed: The run's stateless-RNG seed, int64 `[2]`; each round's randomness is derived
+      from it and `round_num`, so the same seed gives the same numbers run after run.
+  """
+
+  weights: GanWeights
+  generator_optimizer_state: Any
+  discriminator_optimizer_state: Any
+  aggregator_state: Any
+  round_num: Any
+  seed: Any
+
+
+class ServerBroadcast(NamedTuple):
+  """What the server sends to every sampled client at the start of a round.
+
+  Attributes:
+    weights: The global `GanWeights` the clients start from.
+    round_seed: int64 `[2]` stateless seed for this round's generator noise.
+  """
+
+  weights: GanWeights
+  round_seed: Any
+
+
+class ClientOutput(NamedTuple):
+  """What one client returns at the end of its local work.
+
+  Attributes:
+    delta: `GanWeights` of local-minus-broadcast weights.
+    num_examples: float32 number of real examples the client trained on; the FedAvg weight.
+    discriminator_loss: float32 mean discriminator loss over the local steps.
+    generator_loss: float32 mean generator loss over the local steps.
+  """
+
+  delta: GanWeights
+  num_examples: Any
+  discriminator_loss: Any
+  generator_loss: Any

@@ -1,0 +1,234 @@
+"""Pure-TensorFlow training functions (no TFF import).
+
+These functions are the arithmetic of every scheme: local adversarial updates on one
+client's data and the server's application of an aggregated delta. They are written to run
+inside a `tf.function` (the TFF wiring in `schemes/` wraps them) and follow one argument
+convention: what TFF hands over at run time (datasets, broadcast weights, seeds) comes first;
+what is bound when a process is built (models, losses, optimizers) comes after, keyword-only.
+
+Optimizers are `tff.learning.optimizers.Optimizer`s, used only through their functional
+`initialize(specs)` / `next(state, weights, gradients)` interface, so this module needs no
+TFF import and every optimizer state is an explicit tensor structure.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tff_gan import losses as losses_lib
+from tff_gan.state import ClientOutput, GanWeights, ServerBroadcast, ServerState
+
+_HASH_BUCKETS = 2**62
+
+
+def round_seed(seed, round_num):
+  """The stateless seed of round `round_num` of a run with run seed `seed` (int64 `[2]`)."""
+  return tf.random.experimental.stateless_fold_in(seed, tf.cast(round_num, tf.int64))
+
+
+def batch_seed(seed, step, batch):
+  """A seed unique to (round seed, local step, batch contents).
+
+  Clients share the round seed; folding in a hash of the batch gives each client its own
+  noise stream without the client having to know its identity.
+  """
+  content_key = tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(batch), _HASH_BUCKETS)
+  step_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(step, tf.int64))
+  return tf.random.experimental.stateless_fold_in(step_seed, content_key)
+
+
+def sample_noise(batch_size, noise_dim, seed):
+  """Standard normal generator noise `[batch_size, noise_dim]` from a stateless seed."""
+  return tf.random.stateless_normal([batch_size, noise_dim], seed=seed)
+
+
+def initialize_optimizer(optimizer, variables):
+  """The initial state of a functional optimizer for `variables`, as tensors.
+
+  Per-variable parts of the state are tuples (not lists), so that the state can be carried
+  through a `tf.data` loop, which would try to stack a list into one tensor.
+  """
+  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in variables)
+  return tf.nest.map_structure(tf.convert_to_tensor, optimizer.initialize(specs))
+
+
+def apply_gradients(optimizer, optimizer_state, variables, gradients):
+  """One functional-optimizer step on Keras variables; returns the new optimizer state."""
+  weights = tuple(v.read_value() for v in variables)
+  optimizer_state, new_weights = optimizer.next(optimizer_state, weights, tuple(gradients))
+  for variable, value in zip(variables, new_weights):
+    variable.assign(value)
+  return optimizer_state
+
+
+def assign_weights(variables, values):
+  for variable, value in zip(variables, values):
+    variable.assign(value)
+
+
+def discriminator_step(
+    real, noise, gradient_penalty_seed, optimizer_state, *, generator, discriminator, loss,
+    optimizer,
+):
+  """One discriminator update on a real batch and a generated batch.
+
+  Returns:
+    `(discriminator_loss, new_optimizer_state)`.
+  """
+  fake = generator(noise, training=True)
+  with tf.GradientTape() as tape:
+    real_logits = discriminator(real, training=True)
+    fake_logits = discriminator(fake, training=True)
+    loss_value = loss.discriminator_loss(real_logits, fake_logits)
+    if loss.gradient_penalty_weight:
+      penalty = losses_lib.gradient_penalty(discriminator, real, fake, gradient_penalty_seed)
+      loss_value += loss.gradient_penalty_weight * penalty
+  variables = discriminator.trainable_variables
+  gradients = tape.gradient(loss_value, variables)
+  return loss_value, apply_gradients(optimizer, optimizer_state, variables, gradients)
+
+
+def generator_step(noise, optimizer_state, *, generator, discriminator, loss, optimizer):
+  """One generator update against the current discriminator.
+
+  Returns:
+    `(generator_loss, new_optimizer_state)`.
+  """
+  with tf.GradientTape() as tape:
+    fake_logits = discriminator(generator(noise, training=True), training=True)
+    loss_value = loss.generator_loss(fake_logits)
+  variables = generator.trainable_variables
+  gradients = tape.gradient(loss_value, variables)
+  return loss_value, apply_gradients(optimizer, optimizer_state, variables, gradients)
+
+
+def weights_delta(variables, initial_values):
+  return [v.read_value() - w for v, w in zip(variables, initial_values)]
+
+
+def fedgan_client_update(
+    dataset: tf.data.Dataset,
+    broadcast: ServerBroadcast,
+    *,
+    generator: tf.keras.Model,
+    discriminator: tf.keras.Model,
+    loss: losses_lib.GanLoss,
+    generator_optimizer,
+    discriminator_optimizer,
+    noise_dim: int,
+) -> ClientOutput:
+  """FedGAN local work: adversarial training of D and G on one client's batches.
+
+  Starting from the broadcast weights, every batch of `dataset` gives one discriminator step
+  (real batch against a generated batch of the same size) followed by one generator step on
+  fresh noise. The client optimizers start from their initial state every round, as in
+  FedAvg. Must run inside a `tf.function`: the weight assignment, the local steps and the
+  delta are then ordered by automatic control dependencies.
+
+  Args:
+    dataset: The client's batches, float32 `[B, *data_shape]`; its length sets the local work.
+    broadcast: The round's `ServerBroadcast`.
+    generator: A Keras generator built in the calling graph.
+    discriminator: A Keras discriminator (logits) built in the calling graph.
+    loss: The `GanLoss`.
+    generator_optimizer: Client optimizer for G.
+    discriminator_optimizer: Client optimizer for D.
+    noise_dim: Length of the noise vector.
+
+  Returns:
+    A `ClientOutput` with the weight deltas, the number of real examples trained on and the
+    mean losses over the local steps (0 when the dataset was empty).
+  """
+  generator_variables = generator.trainable_variables
+  discriminator_variables = discriminator.trainable_variables
+  assign_weights(generator_variables, broadcast.weights.generator)
+  assign_weights(discriminator_variables, broadcast.weights.discriminator)
+  generator_state = initialize_optimizer(generator_optimizer, generator_variables)
+  discriminator_state = initialize_optimizer(discriminator_optimizer, discriminator_variables)
+
+  num_steps = tf.constant(0, tf.int64)
+  num_examples = tf.constant(0.0)
+  discriminator_loss_sum = tf.constant(0.0)
+  generator_loss_sum = tf.constant(0.0)
+  for batch in dataset:
+    batch_size = tf.shape(batch)[0]
+    step_seeds = tf.random.experimental.stateless_split(
+        batch_seed(broadcast.round_seed, num_steps, batch), 3
+    )
+    discriminator_loss, discriminator_state = discriminator_step(
+        batch,
+        sample_noise(batch_size, noise_dim, step_seeds[0]),
+        step_seeds[2],
+        discriminator_state,
+        generator=generator,
+        discriminator=discriminator,
+        loss=loss,
+        optimizer=discriminator_optimizer,
+    )
+    generator_loss, generator_state = generator_step(
+        sample_noise(batch_size, noise_dim, step_seeds[1]),
+        generator_state,
+        generator=generator,
+        discriminator=discriminator,
+        loss=loss,
+        optimizer=generator_optimizer,
+    )
+    num_steps += 1
+    num_examples += tf.cast(batch_size, tf.float32)
+    discriminator_loss_sum += discriminator_loss
+    generator_loss_sum += generator_loss
+
+  steps = tf.maximum(tf.cast(num_steps, tf.float32), 1.0)
+  return ClientOutput(
+      delta=GanWeights(
+          generator=weights_delta(generator_variables, broadcast.weights.generator),
+          discriminator=weights_delta(discriminator_variables, broadcast.weights.discriminator),
+      ),
+      num_examples=num_examples,
+      discriminator_loss=discriminator_loss_sum / steps,
+      generator_loss=generator_loss_sum / steps,
+  )
+
+
+def apply_delta(optimizer, optimizer_state, weights, delta):
+  """Applies an aggregated delta with a server optimizer.
+
+  The negated delta is the optimizer's pseudo-gradient, so plain SGD with learning rate α
+  gives θ ← θ + α·Δ (α = 1 is FedAvg).
+
+  Returns:
+    `(new_optimizer_state, new_weights)`.
+  """
+  pseudo_gradient = tf.nest.map_structure(tf.negative, delta)
+  return optimizer.next(optimizer_state, weights, pseudo_gradient)
+
+
+def server_update(
+    state: ServerState,
+    aggregated_delta: GanWeights,
+    aggregator_state,
+    *,
+    generator_optimizer,
+    discriminator_optimizer,
+) -> ServerState:
+  """Applies the round's aggregated deltas to both networks and advances the round."""
+  generator_state, generator_weights = apply_delta(
+      generator_optimizer,
+      state.generator_optimizer_state,
+      state.weights.generator,
+      aggregated_delta.generator,
+  )
+  discriminator_state, discriminator_weights = apply_delta(
+      discriminator_optimizer,
+      state.discriminator_optimizer_state,
+      state.weights.discriminator,
+      aggregated_delta.discriminator,
+  )
+  return ServerState(
+      weights=GanWeights(generator=generator_weights, discriminator=discriminator_weights),
+      generator_optimizer_state=generator_state,
+      discriminator_optimizer_state=discriminator_state,
+      aggregator_state=aggregator_state,
+      round_num=state.round_num + 1,
+      seed=state.seed,
+  )
