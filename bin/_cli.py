@@ -40,7 +40,11 @@ def parse_flags(argv: list[str], doc: str) -> list[str]:
   if len(remaining) > 1:
     usage_error(program, f"unexpected arguments {remaining[1:]}; flags look like --name=value.")
   logging.set_verbosity(logging.WARNING)
+  return remaining
+
+
+def quiet_tensorflow() -> None:
+  """Imports TensorFlow with its Python logger limited to errors."""
   import tensorflow as tf  # noqa: PLC0415 (after the environment is set)
 
   tf.get_logger().setLevel('ERROR')
-  return remaining

@@ -19,12 +19,11 @@ import _cli
 from absl import flags
 
 from tff_gan import config as config_lib
-from tff_gan import losses, optimizers
 
 _DEFAULTS = config_lib.TrainConfig()
 
 flags.DEFINE_string('task', _DEFAULTS.task, 'Task: ring, grid (2-D Gaussian mixtures) or '
-                    'digits (scikit-learn 8x8 digits).')
+                    'digits (scikit-learn 8x8 digits, embedded).')
 flags.DEFINE_string('scheme', _DEFAULTS.scheme, 'Training scheme: fedgan (clients train G and '
                     'D; the server averages both).')
 flags.DEFINE_string('model', _DEFAULTS.model, 'Network pair: mlp (all tasks) or dcgan '
@@ -47,16 +46,16 @@ flags.DEFINE_integer('local_steps', _DEFAULTS.local_steps, 'Cap on local steps (
                      'round; 0 means no cap. Each step updates D, then G.')
 flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Client batch size.')
 flags.DEFINE_string('client_optimizer', _DEFAULTS.client_optimizer, 'Client optimizer of both '
-                    'networks, fresh every round: ' + ', '.join(optimizers.CLIENT_OPTIMIZERS) +
+                    'networks, fresh every round: ' + ', '.join(config_lib.CLIENT_OPTIMIZERS) +
                     ' (adam uses beta1=0.5).')
 flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate,
                    'Client learning rate.')
 flags.DEFINE_string('server_optimizer', _DEFAULTS.server_optimizer, 'Server optimizer applied '
-                    'to the averaged deltas: ' + ', '.join(optimizers.SERVER_OPTIMIZERS) +
+                    'to the averaged deltas: ' + ', '.join(config_lib.SERVER_OPTIMIZERS) +
                     '; sgd with learning rate 1 is FedAvg.')
 flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate,
                    'Server learning rate.')
-flags.DEFINE_string('loss', _DEFAULTS.loss, 'GAN loss: ' + ', '.join(sorted(losses.LOSSES)) +
+flags.DEFINE_string('loss', _DEFAULTS.loss, 'GAN loss: ' + ', '.join(config_lib.LOSSES) +
                     '.')
 flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every, 'Evaluate and write samples every N '
                      'rounds (and after the last round).')
@@ -77,14 +76,19 @@ def config_from_flags() -> config_lib.TrainConfig:
 
 
 def main(argv: list[str]) -> int:
-  _cli.parse_flags(argv, __doc__)
-  import tasks  # noqa: PLC0415 (imports TensorFlow: after flags are parsed)
-  from tff_gan import training  # noqa: PLC0415
-
   program = os.path.basename(argv[0])
-  try:
+  _cli.parse_flags(argv, __doc__)
+  try:  # Checked before TensorFlow is imported, so a typo costs milliseconds.
     config = config_from_flags().validate()
     config_lib.check_output_dir_writable(config.output_dir)
+  except config_lib.ConfigError as e:
+    _cli.usage_error(program, str(e))
+
+  _cli.quiet_tensorflow()
+  import tasks  # noqa: PLC0415
+  from tff_gan import training  # noqa: PLC0415
+
+  try:
     task = tasks.get_task(config.task, seed=config.seed, model=config.model,
                           width=config.model_width)
   except ValueError as e:  # ConfigError, or a task's own argument check.

@@ -185,6 +185,22 @@ def stop_all_workers() -> None:
 atexit.register(stop_all_workers)
 
 
+class _NoExecutionContext(tff.framework.SyncContext):
+  """Default context while none of ours is installed: says what to do instead of running.
+
+  Importing TFF installs a local C++ context whose worker nobody would stop; replacing it
+  here also drops that context before interpreter shutdown, when its `__del__` would fail.
+  """
+
+  def invoke(self, comp, arg):
+    del comp, arg
+    raise RuntimeError('no TFF execution context is installed; run TFF computations inside '
+                       '`with tff_gan.contexts.local_cpp_context():`.')
+
+
+tff.framework.set_default_context(_NoExecutionContext())
+
+
 def _raise_system_exit_on_sigterm(signum, frame):
   del frame
   stop_all_workers()

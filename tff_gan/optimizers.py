@@ -11,9 +11,6 @@ import tensorflow_federated as tff
 # Adam's β1 = 0.5 is the usual choice for GANs (Radford et al. 2016); TFF's default is 0.9.
 GAN_ADAM_BETA_1 = 0.5
 
-CLIENT_OPTIMIZERS = ('sgd', 'adam', 'rmsprop')
-SERVER_OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad')
-
 
 def build_optimizer(name: str, learning_rate: float) -> tff.learning.optimizers.Optimizer:
   """Returns the functional optimizer `name` with `learning_rate`.

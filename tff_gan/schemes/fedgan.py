@@ -9,10 +9,13 @@ with a server optimizer. With server SGD at learning rate 1 this is FedAvg of bo
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import random
 
 import tensorflow as tf
 import tensorflow_federated as tff
+from keras.src import backend as keras_backend
 
 from tff_gan import losses as losses_lib
 from tff_gan import optimizers, process, tf_fns
@@ -20,6 +23,24 @@ from tff_gan.models import GanModels
 from tff_gan.state import GanWeights, ServerState
 
 DEFAULT_CLIENT_LEARNING_RATE = 2e-4
+
+
+@contextlib.contextmanager
+def keras_initializers_seeded(seed: int):
+  """Makes Keras initializers without an explicit seed draw their seeds from `seed`.
+
+  Keras 2.14's unseeded initializers take their op seeds from Python's global `random`, so
+  the same graph-level seed still gives different weights in different processes.
+  `tf.keras.utils.set_random_seed` would fix that by reseeding Python's, numpy's and TF's
+  global generators; this changes only Keras' (thread-local) seed source, and restores it.
+  """
+  seed_source = keras_backend._SEED_GENERATOR  # noqa: SLF001 (no public per-scope API)
+  previous = getattr(seed_source, 'generator', None)
+  seed_source.generator = random.Random(seed)
+  try:
+    yield
+  finally:
+    seed_source.generator = previous
 
 
 def _read_weights(model: tf.keras.Model):
@@ -35,14 +56,15 @@ def initial_state_fn(
 ):
   """Returns a TF body building the initial `ServerState` (without aggregator state).
 
-  Keras initializers draw from the graph-level seed set here, so `seed` fixes the initial
-  weights as well as every later round's randomness.
+  `seed` fixes the initial weights (see `keras_initializers_seeded`) as well as every later
+  round's randomness.
   """
 
   def initial_state():
     tf.random.set_seed(seed)
-    generator = models.generator_fn()
-    discriminator = models.discriminator_fn()
+    with keras_initializers_seeded(seed):
+      generator = models.generator_fn()
+      discriminator = models.discriminator_fn()
     generator_weights = _read_weights(generator)
     discriminator_weights = _read_weights(discriminator)
     return ServerState(

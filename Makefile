@@ -1,0 +1,29 @@
+# Both targets bootstrap on a machine that has only Python 3.11 and pip: they install uv
+# when it is missing, create .venv from uv.lock, then run.
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+VENV_PYTHON := .venv/bin/python
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo test bench lint venv
+
+venv: .venv/.synced
+
+.venv/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv \
+	  || $(PYTHON) -m pip install --quiet --user uv \
+	  || $(PYTHON) -m pip install --quiet --user --break-system-packages uv
+	$(UV) sync --frozen
+	@touch $@
+
+demo: venv
+	$(VENV_PYTHON) bin/train.py --output_dir=$(DEMO_DIR)
+
+test: venv
+	$(VENV_PYTHON) -m pytest
+
+bench: venv
+	$(VENV_PYTHON) bench/round_overhead.py
+
+lint: venv
+	$(VENV_PYTHON) -m ruff check tff_gan tasks bin tests bench

@@ -1,0 +1,97 @@
+"""Shared fixtures: one TFF worker for the session, tiny models, and a worker-leak check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tff_gan import contexts  # noqa: E402
+from tff_gan.models import GanModels  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def worker_pids() -> set[int]:
+  """Pids of every running TFF `worker_binary` on this machine."""
+  found = subprocess.run(['pgrep', '-f', contexts.WORKER_BINARY], capture_output=True,
+                         text=True, check=False)
+  return {int(pid) for pid in found.stdout.split()}
+
+
+def pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  # A zombie still answers kill(0); it has exited all the same.
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().split(') ')[-1][0] != 'Z'
+  except FileNotFoundError:
+    return False
+
+
+_PIDS_BEFORE_SESSION: set[int] = set()
+
+
+def pytest_sessionstart(session):
+  _PIDS_BEFORE_SESSION.update(worker_pids())
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """Fails the run if any worker started during the session is still alive at its end."""
+  contexts.stop_all_workers()
+  leaked = {pid for pid in worker_pids() - _PIDS_BEFORE_SESSION if pid_alive(pid)}
+  if leaked:
+    print(f'\nERROR: TFF worker processes left running after the tests: {sorted(leaked)}')
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope='session')
+def tff_context():
+  """TFF's C++ runtime on one worker, shared by every test that executes computations."""
+  with contexts.local_cpp_context() as worker:
+    yield worker
+
+
+def linear_gan_models(noise_dim: int = 3, data_dim: int = 2) -> GanModels:
+  """A linear G and a linear D: gradients have closed forms, so numpy can check them."""
+
+  def generator_fn():
+    return tf.keras.Sequential([tf.keras.Input((noise_dim,)), tf.keras.layers.Dense(data_dim)])
+
+  def discriminator_fn():
+    return tf.keras.Sequential([tf.keras.Input((data_dim,)), tf.keras.layers.Dense(1)])
+
+  return GanModels(generator_fn, discriminator_fn, noise_dim, (data_dim,))
+
+
+def tiny_mlp_gan_models(noise_dim: int = 4, data_dim: int = 2) -> GanModels:
+  """A small nonlinear pair for end-to-end checks."""
+
+  def generator_fn():
+    return tf.keras.Sequential([
+        tf.keras.Input((noise_dim,)),
+        tf.keras.layers.Dense(8, activation='relu'),
+        tf.keras.layers.Dense(data_dim),
+    ])
+
+  def discriminator_fn():
+    return tf.keras.Sequential([
+        tf.keras.Input((data_dim,)),
+        tf.keras.layers.Dense(8),
+        tf.keras.layers.LeakyReLU(0.2),
+        tf.keras.layers.Dense(1),
+    ])
+
+  return GanModels(generator_fn, discriminator_fn, noise_dim, (data_dim,))
+
+
+def as_numpy(structure):
+  return tf.nest.map_structure(np.asarray, structure)

@@ -1,0 +1,110 @@
+"""The worker lifecycle: output kept off our streams, stopped on exit, errors and signals."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+from conftest import REPO_ROOT, pid_alive
+
+from tff_gan import contexts
+
+# A child process that starts a worker, prints its pid, runs one computation, then does
+# what argv[1] says: exit normally, raise, or wait to be signalled.
+CHILD = textwrap.dedent('''
+    import os, sys, time
+    os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
+    import numpy as np
+    import tensorflow_federated as tff
+    from tff_gan import contexts
+
+    @tff.tensorflow.computation(tff.TensorType(np.int32))
+    def double(x):
+      return x * 2
+
+    with contexts.local_cpp_context() as worker:
+      print(f'WORKER {worker.pid}', flush=True)
+      print(f'RESULT {double(21)}', flush=True)
+      if sys.argv[1] == 'raise':
+        raise RuntimeError('boom')
+      if sys.argv[1] == 'wait':
+        print('WAITING', flush=True)
+        time.sleep(600)
+''')
+
+
+def start_child(mode):
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  return subprocess.Popen([sys.executable, '-c', CHILD, mode], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env)
+
+
+def read_until(child, marker):
+  lines = []
+  for line in child.stdout:
+    lines.append(line)
+    if line.startswith(marker):
+      return line, lines
+  raise AssertionError(f'child ended before {marker!r}: {lines}; stderr: {child.stderr.read()}')
+
+
+def wait_gone(pid, seconds=10.0):
+  deadline = time.monotonic() + seconds
+  while pid_alive(pid) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  return not pid_alive(pid)
+
+
+def test_worker_stops_when_the_block_exits(tmp_path):
+  log_path = tmp_path / 'worker.log'
+
+  @tff.tensorflow.computation(tff.TensorType(np.float32))
+  def add_one(x):
+    return x + 1.0
+
+  with contexts.local_cpp_context(log_path=str(log_path)) as worker:
+    assert pid_alive(worker.pid)
+    assert add_one(1.0) == 2.0
+  assert wait_gone(worker.pid)
+  assert log_path.exists()
+
+
+def test_computations_outside_a_context_fail_clearly():
+  @tff.tensorflow.computation(tff.TensorType(np.float32))
+  def add_one(x):
+    return x + 1.0
+
+  with pytest.raises(RuntimeError, match='local_cpp_context'):
+    add_one(1.0)
+
+
+@pytest.mark.parametrize('mode', ['exit', 'raise'])
+def test_worker_gone_after_normal_exit_and_after_an_exception(mode):
+  child = start_child(mode)
+  stdout, stderr = child.communicate(timeout=120)
+  pid = int(stdout.split('WORKER ')[1].split()[0])
+  assert 'RESULT 42' in stdout
+  # The worker's own output never reaches the parent's streams: only our lines are there.
+  assert set(line.split()[0] for line in stdout.splitlines()) == {'WORKER', 'RESULT'}
+  assert (child.returncode == 0) == (mode == 'exit'), stderr
+  assert wait_gone(pid)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_worker_gone_after_the_parent_is_signalled(signum):
+  child = start_child('wait')
+  worker_line, _ = read_until(child, 'WORKER')
+  read_until(child, 'WAITING')
+  pid = int(worker_line.split()[1])
+  assert pid_alive(pid)
+  child.send_signal(signum)
+  child.wait(timeout=60)
+  assert child.returncode != 0
+  assert wait_gone(pid), f'worker {pid} survived its parent after signal {signum}'
+  child.stdout.close()
+  child.stderr.close()

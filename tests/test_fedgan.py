@@ -1,0 +1,135 @@
+"""FedGAN process: type signatures, FedAvg arithmetic against numpy, determinism."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+from conftest import as_numpy, linear_gan_models
+from test_tf_fns import run_client_update
+
+from tff_gan import data, optimizers, tf_fns
+from tff_gan.schemes import fedgan
+from tff_gan.state import ServerBroadcast, ServerState
+
+LEARNING_RATE = 0.05
+CLIENT_SIZES = (3, 5, 8)  # Unequal n_k: the FedAvg weights are 3/16, 5/16, 8/16.
+WORK = data.LocalWork(batch_size=2)
+
+
+def build(server_learning_rate, seed=0):
+  return fedgan.build_fedgan_process(
+      linear_gan_models(),
+      client_optimizer=optimizers.build_optimizer('sgd', LEARNING_RATE),
+      server_optimizer=optimizers.build_optimizer('sgd', server_learning_rate),
+      seed=seed,
+  )
+
+
+@pytest.fixture(scope='module')
+def fedavg_process():
+  return build(1.0)
+
+
+def client_arrays():
+  rng = np.random.default_rng(42)
+  return [rng.normal(loc=2.0, size=(n, 2)).astype(np.float32) for n in CLIENT_SIZES]
+
+
+def client_datasets(arrays):
+  # A fresh dataset object per use: the same seed then gives the same first shuffle.
+  return [data.client_dataset(x, WORK, seed=i) for i, x in enumerate(arrays)]
+
+
+def reference_fedavg_delta(state, arrays):
+  """The n_k-weighted numpy average of the deltas of the plain-TF client update."""
+  broadcast = ServerBroadcast(weights=state.weights,
+                              round_seed=tf_fns.round_seed(state.seed, state.round_num))
+  deltas, weights = [], []
+  for dataset in client_datasets(arrays):
+    output = run_client_update(linear_gan_models(), dataset, broadcast,
+                               learning_rate=LEARNING_RATE)
+    deltas.append(as_numpy(output.delta))
+    weights.append(float(output.num_examples))
+  assert weights == list(CLIENT_SIZES)
+  total = sum(weights)
+  return tf.nest.map_structure(lambda *d: sum(w * x for w, x in zip(weights, d)) / total,
+                               *deltas)
+
+
+def test_type_signatures(fedavg_process):
+  init_type = fedavg_process.initialize.type_signature
+  assert init_type.parameter is None
+  assert init_type.result.placement is tff.SERVER
+  assert init_type.result.member.python_container is ServerState
+  state_param, data_param = fedavg_process.next.type_signature.parameter
+  assert state_param == init_type.result
+  assert data_param == tff.FederatedType(
+      tff.SequenceType(tff.TensorType(np.float32, [None, 2])), tff.CLIENTS)
+  new_state, metrics = fedavg_process.next.type_signature.result
+  assert new_state == init_type.result
+  assert metrics.placement is tff.SERVER
+  assert {'discriminator_loss', 'generator_loss', 'num_examples'} <= set(
+      name for name, _ in tff.structure.iter_elements(metrics.member))
+
+
+@pytest.mark.parametrize('server_learning_rate', [1.0, 0.5])
+def test_one_round_equals_numpy_weighted_average(tff_context, fedavg_process,
+                                                 server_learning_rate):
+  process = fedavg_process if server_learning_rate == 1.0 else build(server_learning_rate)
+  arrays = client_arrays()
+  state = process.initialize()
+  expected_delta = reference_fedavg_delta(state, arrays)
+
+  new_state, metrics = process.next(state, client_datasets(arrays))
+
+  expected = tf.nest.map_structure(lambda w, d: w + server_learning_rate * d,
+                                   as_numpy(state.weights), expected_delta)
+  for got, want in zip(tf.nest.flatten(as_numpy(new_state.weights)),
+                       tf.nest.flatten(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert metrics['num_examples'] == sum(CLIENT_SIZES)
+  assert new_state.round_num == 1
+
+
+def test_unweighted_average_would_differ(tff_context, fedavg_process):
+  # Guards the test above: with these unequal sizes, weighting matters.
+  arrays = client_arrays()
+  state = fedavg_process.initialize()
+  broadcast = ServerBroadcast(weights=state.weights,
+                              round_seed=tf_fns.round_seed(state.seed, state.round_num))
+  deltas = [as_numpy(run_client_update(linear_gan_models(), ds, broadcast,
+                                       learning_rate=LEARNING_RATE).delta)
+            for ds in client_datasets(arrays)]
+  uniform = np.mean([d.generator[0] for d in deltas], axis=0)
+  weighted = reference_fedavg_delta(state, arrays).generator[0]
+  assert np.abs(uniform - weighted).max() > 1e-4
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tff_context, fedavg_process):
+  arrays = client_arrays()
+
+  def two_rounds(process):
+    state = process.initialize()
+    losses = []
+    for _ in range(2):
+      state, metrics = process.next(state, client_datasets(arrays))
+      losses.append((metrics['discriminator_loss'], metrics['generator_loss']))
+    return as_numpy(state.weights), losses
+
+  weights_a, losses_a = two_rounds(fedavg_process)
+  weights_b, losses_b = two_rounds(fedavg_process)
+  assert losses_a == losses_b
+  for a, b in zip(tf.nest.flatten(weights_a), tf.nest.flatten(weights_b)):
+    np.testing.assert_array_equal(a, b)
+  weights_c, _ = two_rounds(build(1.0, seed=1))
+  assert not np.array_equal(weights_a.generator[0], weights_c.generator[0])
+
+
+def test_all_empty_clients_leave_the_model_unchanged(tff_context, fedavg_process):
+  state = fedavg_process.initialize()
+  empty = [tf.data.Dataset.from_tensor_slices(np.zeros((0, 2), np.float32)).batch(2)] * 2
+  new_state, metrics = fedavg_process.next(state, empty)
+  assert metrics['num_examples'] == 0
+  for got, want in zip(tf.nest.flatten(as_numpy(new_state.weights)),
+                       tf.nest.flatten(as_numpy(state.weights))):
+    np.testing.assert_array_equal(got, want)

@@ -1,0 +1,114 @@
+"""The pure-TF client and server updates against numpy derivations on linear models."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import linear_gan_models
+
+from tff_gan import losses, optimizers, tf_fns
+from tff_gan.state import GanWeights, ServerBroadcast
+
+
+def sigmoid(x):
+  return 1 / (1 + np.exp(-x))
+
+
+def run_client_update(models, dataset, broadcast, *, learning_rate, loss=losses.NON_SATURATING):
+  """Runs the FedGAN client update in plain TF (no TFF) with client SGD."""
+  generator, discriminator = models.generator_fn(), models.discriminator_fn()
+  optimizer = optimizers.build_optimizer('sgd', learning_rate)
+  update = tf.function(lambda dataset, b: tf_fns.fedgan_client_update(
+      dataset, b, generator=generator, discriminator=discriminator, loss=loss,
+      generator_optimizer=optimizer, discriminator_optimizer=optimizer,
+      noise_dim=models.noise_dim))
+  return update(dataset, broadcast)
+
+
+def random_broadcast(rng, noise_dim=3, data_dim=2):
+  weights = GanWeights(
+      generator=[rng.normal(size=(noise_dim, data_dim)).astype(np.float32),
+                 rng.normal(size=(data_dim,)).astype(np.float32)],
+      discriminator=[rng.normal(size=(data_dim, 1)).astype(np.float32),
+                     rng.normal(size=(1,)).astype(np.float32)],
+  )
+  return ServerBroadcast(weights=weights, round_seed=np.array([7, 3], np.int64))
+
+
+def numpy_local_step(real, noise_d, noise_g, weights, learning_rate):
+  """One non-saturating D step, then one G step, with SGD, for linear G and D."""
+  a, c = weights.generator
+  w, b = weights.discriminator
+  fake = noise_d @ a + c
+  real_logits, fake_logits = real @ w + b, fake @ w + b
+  n_real, n_fake = len(real), len(fake)
+  # d/dlogit softplus(-l) = -sigmoid(-l); d/dlogit softplus(l) = sigmoid(l).
+  g_real = -sigmoid(-real_logits) / n_real
+  g_fake = sigmoid(fake_logits) / n_fake
+  grad_w = real.T @ g_real + fake.T @ g_fake
+  grad_b = g_real.sum(0) + g_fake.sum(0)
+  w, b = w - learning_rate * grad_w, b - learning_rate * grad_b
+  fake = noise_g @ a + c
+  g_fake_logits = -sigmoid(-(fake @ w + b)) / len(fake)
+  grad_fake = g_fake_logits @ w.T
+  grad_a, grad_c = noise_g.T @ grad_fake, grad_fake.sum(0)
+  a, c = a - learning_rate * grad_a, c - learning_rate * grad_c
+  return GanWeights(generator=[a, c], discriminator=[w, b])
+
+
+def step_noise(round_seed, step, batch, noise_dim):
+  seeds = tf.random.experimental.stateless_split(tf_fns.batch_seed(round_seed, step, batch), 3)
+  return (tf_fns.sample_noise(len(batch), noise_dim, seeds[0]).numpy().astype(np.float64),
+          tf_fns.sample_noise(len(batch), noise_dim, seeds[1]).numpy().astype(np.float64))
+
+
+def test_client_update_matches_numpy_sgd_on_linear_gan():
+  rng = np.random.default_rng(0)
+  models = linear_gan_models()
+  broadcast = random_broadcast(rng)
+  batches = rng.normal(size=(3, 4, 2)).astype(np.float32)  # 3 local steps of batch 4.
+  learning_rate = 0.1
+
+  output = run_client_update(models, tf.data.Dataset.from_tensor_slices(batches), broadcast,
+                             learning_rate=learning_rate)
+
+  expected = tf.nest.map_structure(lambda x: x.astype(np.float64), broadcast.weights)
+  for step, batch in enumerate(batches):
+    noise_d, noise_g = step_noise(broadcast.round_seed, step, tf.constant(batch), 3)
+    expected = numpy_local_step(batch.astype(np.float64), noise_d, noise_g, expected,
+                                learning_rate)
+  expected_delta = tf.nest.map_structure(lambda e, w: e - w, expected, broadcast.weights)
+  for got, want in zip(tf.nest.flatten(output.delta), tf.nest.flatten(expected_delta)):
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+  assert np.abs(np.concatenate([d.numpy().ravel() for d in tf.nest.flatten(output.delta)])
+                ).max() > 1e-3
+  assert output.num_examples.numpy() == 12.0
+
+
+def test_client_update_on_empty_dataset_returns_zero_delta_and_weight():
+  rng = np.random.default_rng(1)
+  broadcast = random_broadcast(rng)
+  empty = tf.data.Dataset.from_tensor_slices(np.zeros((0, 4, 2), np.float32))
+  output = run_client_update(linear_gan_models(), empty, broadcast, learning_rate=0.1)
+  assert output.num_examples.numpy() == 0.0
+  for delta in tf.nest.flatten(output.delta):
+    np.testing.assert_array_equal(delta.numpy(), 0.0)
+
+
+def test_clients_with_different_data_draw_different_noise():
+  seed = tf.constant([1, 2], tf.int64)
+  batch_a, batch_b = tf.zeros([4, 2]), tf.ones([4, 2])
+  assert not np.array_equal(tf_fns.batch_seed(seed, 0, batch_a).numpy(),
+                            tf_fns.batch_seed(seed, 0, batch_b).numpy())
+  np.testing.assert_array_equal(tf_fns.batch_seed(seed, 0, batch_a).numpy(),
+                                tf_fns.batch_seed(seed, 0, tf.zeros([4, 2])).numpy())
+
+
+@pytest.mark.parametrize('learning_rate', [1.0, 0.5])
+def test_server_sgd_moves_weights_by_learning_rate_times_delta(learning_rate):
+  optimizer = optimizers.build_optimizer('sgd', learning_rate)
+  weights = (tf.constant([1.0, 2.0]), tf.constant([[3.0]]))
+  delta = (tf.constant([0.5, -1.0]), tf.constant([[2.0]]))
+  state = tf_fns.initialize_optimizer(optimizer, [tf.Variable(w) for w in weights])
+  _, new_weights = tf_fns.apply_delta(optimizer, state, weights, delta)
+  for new, old, d in zip(new_weights, weights, delta):
+    np.testing.assert_allclose(new.numpy(), old.numpy() + learning_rate * d.numpy())

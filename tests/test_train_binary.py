@@ -1,0 +1,105 @@
+"""`bin/train.py` end to end: outputs, determinism, usage errors, no worker left behind."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, pid_alive, worker_pids
+
+TRAIN = os.path.join(REPO_ROOT, 'bin', 'train.py')
+TINY = ['--rounds=2', '--eval_every=1', '--model_width=0.03125', '--num_clients=4',
+        '--clients_per_round=3', '--local_steps=2', '--batch_size=16', '--num_eval_samples=200',
+        '--noprogress']
+
+
+def run_train(*args, timeout=300):
+  return subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True,
+                        timeout=timeout, cwd=REPO_ROOT)
+
+
+def read_rows(path):
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='module')
+def two_runs(tmp_path_factory):
+  """Two identical tiny runs of the default task (ring) with the same seed."""
+  before = worker_pids()
+  outputs = []
+  for name in ('a', 'b'):
+    output_dir = tmp_path_factory.mktemp(name)
+    result = run_train(*TINY, f'--output_dir={output_dir}')
+    assert result.returncode == 0, result.stderr
+    outputs.append((output_dir, result))
+  return outputs, before
+
+
+def test_writes_config_metrics_and_samples(two_runs):
+  (output_dir, result), _ = two_runs[0]
+  config = json.loads((output_dir / 'config.json').read_text())
+  assert config['task'] == 'ring' and config['rounds'] == 2 and config['num_clients'] == 4
+  rows = read_rows(output_dir / 'metrics.csv')
+  assert [row['round'] for row in rows] == ['1', '2']
+  for column in ('round', 'round_seconds', 'd_loss', 'g_loss', 'modes_captured',
+                 'high_quality_fraction', 'reverse_kl'):
+    assert column in rows[0]
+  for row in rows:
+    assert float(row['round_seconds']) > 0
+    assert 0 <= int(row['modes_captured']) <= 8
+    assert 0 <= float(row['high_quality_fraction']) <= 1
+  assert sorted(os.listdir(output_dir / 'samples')) == ['round_00001.png', 'round_00002.png']
+  assert 'done' in result.stdout
+
+
+def test_same_seed_gives_identical_loss_columns(two_runs):
+  (dir_a, _), (dir_b, _) = two_runs[0]
+  rows_a, rows_b = read_rows(dir_a / 'metrics.csv'), read_rows(dir_b / 'metrics.csv')
+  for column in ('d_loss', 'g_loss', 'modes_captured', 'high_quality_fraction'):
+    assert [r[column] for r in rows_a] == [r[column] for r in rows_b]
+
+
+def test_no_worker_survives_a_run(two_runs):
+  _, before = two_runs
+  assert not {pid for pid in worker_pids() - before if pid_alive(pid)}
+
+
+def test_tensorflow_start_up_noise_is_hidden(two_runs):
+  for _, result in two_runs[0]:
+    for noise in ('cuda', 'oneDNN', 'TensorRT', 'cpu_feature_guard'):
+      assert noise not in result.stderr
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--task=mnist'], "unknown --task 'mnist'"),
+    (['--scheme=fedsomething'], "unknown --scheme 'fedsomething'"),
+    (['--num_clients=5', '--clients_per_round=6'], '--clients_per_round=6 exceeds'),
+    (['--rounds=0'], '--rounds must be positive'),
+    (['--batch_size=-3'], '--batch_size must be positive'),
+    (['--rounds=many'], 'flag --rounds=many'),
+    (['--output_dir=/proc/version/out'], 'cannot create --output_dir'),
+    (['--model=dcgan'], "unknown model 'dcgan' for task 'ring'"),
+    (['--partition=pathological', '--labels_per_client=9'], 'labels_per_client'),
+    (['stray_argument'], 'unexpected arguments'),
+])
+def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
+  result = run_train(f'--output_dir={tmp_path}/out', '--noprogress', *args)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith('train.py: error: ') and message in lines[0], lines[0]
+  assert not os.path.exists(tmp_path / 'out' / 'metrics.csv')
+
+
+def test_help_lists_the_flags_and_exits_0():
+  result = run_train('--help')
+  assert result.returncode == 0
+  for flag in ('--task', '--scheme', '--num_clients', '--clients_per_round', '--rounds',
+               '--partition', '--dirichlet_alpha', '--labels_per_client', '--local_steps',
+               '--batch_size', '--client_optimizer', '--client_learning_rate',
+               '--server_optimizer', '--server_learning_rate', '--loss', '--eval_every',
+               '--seed', '--output_dir'):
+    assert flag in result.stdout
