@@ -72,9 +72,10 @@ def main(argv):
                                 round_seed=tf_fns.round_seed(state.seed, state.round_num))
     outputs = [client_update(dataset, broadcast) for dataset in datasets]
     total = tf.add_n([o.num_examples for o in outputs])
-    delta = tf.nest.map_structure(
-        lambda *deltas: tf.add_n([o.num_examples * d for o, d in zip(outputs, deltas)]) / total,
-        *[o.delta for o in outputs])
+    def weighted_mean(*deltas):
+      return tf.add_n([o.num_examples * d for o, d in zip(outputs, deltas, strict=True)]) / total
+
+    delta = tf.nest.map_structure(weighted_mean, *[o.delta for o in outputs])
     return server_step(state, GanWeights(*delta))
 
   client_ids = np.arange(config.num_clients)
@@ -96,6 +97,7 @@ def main(argv):
         tff_times.append(tff_seconds)
         plain_times.append(plain_seconds)
 
+  print(f"  plain-TF client update traces: {client_update.experimental_get_tracing_count()}")
   steps = config.num_clients * config.local_steps
   tff_median, plain_median = statistics.median(tff_times), statistics.median(plain_times)
   print(f'task={config.task} model={config.model} clients={config.num_clients} '

@@ -52,8 +52,10 @@ def reference_fedavg_delta(state, arrays):
     weights.append(float(output.num_examples))
   assert weights == list(CLIENT_SIZES)
   total = sum(weights)
-  return tf.nest.map_structure(lambda *d: sum(w * x for w, x in zip(weights, d)) / total,
-                               *deltas)
+  def weighted_mean(*client_values):
+    return sum(w * x for w, x in zip(weights, client_values, strict=True)) / total
+
+  return tf.nest.map_structure(weighted_mean, *deltas)
 
 
 def test_type_signatures(fedavg_process):
@@ -85,7 +87,7 @@ def test_one_round_equals_numpy_weighted_average(tff_context, fedavg_process,
   expected = tf.nest.map_structure(lambda w, d: w + server_learning_rate * d,
                                    as_numpy(state.weights), expected_delta)
   for got, want in zip(tf.nest.flatten(as_numpy(new_state.weights)),
-                       tf.nest.flatten(expected)):
+                       tf.nest.flatten(expected), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   assert metrics['num_examples'] == sum(CLIENT_SIZES)
   assert new_state.round_num == 1
@@ -119,7 +121,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tff_context, fedavg_pro
   weights_a, losses_a = two_rounds(fedavg_process)
   weights_b, losses_b = two_rounds(fedavg_process)
   assert losses_a == losses_b
-  for a, b in zip(tf.nest.flatten(weights_a), tf.nest.flatten(weights_b)):
+  for a, b in zip(tf.nest.flatten(weights_a), tf.nest.flatten(weights_b), strict=True):
     np.testing.assert_array_equal(a, b)
   weights_c, _ = two_rounds(build(1.0, seed=1))
   assert not np.array_equal(weights_a.generator[0], weights_c.generator[0])
@@ -131,5 +133,5 @@ def test_all_empty_clients_leave_the_model_unchanged(tff_context, fedavg_process
   new_state, metrics = fedavg_process.next(state, empty)
   assert metrics['num_examples'] == 0
   for got, want in zip(tf.nest.flatten(as_numpy(new_state.weights)),
-                       tf.nest.flatten(as_numpy(state.weights))):
+                       tf.nest.flatten(as_numpy(state.weights)), strict=True):
     np.testing.assert_array_equal(got, want)

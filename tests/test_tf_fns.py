@@ -77,7 +77,7 @@ def test_client_update_matches_numpy_sgd_on_linear_gan():
     expected = numpy_local_step(batch.astype(np.float64), noise_d, noise_g, expected,
                                 learning_rate)
   expected_delta = tf.nest.map_structure(lambda e, w: e - w, expected, broadcast.weights)
-  for got, want in zip(tf.nest.flatten(output.delta), tf.nest.flatten(expected_delta)):
+  for got, want in zip(tf.nest.flatten(output.delta), tf.nest.flatten(expected_delta), strict=True):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
   assert np.abs(np.concatenate([d.numpy().ravel() for d in tf.nest.flatten(output.delta)])
                 ).max() > 1e-3
@@ -110,5 +110,5 @@ def test_server_sgd_moves_weights_by_learning_rate_times_delta(learning_rate):
   delta = (tf.constant([0.5, -1.0]), tf.constant([[2.0]]))
   state = tf_fns.initialize_optimizer(optimizer, [tf.Variable(w) for w in weights])
   _, new_weights = tf_fns.apply_delta(optimizer, state, weights, delta)
-  for new, old, d in zip(new_weights, weights, delta):
+  for new, old, d in zip(new_weights, weights, delta, strict=True):
     np.testing.assert_allclose(new.numpy(), old.numpy() + learning_rate * d.numpy())

@@ -56,13 +56,13 @@ def apply_gradients(optimizer, optimizer_state, variables, gradients):
   """One functional-optimizer step on Keras variables; returns the new optimizer state."""
   weights = tuple(v.read_value() for v in variables)
   optimizer_state, new_weights = optimizer.next(optimizer_state, weights, tuple(gradients))
-  for variable, value in zip(variables, new_weights):
+  for variable, value in zip(variables, new_weights, strict=True):
     variable.assign(value)
   return optimizer_state
 
 
 def assign_weights(variables, values):
-  for variable, value in zip(variables, values):
+  for variable, value in zip(variables, values, strict=True):
     variable.assign(value)
 
 
@@ -103,7 +103,7 @@ def generator_step(noise, optimizer_state, *, generator, discriminator, loss, op
 
 
 def weights_delta(variables, initial_values):
-  return [v.read_value() - w for v, w in zip(variables, initial_values)]
+  return [v.read_value() - w for v, w in zip(variables, initial_values, strict=True)]
 
 
 def fedgan_client_update(

@@ -55,7 +55,7 @@ class SampleGenerator:
     self._generator = models.generator_fn()
 
   def __call__(self, generator_weights, num_samples: int, seed: int) -> np.ndarray:
-    for variable, value in zip(self._generator.trainable_variables, generator_weights):
+    for variable, value in zip(self._generator.trainable_variables, generator_weights, strict=True):
       variable.assign(value)
     noise = tf.random.stateless_normal([num_samples, self._models.noise_dim], seed=[seed, 1])
     return self._generator(noise, training=False).numpy()
