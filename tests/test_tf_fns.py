@@ -34,21 +34,34 @@ def random_broadcast(rng, noise_dim=3, data_dim=2):
   return ServerBroadcast(weights=weights, round_seed=np.array([7, 3], np.int64))
 
 
-def numpy_local_step(real, noise_d, noise_g, weights, learning_rate):
-  """One non-saturating D step, then one G step, with SGD, for linear G and D."""
+def numpy_local_step(real, noise_d, noise_g, weights, learning_rate, wasserstein=False):
+  """One D step, then one G step, with SGD, for linear G and D.
+
+  Non-saturating loss by default; with `wasserstein`, WGAN-GP with λ = 10, whose penalty
+  (‖w‖ − 1)² does not depend on the interpolates for a linear critic.
+  """
   a, c = weights.generator
   w, b = weights.discriminator
   fake = noise_d @ a + c
   real_logits, fake_logits = real @ w + b, fake @ w + b
   n_real, n_fake = len(real), len(fake)
-  # d/dlogit softplus(-l) = -sigmoid(-l); d/dlogit softplus(l) = sigmoid(l).
-  g_real = -sigmoid(-real_logits) / n_real
-  g_fake = sigmoid(fake_logits) / n_fake
+  if wasserstein:  # L_D = mean(D(fake)) - mean(D(real)) + 10 (|w| - 1)^2.
+    g_real = -np.ones_like(real_logits) / n_real
+    g_fake = np.ones_like(fake_logits) / n_fake
+  else:  # d/dl softplus(-l) = -sigmoid(-l); d/dl softplus(l) = sigmoid(l).
+    g_real = -sigmoid(-real_logits) / n_real
+    g_fake = sigmoid(fake_logits) / n_fake
   grad_w = real.T @ g_real + fake.T @ g_fake
+  if wasserstein:
+    norm = np.linalg.norm(w)
+    grad_w = grad_w + 10 * 2 * (norm - 1) * w / norm
   grad_b = g_real.sum(0) + g_fake.sum(0)
   w, b = w - learning_rate * grad_w, b - learning_rate * grad_b
   fake = noise_g @ a + c
-  g_fake_logits = -sigmoid(-(fake @ w + b)) / len(fake)
+  if wasserstein:  # L_G = -mean(D(fake)).
+    g_fake_logits = -np.ones((len(fake), 1)) / len(fake)
+  else:
+    g_fake_logits = -sigmoid(-(fake @ w + b)) / len(fake)
   grad_fake = g_fake_logits @ w.T
   grad_a, grad_c = noise_g.T @ grad_fake, grad_fake.sum(0)
   a, c = a - learning_rate * grad_a, c - learning_rate * grad_c
@@ -61,21 +74,22 @@ def step_noise(round_seed, step, batch, noise_dim):
           tf_fns.sample_noise(len(batch), noise_dim, seeds[1]).numpy().astype(np.float64))
 
 
-def test_client_update_matches_numpy_sgd_on_linear_gan():
+@pytest.mark.parametrize('loss', [losses.NON_SATURATING, losses.WASSERSTEIN_GP])
+def test_client_update_matches_numpy_sgd_on_linear_gan(loss):
   rng = np.random.default_rng(0)
   models = linear_gan_models()
   broadcast = random_broadcast(rng)
   batches = rng.normal(size=(3, 4, 2)).astype(np.float32)  # 3 local steps of batch 4.
-  learning_rate = 0.1
+  learning_rate = 0.02
 
   output = run_client_update(models, tf.data.Dataset.from_tensor_slices(batches), broadcast,
-                             learning_rate=learning_rate)
+                             learning_rate=learning_rate, loss=loss)
 
   expected = tf.nest.map_structure(lambda x: x.astype(np.float64), broadcast.weights)
   for step, batch in enumerate(batches):
     noise_d, noise_g = step_noise(broadcast.round_seed, step, tf.constant(batch), 3)
     expected = numpy_local_step(batch.astype(np.float64), noise_d, noise_g, expected,
-                                learning_rate)
+                                learning_rate, wasserstein=loss is losses.WASSERSTEIN_GP)
   expected_delta = tf.nest.map_structure(lambda e, w: e - w, expected, broadcast.weights)
   for got, want in zip(tf.nest.flatten(output.delta), tf.nest.flatten(expected_delta), strict=True):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
