@@ -25,7 +25,8 @@ _DEFAULTS = config_lib.TrainConfig()
 flags.DEFINE_string('task', _DEFAULTS.task, 'Task: ring, grid (2-D Gaussian mixtures) or '
                     'digits (scikit-learn 8x8 digits, embedded).')
 flags.DEFINE_string('scheme', _DEFAULTS.scheme, 'Training scheme: fedgan (clients train G and '
-                    'D; the server averages both).')
+                    'D; the server averages both) or dp_fedavg_gan (clients train only D; the '
+                    'server trains G against it, never touching client data).')
 flags.DEFINE_string('model', _DEFAULTS.model, 'Network pair: mlp (all tasks) or dcgan '
                     '(digits).')
 flags.DEFINE_float('model_width', _DEFAULTS.model_width, 'Multiplier on hidden layer sizes.')
@@ -57,6 +58,30 @@ flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate,
                    'Server learning rate.')
 flags.DEFINE_string('loss', _DEFAULTS.loss, 'GAN loss: ' + ', '.join(config_lib.LOSSES) +
                     '.')
+flags.DEFINE_integer('server_gen_steps', _DEFAULTS.server_gen_steps, 'dp_fedavg_gan: '
+                     'generator steps the server takes per round (batch --batch_size).')
+flags.DEFINE_float('generator_learning_rate', _DEFAULTS.generator_learning_rate,
+                   'dp_fedavg_gan: learning rate of the server generator optimizer (Adam, '
+                   'beta1=0.5; its state is kept in the server state).')
+flags.DEFINE_string('client_sampling', _DEFAULTS.client_sampling, 'fixed: exactly '
+                    '--clients_per_round clients, drawn without replacement (privacy: '
+                    'replace-one neighbouring datasets); poisson: each client joins with '
+                    'probability clients_per_round/num_clients (privacy: add-or-remove-one '
+                    'neighbouring datasets).')
+flags.DEFINE_float('dp_noise_multiplier', None, 'Turns on differential privacy (DP-FedAvg): '
+                   'each client update (D in dp_fedavg_gan, G and D in fedgan) is clipped to '
+                   '--dp_clip and Gaussian noise of std noise_multiplier*clip is added to the '
+                   'sum. Client losses are then not released.')
+flags.DEFINE_float('dp_clip', None, f'L2 clip norm of a client update (default '
+                   f'{config_lib.DEFAULT_DP_CLIP}); with --dp_adaptive_clip_quantile, its '
+                   'initial value.')
+flags.DEFINE_float('dp_adaptive_clip_quantile', None, 'Adapt the clip norm toward this '
+                   'quantile of client update norms, in (0, 1); the noised quantile estimate '
+                   'is accounted for. Needs more than 10*noise_multiplier clients per round.')
+flags.DEFINE_float('dp_delta', None, f'delta at which epsilon is reported (default '
+                   f'{config_lib.DEFAULT_DP_DELTA:g}); keep it well below 1/num_clients.')
+flags.DEFINE_string('dp_accountant', _DEFAULTS.dp_accountant, 'Privacy accountant: rdp (Renyi '
+                    'DP) or pld (privacy loss distributions; needs --client_sampling=poisson).')
 flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every, 'Evaluate and write samples every N '
                      'rounds (and after the last round).')
 flags.DEFINE_integer('num_eval_samples', _DEFAULTS.num_eval_samples,

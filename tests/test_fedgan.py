@@ -70,8 +70,10 @@ def test_type_signatures(fedavg_process):
   new_state, metrics = fedavg_process.next.type_signature.result
   assert new_state == init_type.result
   assert metrics.placement is tff.SERVER
-  assert {'discriminator_loss', 'generator_loss', 'num_examples'} <= set(
-      name for name, _ in tff.structure.iter_elements(metrics.member))
+  assert [name for name, _ in tff.structure.iter_elements(metrics.member)] == [
+      'client', 'num_examples', 'server', 'aggregator']
+  assert [name for name, _ in tff.structure.iter_elements(metrics.member.client)] == [
+      'discriminator_loss', 'generator_loss']
 
 
 @pytest.mark.parametrize('server_learning_rate', [1.0, 0.5])
@@ -115,7 +117,8 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tff_context, fedavg_pro
     losses = []
     for _ in range(2):
       state, metrics = process.next(state, client_datasets(arrays))
-      losses.append((metrics['discriminator_loss'], metrics['generator_loss']))
+      losses.append((metrics['client']['discriminator_loss'],
+                     metrics['client']['generator_loss']))
     return as_numpy(state.weights), losses
 
   weights_a, losses_a = two_rounds(fedavg_process)

@@ -1,6 +1,8 @@
 """Tasks: data against their definitions, mode metrics against hand-counted answers, models,
 rendering."""
 
+from __future__ import annotations
+
 import math
 import os
 
@@ -59,6 +61,39 @@ def test_grid_metrics_known_counts():
   metrics = mode_metrics(samples, GRID_MODES, 0.05)
   assert metrics['modes_captured'] == 25
   assert metrics['high_quality_fraction'] == pytest.approx(30 / 31)
+  hits = np.bincount(np.r_[np.arange(25), np.arange(5)], minlength=25) / 30
+  assert metrics['reverse_kl'] == pytest.approx(float(np.sum(hits * np.log(hits * 25))))
+
+
+def test_grid_metrics_five_modes_hit_equally_plus_far_points():
+  samples = np.concatenate([np.repeat(GRID_MODES[[0, 6, 12, 18, 24]], 2, axis=0),
+                            [[1.0, 1.0], [-1.0, 3.0], [9.0, 9.0]]])
+  metrics = mode_metrics(samples, GRID_MODES, 0.05)
+  assert metrics['modes_captured'] == 5
+  assert metrics['high_quality_fraction'] == pytest.approx(10 / 13)
+  assert metrics['reverse_kl'] == pytest.approx(math.log(25 / 5))
+
+
+@pytest.mark.parametrize('modes, sigma', [(RING_MODES, 0.01), (GRID_MODES, 0.05)])
+def test_high_quality_boundary_is_three_sigma_in_every_direction(modes, sigma):
+  angles = np.linspace(0, 2 * np.pi, 7, endpoint=False)
+  directions = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+  mode = modes[3]
+  inside = mode + 3 * sigma * (1 - 1e-6) * directions
+  outside = mode + 3 * sigma * (1 + 1e-6) * directions
+  assert mode_metrics(inside, modes, sigma) == pytest.approx(
+      {'modes_captured': 1, 'high_quality_fraction': 1.0, 'reverse_kl': math.log(len(modes))})
+  assert mode_metrics(outside, modes, sigma)['high_quality_fraction'] == 0.0
+
+
+@pytest.mark.parametrize('samples, modes, sigma', [
+    (np.zeros((0, 2)), RING_MODES, 0.01),
+    (np.zeros((4, 3)), RING_MODES, 0.01),
+    (np.zeros((4, 2)), RING_MODES, 0.0),
+])
+def test_mode_metrics_rejects_bad_arguments(samples, modes, sigma):
+  with pytest.raises(ValueError):
+    mode_metrics(samples, modes, sigma)
 
 
 def test_ring_data_matches_its_definition():
@@ -69,6 +104,45 @@ def test_ring_data_matches_its_definition():
   np.testing.assert_allclose(offsets.std(axis=0), 0.01, rtol=0.05)
   np.testing.assert_allclose(offsets.mean(axis=0), 0.0, atol=1e-3)
   np.testing.assert_array_equal(RingTask(num_examples=8000, seed=1).examples, task.examples)
+  assert not np.array_equal(RingTask(num_examples=8000, seed=2).examples, task.examples)
+
+
+def test_ring_radii_are_one_with_sigma_spread():
+  examples = RingTask(num_examples=8000, seed=3).examples.astype(np.float64)
+  radii = np.linalg.norm(examples, axis=1)
+  assert radii.mean() == pytest.approx(1.0, abs=1e-3)
+  # The radial offset is one coordinate of an isotropic Gaussian: std sigma.
+  assert radii.std() == pytest.approx(0.01, rel=0.05)
+
+
+def test_mixtures_split_examples_equally_between_modes():
+  np.testing.assert_array_equal(np.bincount(GridTask(num_examples=500).labels), np.full(25, 20))
+  # Not a multiple of 8: the first modes get one example more.
+  np.testing.assert_array_equal(np.bincount(RingTask(num_examples=19).labels),
+                                [3, 3, 3, 2, 2, 2, 2, 2])
+
+
+@pytest.mark.parametrize('name', ['ring', 'grid'])
+def test_evaluate_returns_metric_names_and_checks_shape(name):
+  task = tasks.get_task(name, num_examples=400)
+  metrics = task.evaluate(task.examples)
+  assert tuple(metrics) == task.metric_names
+  assert metrics['modes_captured'] == task.num_labels
+  assert metrics['high_quality_fraction'] > 0.95
+  with pytest.raises(ValueError, match='expects samples of shape'):
+    task.evaluate(np.zeros((10, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize('name, kwargs, message', [
+    ('ring', dict(model='dcgan'), 'choose one of: mlp'),
+    ('digits', dict(model='resnet'), 'choose one of: mlp, dcgan'),
+    ('grid', dict(width=0.0), 'width'),
+    ('ring', dict(num_examples=7), 'num_examples'),
+    ('digits', dict(noise_dim=0), 'noise_dim'),
+])
+def test_bad_task_arguments_raise_value_error(name, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    tasks.get_task(name, **kwargs)
 
 
 def test_grid_data_means_sit_on_the_modes():
@@ -83,6 +157,8 @@ def test_digits_data():
   assert task.examples.shape == (1797, 8, 8, 1)
   assert task.examples.min() == -1.0 and task.examples.max() == 1.0
   assert set(np.unique(task.labels)) == set(range(10))
+  assert task.examples.dtype == np.float32 and task.labels.dtype == np.int64
+  assert task.num_labels == 10 and task.metric_names == () and task.evaluate(task.examples) == {}
 
 
 @pytest.mark.parametrize('name, model, data_shape', [
@@ -90,8 +166,9 @@ def test_digits_data():
     ('digits', 'dcgan', (8, 8, 1)),
 ])
 def test_model_shapes_and_width(name, model, data_shape):
-  small = tasks.get_task(name, model=model, width=0.0625).gan_models()
-  large = tasks.get_task(name, model=model, width=0.25).gan_models()
+  size = {} if name == 'digits' else dict(num_examples=100)
+  small = tasks.get_task(name, model=model, width=0.0625, **size).gan_models()
+  large = tasks.get_task(name, model=model, width=0.25, **size).gan_models()
   assert small.data_shape == data_shape
   generator, discriminator = small.generator_fn(), small.discriminator_fn()
   noise = np.random.default_rng(0).normal(size=(5, small.noise_dim)).astype(np.float32)
@@ -108,12 +185,30 @@ def test_ring_generator_output_range():
   assert np.abs(models.generator_fn()(noise).numpy()).max() <= 1.5 + 1e-6
 
 
-@pytest.mark.parametrize('name', ['ring', 'digits'])
-def test_render_writes_a_png_and_no_temp_file(name, tmp_path):
-  task = tasks.get_task(name)
-  samples = task.examples[:100]
+@pytest.mark.parametrize('name, num_samples, image_size', [
+    ('ring', 100, (512, 512)), ('grid', 100, (512, 512)),
+    # 8 columns x 8 rows of 32-pixel digits with 2-pixel gaps; 3 samples make one row.
+    ('digits', 100, (8 * 34 + 2, 8 * 34 + 2)), ('digits', 3, (3 * 34 + 2, 34 + 2)),
+])
+def test_render_writes_a_png_and_no_temp_file(name, num_samples, image_size, tmp_path):
+  task = tasks.get_task(name) if name == 'digits' else tasks.get_task(name, num_examples=200)
   path = tmp_path / 'samples.png'
-  task.render(samples, str(path))
+  path.write_bytes(b'an older picture')  # Replaced, not appended to.
+  task.render(task.examples[:num_samples], str(path))
   with Image.open(path) as image:
-    assert image.format == 'PNG' and min(image.size) >= 64
+    assert image.format == 'PNG' and image.size == image_size
+    image.load()
   assert os.listdir(tmp_path) == ['samples.png']
+
+
+def test_ring_render_draws_samples_where_they_are(tmp_path):
+  path = tmp_path / 'origin.png'
+  RingTask(num_examples=8).render(np.zeros((1, 2), dtype=np.float32), str(path))
+  with Image.open(path) as image:
+    pixels = np.asarray(image.convert('RGB')).astype(int)
+  # Axes span +-1.6 over 512 pixels: the origin is the centre, mode 0 = (1, 0) is at
+  # column (1 + 1.6) / 3.2 * 511 ~ 415, and its 3-sigma circle (radius ~4.8 px) is red.
+  assert pixels[256:258, 256:258].max() < 100  # The origin, 255.5 px, rounds to 256.
+  assert (pixels[0, 0] == 255).all() and (pixels[-1, -1] == 255).all()
+  mode_row = pixels[254:258, 405:426]
+  assert ((mode_row[..., 0] > 200) & (mode_row[..., 1] < 50)).any()

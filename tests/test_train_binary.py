@@ -84,6 +84,16 @@ def test_tensorflow_start_up_noise_is_hidden(two_runs):
     (['--model=dcgan'], "unknown model 'dcgan' for task 'ring'"),
     (['--partition=pathological', '--labels_per_client=9'], 'labels_per_client'),
     (['stray_argument'], 'unexpected arguments'),
+    (['--dp_noise_multiplier=-0.5'], '--dp_noise_multiplier must be >= 0'),
+    (['--dp_noise_multiplier=1', '--dp_clip=0'], '--dp_clip must be positive'),
+    (['--dp_noise_multiplier=1', '--dp_delta=1'], '--dp_delta must be in (0, 1)'),
+    (['--dp_noise_multiplier=1', '--dp_adaptive_clip_quantile=1.5'],
+     '--dp_adaptive_clip_quantile must be in (0, 1)'),
+    (['--dp_clip=0.1'], '--dp_clip has no effect without --dp_noise_multiplier'),
+    (['--dp_noise_multiplier=1', '--dp_accountant=pld'], 'needs --client_sampling=poisson'),
+    (['--client_sampling=bernoulli'], "unknown --client_sampling 'bernoulli'"),
+    (['--dp_noise_multiplier=1', '--dp_adaptive_clip_quantile=0.5'],
+     'adaptive clipping cannot reach noise multiplier 1.0'),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
   result = run_train(f'--output_dir={tmp_path}/out', '--noprogress', *args)

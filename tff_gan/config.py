@@ -14,11 +14,15 @@ import os
 # a command line can be checked in milliseconds, before TensorFlow is imported.
 # tests/test_config.py checks that they match the implementations.
 TASKS = ('digits', 'grid', 'ring')
-SCHEMES = ('fedgan',)
+SCHEMES = ('fedgan', 'dp_fedavg_gan')
 PARTITIONS = ('iid', 'dirichlet', 'pathological')
 LOSSES = ('non_saturating', 'wasserstein_gp')
 CLIENT_OPTIMIZERS = ('sgd', 'adam', 'rmsprop')
 SERVER_OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad')
+CLIENT_SAMPLING = ('fixed', 'poisson')
+DP_ACCOUNTANTS = ('rdp', 'pld')
+DEFAULT_DP_CLIP = 1.0
+DEFAULT_DP_DELTA = 1e-5
 
 
 class ConfigError(ValueError):
@@ -30,7 +34,9 @@ class TrainConfig:
   """Everything that defines a training run (and is written to `config.json`).
 
   Attributes mirror the flags of `bin/train.py`; see `--help` there for their meaning.
-  `local_steps = 0` means no cap on the batches per round.
+  `local_steps = 0` means no cap on the batches per round. Differential privacy is on when
+  `dp_noise_multiplier` is set; the other `dp_*` fields are then read (unset ones take
+  `DEFAULT_DP_CLIP` and `DEFAULT_DP_DELTA`), and setting them without it is an error.
   """
 
   task: str = 'ring'
@@ -51,6 +57,14 @@ class TrainConfig:
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
   loss: str = 'non_saturating'
+  server_gen_steps: int = 1
+  generator_learning_rate: float = 1e-3
+  client_sampling: str = 'fixed'
+  dp_noise_multiplier: float | None = None
+  dp_clip: float | None = None
+  dp_adaptive_clip_quantile: float | None = None
+  dp_delta: float | None = None
+  dp_accountant: str = 'rdp'
   eval_every: int = 10
   num_eval_samples: int = 2500
   seed: int = 0
@@ -59,12 +73,12 @@ class TrainConfig:
   def validate(self) -> TrainConfig:
     """Returns `self` if valid; raises `ConfigError` otherwise."""
     positive = ('num_clients', 'clients_per_round', 'rounds', 'local_epochs', 'batch_size',
-                'eval_every', 'num_eval_samples', 'labels_per_client')
+                'eval_every', 'num_eval_samples', 'labels_per_client', 'server_gen_steps')
     for name in positive:
       if getattr(self, name) <= 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
-    for name in ('client_learning_rate', 'server_learning_rate', 'dirichlet_alpha',
-                 'model_width'):
+    for name in ('client_learning_rate', 'server_learning_rate', 'generator_learning_rate',
+                 'dirichlet_alpha', 'model_width'):
       if not getattr(self, name) > 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
     if self.local_steps < 0:
@@ -79,6 +93,8 @@ class TrainConfig:
         'client_optimizer': CLIENT_OPTIMIZERS,
         'server_optimizer': SERVER_OPTIMIZERS,
         'loss': LOSSES,
+        'client_sampling': CLIENT_SAMPLING,
+        'dp_accountant': DP_ACCOUNTANTS,
     }
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
@@ -86,7 +102,42 @@ class TrainConfig:
                           f"{', '.join(allowed)}.")
     if not self.output_dir:
       raise ConfigError('--output_dir must not be empty.')
+    self._validate_dp()
     return self
+
+  @property
+  def dp_enabled(self) -> bool:
+    return self.dp_noise_multiplier is not None
+
+  @property
+  def effective_dp_clip(self) -> float:
+    return DEFAULT_DP_CLIP if self.dp_clip is None else self.dp_clip
+
+  @property
+  def effective_dp_delta(self) -> float:
+    return DEFAULT_DP_DELTA if self.dp_delta is None else self.dp_delta
+
+  def _validate_dp(self) -> None:
+    if not self.dp_enabled:
+      for name in ('dp_clip', 'dp_adaptive_clip_quantile', 'dp_delta'):
+        if getattr(self, name) is not None:
+          raise ConfigError(f'--{name} has no effect without --dp_noise_multiplier; set it to '
+                            f'turn differential privacy on, or drop --{name}.')
+      if self.dp_accountant != 'rdp':
+        raise ConfigError('--dp_accountant has no effect without --dp_noise_multiplier.')
+      return
+    if self.dp_noise_multiplier < 0:
+      raise ConfigError(f'--dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}.')
+    if not self.effective_dp_clip > 0:
+      raise ConfigError(f'--dp_clip must be positive, got {self.dp_clip}.')
+    if not 0 < self.effective_dp_delta < 1:
+      raise ConfigError(f'--dp_delta must be in (0, 1), got {self.dp_delta}.')
+    quantile = self.dp_adaptive_clip_quantile
+    if quantile is not None and not 0 < quantile < 1:
+      raise ConfigError(f'--dp_adaptive_clip_quantile must be in (0, 1), got {quantile}.')
+    if self.dp_accountant == 'pld' and self.client_sampling != 'poisson':
+      raise ConfigError('--dp_accountant=pld needs --client_sampling=poisson (PLD does not '
+                        'account for fixed-size sampling without replacement).')
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -94,16 +94,28 @@ class ClientPopulation:
     ]
 
 
-def sample_clients(num_clients: int, clients_per_round: int, *, round_num: int,
-                   seed: int) -> np.ndarray:
-  """Clients of round `round_num`: `clients_per_round` drawn uniformly without replacement.
+def sample_clients(num_clients: int, clients_per_round: int, *, round_num: int, seed: int,
+                   method: str = 'fixed') -> np.ndarray:
+  """The sorted client ids of round `round_num`.
 
-  All clients are returned in order when `clients_per_round == num_clients`.
+  Args:
+    num_clients: Population size.
+    clients_per_round: Exact (`fixed`) or expected (`poisson`) number of clients.
+    round_num: The round; with `seed` it alone determines the sample.
+    seed: The run seed.
+    method: `fixed` draws exactly `clients_per_round` clients uniformly without
+      replacement; `poisson` includes each client independently with probability
+      `clients_per_round / num_clients` (the sample may be empty). These are the two
+      samplings `tff_gan.privacy` accounts for.
   """
   if not 0 < clients_per_round <= num_clients:
     raise ValueError(f'clients_per_round must be in [1, num_clients={num_clients}], got '
                      f'{clients_per_round}.')
+  rng = np.random.default_rng(_derived_seed(seed, round_num, 0x5A3F))
+  if method == 'poisson':
+    return np.flatnonzero(rng.random(num_clients) < clients_per_round / num_clients)
+  if method != 'fixed':
+    raise ValueError(f"unknown client sampling '{method}'; choose one of: fixed, poisson.")
   if clients_per_round == num_clients:
     return np.arange(num_clients)
-  rng = np.random.default_rng(_derived_seed(seed, round_num, 0x5A3F))
   return np.sort(rng.choice(num_clients, size=clients_per_round, replace=False))

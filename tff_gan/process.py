@@ -11,8 +11,14 @@ Type signatures of the resulting process:
 * `initialize: ( -> ServerState@SERVER)`
 * `next: (<ServerState@SERVER, {float32[?,...]*}@CLIENTS> -> <ServerState@SERVER, M@SERVER>)`
 
-where `M` holds `discriminator_loss` and `generator_loss` (means weighted by the examples
-each client trained on), `num_examples` (their sum) and the aggregator's measurements.
+where `M` is an `OrderedDict` with
+
+* `client`: the clients' metrics (e.g. `discriminator_loss`), means weighted by the number of
+  examples each client trained on, and `num_examples`, their sum — both omitted when
+  `release_client_metrics=False` (under differential privacy they would be un-noised
+  releases of client data);
+* `server`: the metrics the server update reports (e.g. the server generator's loss);
+* `aggregator`: the aggregator's measurements.
 """
 
 from __future__ import annotations
@@ -43,12 +49,13 @@ class SchemeFns:
     client_update: `(dataset, ServerBroadcast) -> ClientOutput`; runs inside a
       `tff.tensorflow.computation` (build models there, iterate the dataset in a
       `tf.function`).
-    server_update: `(ServerState, aggregated_delta, new_aggregator_state) -> ServerState`.
+    server_update: `(ServerState, aggregated_delta, new_aggregator_state) ->
+      (ServerState, OrderedDict of server metrics)`.
   """
 
   initial_state: Callable[[], ServerState]
   client_update: Callable[[tf.data.Dataset, ServerBroadcast], ClientOutput]
-  server_update: Callable[..., ServerState]
+  server_update: Callable[..., tuple[ServerState, collections.OrderedDict]]
 
 
 def default_aggregator() -> tff.aggregators.WeightedAggregationFactory:
@@ -61,6 +68,7 @@ def build_process(
     *,
     data_spec: tf.TensorSpec,
     aggregator: AggregationFactory | None = None,
+    release_client_metrics: bool = True,
 ) -> tff.templates.IterativeProcess:
   """Composes a scheme's TF bodies into a federated training process.
 
@@ -69,6 +77,8 @@ def build_process(
     data_spec: Spec of one client batch, e.g. `float32[None, 2]`.
     aggregator: A `tff.aggregators` factory for the client deltas. A weighted factory is
       given each client's `num_examples` as weight. Defaults to `default_aggregator()`.
+    release_client_metrics: Whether the round's metrics include the clients' aggregated
+      metrics and example count (turn off under differential privacy).
 
   Returns:
     A `tff.templates.IterativeProcess` with the signatures in the module docstring.
@@ -129,17 +139,15 @@ def build_process(
       )
     else:
       aggregate = aggregation_process.next(state.aggregator_state, outputs.delta)
-    new_state = tff.federated_map(server_update, (state, aggregate.result, aggregate.state))
-    metrics = tff.federated_zip(
-        collections.OrderedDict(
-            discriminator_loss=tff.federated_mean(
-                outputs.discriminator_loss, weight=outputs.num_examples
-            ),
-            generator_loss=tff.federated_mean(outputs.generator_loss, weight=outputs.num_examples),
-            num_examples=tff.federated_sum(outputs.num_examples),
-            aggregator=aggregate.measurements,
-        )
+    server_output = tff.federated_map(
+        server_update, (state, aggregate.result, aggregate.state)
     )
-    return new_state, metrics
+    metrics = collections.OrderedDict()
+    if release_client_metrics:
+      metrics['client'] = tff.federated_mean(outputs.metrics, weight=outputs.num_examples)
+      metrics['num_examples'] = tff.federated_sum(outputs.num_examples)
+    metrics['server'] = server_output[1]
+    metrics['aggregator'] = aggregate.measurements
+    return server_output[0], tff.federated_zip(metrics)
 
   return tff.templates.IterativeProcess(initialize_fn=initialize, next_fn=next_fn)

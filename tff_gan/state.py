@@ -54,13 +54,12 @@ class ClientOutput(NamedTuple):
   """What one client returns at the end of its local work.
 
   Attributes:
-    delta: `GanWeights` of local-minus-broadcast weights.
+    delta: Local-minus-broadcast weights of the networks the client trains: `GanWeights` in
+      FedGAN, the discriminator's list of tensors in DP-FedAvg-GAN.
     num_examples: float32 number of real examples the client trained on; the FedAvg weight.
-    discriminator_loss: float32 mean discriminator loss over the local steps.
-    generator_loss: float32 mean generator loss over the local steps.
+    metrics: `OrderedDict` of float32 means over the local steps (e.g. `discriminator_loss`).
   """
 
-  delta: GanWeights
+  delta: Any
   num_examples: Any
-  discriminator_loss: Any
-  generator_loss: Any
+  metrics: Any

@@ -13,6 +13,8 @@ TFF import and every optimizer state is an explicit tensor structure.
 
 from __future__ import annotations
 
+import collections
+
 import tensorflow as tf
 
 from tff_gan import losses as losses_lib
@@ -185,9 +187,106 @@ def fedgan_client_update(
           discriminator=weights_delta(discriminator_variables, broadcast.weights.discriminator),
       ),
       num_examples=num_examples,
-      discriminator_loss=discriminator_loss_sum / steps,
-      generator_loss=generator_loss_sum / steps,
+      metrics=collections.OrderedDict(
+          discriminator_loss=discriminator_loss_sum / steps,
+          generator_loss=generator_loss_sum / steps,
+      ),
   )
+
+
+def discriminator_client_update(
+    dataset: tf.data.Dataset,
+    broadcast: ServerBroadcast,
+    *,
+    generator: tf.keras.Model,
+    discriminator: tf.keras.Model,
+    loss: losses_lib.GanLoss,
+    discriminator_optimizer,
+    noise_dim: int,
+) -> ClientOutput:
+  """DP-FedAvg-GAN local work: discriminator steps only, against the broadcast generator.
+
+  Every batch gives one discriminator step (the client's real batch against a generated batch
+  of the same size); the generator is only sampled from. Must run inside a `tf.function`.
+
+  Returns:
+    A `ClientOutput` whose `delta` is the discriminator's list of weight deltas.
+  """
+  discriminator_variables = discriminator.trainable_variables
+  assign_weights(generator.trainable_variables, broadcast.weights.generator)
+  assign_weights(discriminator_variables, broadcast.weights.discriminator)
+  discriminator_state = initialize_optimizer(discriminator_optimizer, discriminator_variables)
+
+  num_steps = tf.constant(0, tf.int64)
+  num_examples = tf.constant(0.0)
+  loss_sum = tf.constant(0.0)
+  for batch in dataset:
+    batch_size = tf.shape(batch)[0]
+    step_seeds = tf.random.experimental.stateless_split(
+        batch_seed(broadcast.round_seed, num_steps, batch), 2
+    )
+    discriminator_loss, discriminator_state = discriminator_step(
+        batch,
+        sample_noise(batch_size, noise_dim, step_seeds[0]),
+        step_seeds[1],
+        discriminator_state,
+        generator=generator,
+        discriminator=discriminator,
+        loss=loss,
+        optimizer=discriminator_optimizer,
+    )
+    num_steps += 1
+    num_examples += tf.cast(batch_size, tf.float32)
+    loss_sum += discriminator_loss
+
+  return ClientOutput(
+      delta=weights_delta(discriminator_variables, broadcast.weights.discriminator),
+      num_examples=num_examples,
+      metrics=collections.OrderedDict(
+          discriminator_loss=loss_sum / tf.maximum(tf.cast(num_steps, tf.float32), 1.0)
+      ),
+  )
+
+
+def train_generator(
+    weights: GanWeights,
+    optimizer_state,
+    seed,
+    *,
+    generator: tf.keras.Model,
+    discriminator: tf.keras.Model,
+    loss: losses_lib.GanLoss,
+    optimizer,
+    noise_dim: int,
+    num_steps: int,
+    batch_size: int,
+):
+  """Server-side generator training against a fixed discriminator (DP-FedAvg-GAN).
+
+  Uses only generated samples: no client data. Must run inside a `tf.function`.
+
+  Args:
+    weights: Current `GanWeights` (the discriminator already updated this round).
+    optimizer_state: The generator optimizer's state, carried across rounds.
+    seed: int64 `[2]` stateless seed for this round's noise.
+    num_steps: Generator steps to take.
+    batch_size: Noise vectors per step.
+
+  Returns:
+    `(new_generator_weights, new_optimizer_state, mean_generator_loss)`.
+  """
+  assign_weights(generator.trainable_variables, weights.generator)
+  assign_weights(discriminator.trainable_variables, weights.discriminator)
+  loss_sum = tf.constant(0.0)
+  for step in tf.range(num_steps):
+    noise = sample_noise(batch_size, noise_dim,
+                         tf.random.experimental.stateless_fold_in(seed, tf.cast(step, tf.int64)))
+    generator_loss, optimizer_state = generator_step(
+        noise, optimizer_state, generator=generator, discriminator=discriminator, loss=loss,
+        optimizer=optimizer)
+    loss_sum += generator_loss
+  new_weights = [v.read_value() for v in generator.trainable_variables]
+  return new_weights, optimizer_state, loss_sum / max(num_steps, 1)
 
 
 def apply_delta(optimizer, optimizer_state, weights, delta):
@@ -211,7 +310,7 @@ def server_update(
     generator_optimizer,
     discriminator_optimizer,
 ) -> ServerState:
-  """Applies the round's aggregated deltas to both networks and advances the round."""
+  """Applies the round's aggregated deltas to both networks and advances the round (FedGAN)."""
   generator_state, generator_weights = apply_delta(
       generator_optimizer,
       state.generator_optimizer_state,
@@ -232,3 +331,12 @@ def server_update(
       round_num=state.round_num + 1,
       seed=state.seed,
   )
+
+
+def server_generator_seed(state: ServerState):
+  """The seed of the server's generator noise in round `state.round_num`.
+
+  Derived from the round seed through a fixed fold, so it never equals a client's seed.
+  """
+  return tf.random.experimental.stateless_fold_in(
+      round_seed(state.seed, state.round_num), tf.constant(-1, tf.int64))

@@ -3,8 +3,11 @@
 Writes to `config.output_dir`:
 
 * `config.json` — the `TrainConfig` of the run;
-* `metrics.csv` — one row per round: `round`, `round_seconds`, `d_loss`, `g_loss`,
-  `num_examples`, then the task's metric columns (empty on rounds not evaluated);
+* `metrics.csv` — one row per round: `round`, `round_seconds`, `clients`, `d_loss`,
+  `g_loss`, `num_examples`, `epsilon` (with differential privacy), then the task's metric
+  columns (empty on rounds not evaluated). Under differential privacy the clients' losses and
+  example counts are not released, so `d_loss` and `num_examples` stay empty (and `g_loss`
+  too in `fedgan`; in `dp_fedavg_gan` it is the server generator's loss);
 * `samples/round_NNNNN.png` — the task's rendering of generated samples at each evaluation;
 * `worker.log` — the TFF worker's own output.
 """
@@ -19,16 +22,17 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from tqdm import tqdm
 
+from tff_gan import aggregators, contexts, data, losses, optimizers, privacy
 from tff_gan import config as config_lib
-from tff_gan import contexts, data, losses, optimizers
 from tff_gan.models import GanModels
 from tff_gan.partition import partition
-from tff_gan.schemes import fedgan
+from tff_gan.schemes import dp_fedavg_gan, fedgan
 from tff_gan.state import ServerState
 
-BASE_COLUMNS = ('round', 'round_seconds', 'd_loss', 'g_loss', 'num_examples')
+BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'd_loss', 'g_loss', 'num_examples')
 
 
 @dataclasses.dataclass
@@ -67,7 +71,7 @@ class MetricsWriter:
   def __init__(self, path: str, columns: tuple[str, ...]):
     self.columns = columns
     self._file = open(path, 'w', newline='')
-    self._writer = csv.DictWriter(self._file, fieldnames=columns, restval='')
+    self._writer = csv.DictWriter(self._file, fieldnames=columns, restval='', lineterminator='\n')
     self._writer.writeheader()
     self._file.flush()
 
@@ -85,21 +89,76 @@ def _format(value):
   return value
 
 
+def build_aggregator(config: config_lib.TrainConfig):
+  """The `tff.aggregators` factory `config` asks for (DP-FedAvg when DP is on)."""
+  if not config.dp_enabled:
+    return aggregators.default_aggregator()
+  try:
+    return aggregators.dp_aggregator(
+        noise_multiplier=config.dp_noise_multiplier,
+        clients_per_round=config.clients_per_round,
+        clip=config.effective_dp_clip,
+        adaptive_clip_quantile=config.dp_adaptive_clip_quantile,
+    )
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+
+
 def build_process(config: config_lib.TrainConfig, models: GanModels):
   """The `tff.templates.IterativeProcess` that `config` asks for."""
-  client_optimizer = optimizers.build_optimizer(config.client_optimizer,
-                                                config.client_learning_rate)
-  server_optimizer = optimizers.build_optimizer(config.server_optimizer,
-                                                config.server_learning_rate)
+  common = dict(
+      loss=losses.get_loss(config.loss),
+      client_optimizer=optimizers.build_optimizer(config.client_optimizer,
+                                                  config.client_learning_rate),
+      server_optimizer=optimizers.build_optimizer(config.server_optimizer,
+                                                  config.server_learning_rate),
+      aggregator=build_aggregator(config),
+      release_client_metrics=not config.dp_enabled,
+      seed=config.seed,
+  )
   if config.scheme == 'fedgan':
-    return fedgan.build_fedgan_process(
+    return fedgan.build_fedgan_process(models, **common)
+  if config.scheme == 'dp_fedavg_gan':
+    return dp_fedavg_gan.build_dp_fedavg_gan_process(
         models,
-        loss=losses.get_loss(config.loss),
-        client_optimizer=client_optimizer,
-        server_optimizer=server_optimizer,
-        seed=config.seed,
+        generator_optimizer=optimizers.build_optimizer('adam', config.generator_learning_rate),
+        server_generator_steps=config.server_gen_steps,
+        server_generator_batch_size=config.batch_size,
+        **common,
     )
   raise config_lib.ConfigError(f"unknown --scheme '{config.scheme}'.")
+
+
+class EpsilonLedger:
+  """ε spent so far, from the round count and the DP event kept in the server state."""
+
+  def __init__(self, config: config_lib.TrainConfig):
+    self._sampling = privacy.Sampling(config.client_sampling, config.num_clients,
+                                      config.clients_per_round)
+    self._delta = config.effective_dp_delta
+    self._accountant = config.dp_accountant
+    self._round_event = None
+
+  def epsilon(self, state: ServerState) -> float:
+    if self._round_event is None:  # The same mechanism every round: convert it once.
+      self._round_event = privacy.round_event_from_aggregator_state(state.aggregator_state)
+    return privacy.epsilon(self._round_event, self._sampling, int(state.round_num),
+                           self._delta, self._accountant)
+
+
+def round_row(round_num: int, seconds: float, num_clients: int, metrics) -> dict[str, Any]:
+  """The `metrics.csv` fields a round's process metrics give (released ones only)."""
+  row: dict[str, Any] = {'round': round_num, 'round_seconds': seconds, 'clients': num_clients}
+  client, server = metrics.get('client', {}), metrics['server']
+  if 'discriminator_loss' in client:
+    row['d_loss'] = float(client['discriminator_loss'])
+  if 'generator_loss' in server:
+    row['g_loss'] = float(server['generator_loss'])
+  elif 'generator_loss' in client:
+    row['g_loss'] = float(client['generator_loss'])
+  if 'num_examples' in metrics:
+    row['num_examples'] = int(metrics['num_examples'])
+  return row
 
 
 def build_population(config: config_lib.TrainConfig, task) -> data.ClientPopulation:
@@ -144,12 +203,18 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True) -
   )
   process = build_process(config, models)
   sample = SampleGenerator(models)
+  ledger = EpsilonLedger(config) if config.dp_enabled else None
+  if ledger is not None:
+    message = privacy.warn_if_delta_too_large(config.effective_dp_delta, config.num_clients)
+    if message:
+      logging.warning(message)
 
   write_text_atomically(os.path.join(config.output_dir, 'config.json'), config.to_json() + '\n')
   samples_dir = os.path.join(config.output_dir, 'samples')
   os.makedirs(samples_dir, exist_ok=True)
+  privacy_columns = ('epsilon',) if ledger is not None else ()
   writer = MetricsWriter(os.path.join(config.output_dir, 'metrics.csv'),
-                         BASE_COLUMNS + tuple(task.metric_names))
+                         BASE_COLUMNS + privacy_columns + tuple(task.metric_names))
   row: dict[str, Any] = {}
   try:
     with contexts.local_cpp_context(log_path=os.path.join(config.output_dir, 'worker.log')):
@@ -158,18 +223,15 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True) -
                     disable=not show_progress, dynamic_ncols=True)
       for round_num in rounds:
         client_ids = data.sample_clients(config.num_clients, config.clients_per_round,
-                                         round_num=round_num, seed=config.seed)
+                                         round_num=round_num, seed=config.seed,
+                                         method=config.client_sampling)
         datasets = population.round_datasets(client_ids, work, round_num=round_num,
                                              seed=config.seed)
         start = time.perf_counter()
         state, metrics = process.next(state, datasets)
-        row = {
-            'round': round_num,
-            'round_seconds': time.perf_counter() - start,
-            'd_loss': float(metrics['discriminator_loss']),
-            'g_loss': float(metrics['generator_loss']),
-            'num_examples': int(metrics['num_examples']),
-        }
+        row = round_row(round_num, time.perf_counter() - start, len(client_ids), metrics)
+        if ledger is not None:
+          row['epsilon'] = ledger.epsilon(state)
         if round_num % config.eval_every == 0 or round_num == config.rounds:
           samples = sample(state.weights.generator, config.num_eval_samples,
                            seed=config.seed + round_num)
@@ -183,8 +245,8 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True) -
 
 
 def _progress_fields(row, metric_names):
-  fields = {'d_loss': f"{row['d_loss']:.3f}", 'g_loss': f"{row['g_loss']:.3f}"}
-  for name in metric_names:
+  fields = {}
+  for name in ('d_loss', 'g_loss', 'epsilon', *metric_names):
     if name in row:
       fields[name] = f'{row[name]:.3g}'
   return fields

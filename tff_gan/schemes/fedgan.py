@@ -9,6 +9,7 @@ with a server optimizer. With server SGD at learning rate 1 this is FedAvg of bo
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import random
@@ -91,6 +92,7 @@ def build_fedgan_process(
     client_generator_optimizer: tff.learning.optimizers.Optimizer | None = None,
     server_optimizer: tff.learning.optimizers.Optimizer | None = None,
     aggregator: process.AggregationFactory | None = None,
+    release_client_metrics: bool = True,
     seed: int = 0,
 ) -> tff.templates.IterativeProcess:
   """Builds the FedGAN training process.
@@ -114,6 +116,10 @@ def build_fedgan_process(
     server_optimizer: Server optimizer applied to each network's aggregated delta (one state
       per network, kept in `ServerState`). Defaults to SGD with learning rate 1 (FedAvg).
     aggregator: A `tff.aggregators` factory; defaults to the weighted mean with weights n_k.
+      A differentially private factory (see `tff_gan.aggregators`) clips and noises each
+      client's joint (G, D) update.
+    release_client_metrics: Whether round metrics include the clients' mean losses and
+      example count; turn off under differential privacy.
     seed: Seeds the initial weights and all generator noise.
 
   Returns:
@@ -143,13 +149,14 @@ def build_fedgan_process(
     return local_work(dataset, broadcast)
 
   def server_update(state, aggregated_delta, aggregator_state):
-    return tf_fns.server_update(
+    new_state = tf_fns.server_update(
         state,
         aggregated_delta,
         aggregator_state,
         generator_optimizer=server_optimizer,
         discriminator_optimizer=server_optimizer,
     )
+    return new_state, collections.OrderedDict()
 
   scheme = process.SchemeFns(
       initial_state=initial_state_fn(
@@ -161,6 +168,7 @@ def build_fedgan_process(
       client_update=client_update,
       server_update=server_update,
   )
-  return process.build_process(scheme, data_spec=models.data_spec(), aggregator=aggregator)
+  return process.build_process(scheme, data_spec=models.data_spec(), aggregator=aggregator,
+                               release_client_metrics=release_client_metrics)
 
 

@@ -1,0 +1,114 @@
+"""Privacy accounting against published values and direct `dp_accounting` computations."""
+
+import math
+import os
+import subprocess
+import sys
+
+import dp_accounting
+import pytest
+from conftest import REPO_ROOT
+
+from tff_gan import config, privacy
+
+PRIVACY = os.path.join(REPO_ROOT, 'bin', 'privacy.py')
+
+
+def run_privacy(*args):
+  return subprocess.run([sys.executable, PRIVACY, *args], capture_output=True, text=True,
+                        timeout=120)
+
+
+def test_known_answer_dp_sgd_mnist_rdp_poisson():
+  # tensorflow/privacy's DP-SGD MNIST example: N = 60000, batch 150, z = 1.3, 15 epochs,
+  # δ = 1e-5 gives ε = 0.7242234026 with the RDP accountant and Poisson sampling.
+  sampling = privacy.Sampling('poisson', num_clients=60000, clients_per_round=150)
+  rounds = 15 * 60000 // 150
+  eps = privacy.epsilon(dp_accounting.GaussianDpEvent(1.3), sampling, rounds, 1e-5)
+  assert eps == pytest.approx(0.7242234026, abs=1e-9)
+
+
+def test_dp_accounting_version_is_pinned():
+  # The known answer above depends on the accountant's default RDP orders.
+  from importlib.metadata import version
+  assert version('dp-accounting') == '0.4.3'
+
+
+def test_pld_is_tighter_than_rdp_and_close():
+  sampling = privacy.Sampling('poisson', 60000, 150)
+  event = dp_accounting.GaussianDpEvent(1.3)
+  rdp = privacy.epsilon(event, sampling, 6000, 1e-5, 'rdp')
+  pld = privacy.epsilon(event, sampling, 6000, 1e-5, 'pld')
+  assert 0.5 * rdp < pld < rdp
+
+
+def test_fixed_sampling_uses_replace_one_without_replacement():
+  sampling = privacy.Sampling('fixed', 1000, 10)
+  event = dp_accounting.GaussianDpEvent(1.0)
+  reference = dp_accounting.rdp.RdpAccountant(
+      neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+  reference.compose(dp_accounting.SampledWithoutReplacementDpEvent(1000, 10, event), 100)
+  assert privacy.epsilon(event, sampling, 100, 1e-5) == pytest.approx(
+      reference.get_epsilon(1e-5), rel=1e-12)
+  with pytest.raises(ValueError, match='PLD'):
+    privacy.epsilon(event, sampling, 100, 1e-5, 'pld')
+
+
+def test_epsilon_grows_with_rounds_and_is_zero_before_any():
+  sampling = privacy.Sampling('poisson', 1000, 10)
+  event = dp_accounting.GaussianDpEvent(1.0)
+  values = [privacy.epsilon(event, sampling, t, 1e-5) for t in (0, 1, 10, 100)]
+  assert values[0] == 0.0
+  assert values == sorted(values) and values[1] > 0
+
+
+def test_calibration_inverts_epsilon():
+  sampling = privacy.Sampling('poisson', 1000, 10)
+  target = privacy.epsilon(dp_accounting.GaussianDpEvent(1.1), sampling, 500, 1e-5)
+  z = privacy.noise_multiplier_for_epsilon(target, sampling, 500, 1e-5)
+  assert z == pytest.approx(1.1, abs=2e-3)
+  assert privacy.epsilon(dp_accounting.GaussianDpEvent(z), sampling, 500, 1e-5) <= target + 1e-3
+
+
+def test_delta_checks_and_warning():
+  with pytest.raises(ValueError, match='dp_delta'):
+    privacy.epsilon(dp_accounting.GaussianDpEvent(1.0), privacy.Sampling('fixed', 10, 2), 1, 1.0)
+  with pytest.warns(UserWarning, match='1/num_clients'):
+    assert privacy.warn_if_delta_too_large(0.01, 100)
+  assert privacy.warn_if_delta_too_large(1e-5, 100) is None
+
+
+def test_choices_match_config():
+  assert privacy.SAMPLING_METHODS == config.CLIENT_SAMPLING
+  assert privacy.ACCOUNTANTS == config.DP_ACCOUNTANTS
+  assert math.isclose(privacy.Sampling('poisson', 200, 10).rate, 0.05)
+
+
+def test_bin_privacy_reports_the_known_answer_and_inverts_it():
+  common = ['--num_clients=60000', '--clients_per_round=150', '--rounds=6000', '--delta=1e-5']
+  result = run_privacy(*common, '--noise_multiplier=1.3')
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith('epsilon=0.724223 ')
+  result = run_privacy(*common, '--target_epsilon=0.7242234026')
+  assert result.returncode == 0, result.stderr
+  assert float(result.stdout.split()[0].split('=')[1]) == pytest.approx(1.3, abs=1e-3)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--num_clients=10', '--clients_per_round=20', '--rounds=5', '--noise_multiplier=1'],
+     'clients_per_round must be in'),
+    (['--num_clients=100', '--clients_per_round=10', '--rounds=5'], 'exactly one of'),
+    (['--num_clients=100', '--clients_per_round=10', '--rounds=5', '--noise_multiplier=-1'],
+     'noise_multiplier must be >= 0'),
+    (['--num_clients=100', '--clients_per_round=10', '--rounds=5', '--noise_multiplier=1',
+      '--delta=1.5'], 'delta must be in (0, 1)'),
+    (['--num_clients=100', '--clients_per_round=10', '--rounds=5', '--noise_multiplier=1',
+      '--sampling=fixed', '--accountant=pld'], 'PLD accountant does not support'),
+    (['--num_clients=100', '--clients_per_round=10', '--rounds=0', '--noise_multiplier=1'],
+     '--rounds must be a positive integer'),
+])
+def test_bin_privacy_usage_errors_exit_2_with_one_line(args, message):
+  result = run_privacy(*args)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], result.stderr
