@@ -24,6 +24,7 @@ test: venv
 
 bench: venv
 	$(VENV_PYTHON) bench/round_overhead.py
+	$(VENV_PYTHON) bench/dp_overhead.py
 
 lint: venv
 	$(VENV_PYTHON) -m ruff check tff_gan tasks bin tests bench

@@ -163,7 +163,7 @@ def test_poisson_sampling_rate_and_determinism():
 
 @pytest.mark.parametrize('adaptive', [False, True])
 def test_epsilon_column_equals_an_independent_dp_accounting_computation(tmp_path, adaptive):
-  z, num_clients, per_round, rounds, delta = 0.8, 200, 20, 3, 1e-5
+  z, num_clients, per_round, rounds, delta = 0.8, 1000, 20, 3, 1e-5
   args = ['--scheme=dp_fedavg_gan', f'--num_clients={num_clients}',
           f'--clients_per_round={per_round}', '--client_sampling=poisson',
           f'--dp_noise_multiplier={z}', '--dp_clip=0.1', f'--rounds={rounds}',

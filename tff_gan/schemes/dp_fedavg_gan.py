@@ -13,15 +13,13 @@ private discriminator and costs no privacy.
 from __future__ import annotations
 
 import collections
-import functools
 
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_gan import losses as losses_lib
 from tff_gan import optimizers, process, tf_fns
 from tff_gan.models import GanModels
-from tff_gan.schemes import fedgan
+from tff_gan.schemes import common
 from tff_gan.state import GanWeights
 
 DEFAULT_GENERATOR_LEARNING_RATE = 2e-4
@@ -74,23 +72,18 @@ def build_dp_fedavg_gan_process(
                      f'got {server_generator_steps} and {server_generator_batch_size}.')
   loss = loss or losses_lib.NON_SATURATING
   client_optimizer = client_optimizer or optimizers.build_optimizer(
-      'adam', fedgan.DEFAULT_CLIENT_LEARNING_RATE)
+      'adam', common.DEFAULT_CLIENT_LEARNING_RATE)
   server_optimizer = server_optimizer or optimizers.build_optimizer('sgd', 1.0)
   generator_optimizer = generator_optimizer or optimizers.build_optimizer(
       'adam', DEFAULT_GENERATOR_LEARNING_RATE)
 
   def client_update(dataset, broadcast):
-    generator = models.generator_fn()
-    discriminator = models.discriminator_fn()
-    local_work = tf.function(
-        functools.partial(
-            tf_fns.discriminator_client_update,
-            generator=generator,
-            discriminator=discriminator,
-            loss=loss,
-            discriminator_optimizer=client_optimizer,
-            noise_dim=models.noise_dim,
-        )
+    local_work = common.with_fresh_models(
+        tf_fns.discriminator_client_update,
+        models,
+        loss=loss,
+        discriminator_optimizer=client_optimizer,
+        noise_dim=models.noise_dim,
     )
     return local_work(dataset, broadcast)
 
@@ -102,19 +95,14 @@ def build_dp_fedavg_gan_process(
         aggregated_delta,
     )
     weights = GanWeights(generator=state.weights.generator, discriminator=discriminator_weights)
-    generator = models.generator_fn()
-    discriminator = models.discriminator_fn()
-    train = tf.function(
-        functools.partial(
-            tf_fns.train_generator,
-            generator=generator,
-            discriminator=discriminator,
-            loss=loss,
-            optimizer=generator_optimizer,
-            noise_dim=models.noise_dim,
-            num_steps=server_generator_steps,
-            batch_size=server_generator_batch_size,
-        )
+    train = common.with_fresh_models(
+        tf_fns.train_generator,
+        models,
+        loss=loss,
+        optimizer=generator_optimizer,
+        noise_dim=models.noise_dim,
+        num_steps=server_generator_steps,
+        batch_size=server_generator_batch_size,
     )
     generator_weights, generator_state, generator_loss = train(
         weights, state.generator_optimizer_state, tf_fns.server_generator_seed(state))
@@ -128,7 +116,7 @@ def build_dp_fedavg_gan_process(
     return new_state, collections.OrderedDict(generator_loss=generator_loss)
 
   scheme = process.SchemeFns(
-      initial_state=fedgan.initial_state_fn(
+      initial_state=common.initial_state_fn(
           models,
           generator_server_optimizer=generator_optimizer,
           discriminator_server_optimizer=server_optimizer,

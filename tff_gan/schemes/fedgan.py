@@ -10,78 +10,13 @@ with a server optimizer. With server SGD at learning rate 1 this is FedAvg of bo
 from __future__ import annotations
 
 import collections
-import contextlib
-import functools
-import random
 
-import tensorflow as tf
 import tensorflow_federated as tff
-from keras.src import backend as keras_backend
 
 from tff_gan import losses as losses_lib
 from tff_gan import optimizers, process, tf_fns
 from tff_gan.models import GanModels
-from tff_gan.state import GanWeights, ServerState
-
-DEFAULT_CLIENT_LEARNING_RATE = 2e-4
-
-
-@contextlib.contextmanager
-def keras_initializers_seeded(seed: int):
-  """Makes Keras initializers without an explicit seed draw their seeds from `seed`.
-
-  Keras 2.14's unseeded initializers take their op seeds from Python's global `random`, so
-  the same graph-level seed still gives different weights in different processes.
-  `tf.keras.utils.set_random_seed` would fix that by reseeding Python's, numpy's and TF's
-  global generators; this changes only Keras' (thread-local) seed source, and restores it.
-  """
-  seed_source = keras_backend._SEED_GENERATOR  # noqa: SLF001 (no public per-scope API)
-  previous = getattr(seed_source, 'generator', None)
-  seed_source.generator = random.Random(seed)
-  try:
-    yield
-  finally:
-    seed_source.generator = previous
-
-
-def _read_weights(model: tf.keras.Model):
-  return [v.read_value() for v in model.trainable_variables]
-
-
-def initial_state_fn(
-    models: GanModels,
-    *,
-    generator_server_optimizer,
-    discriminator_server_optimizer,
-    seed: int,
-):
-  """Returns a TF body building the initial `ServerState` (without aggregator state).
-
-  `seed` fixes the initial weights (see `keras_initializers_seeded`) as well as every later
-  round's randomness.
-  """
-
-  def initial_state():
-    tf.random.set_seed(seed)
-    with keras_initializers_seeded(seed):
-      generator = models.generator_fn()
-      discriminator = models.discriminator_fn()
-    generator_weights = _read_weights(generator)
-    discriminator_weights = _read_weights(discriminator)
-    return ServerState(
-        weights=GanWeights(generator=generator_weights, discriminator=discriminator_weights),
-        generator_optimizer_state=tf_fns.initialize_optimizer(
-            generator_server_optimizer, generator.trainable_variables
-        ),
-        discriminator_optimizer_state=tf_fns.initialize_optimizer(
-            discriminator_server_optimizer, discriminator.trainable_variables
-        ),
-        aggregator_state=(),
-        round_num=tf.constant(0, tf.int64),
-        seed=tf.constant([seed, 0], tf.int64),
-    )
-
-  return initial_state
+from tff_gan.schemes import common
 
 
 def build_fedgan_process(
@@ -127,24 +62,19 @@ def build_fedgan_process(
   """
   loss = loss or losses_lib.NON_SATURATING
   discriminator_optimizer = client_optimizer or optimizers.build_optimizer(
-      'adam', DEFAULT_CLIENT_LEARNING_RATE
+      'adam', common.DEFAULT_CLIENT_LEARNING_RATE
   )
   generator_optimizer = client_generator_optimizer or discriminator_optimizer
   server_optimizer = server_optimizer or optimizers.build_optimizer('sgd', 1.0)
 
   def client_update(dataset, broadcast):
-    generator = models.generator_fn()
-    discriminator = models.discriminator_fn()
-    local_work = tf.function(
-        functools.partial(
-            tf_fns.fedgan_client_update,
-            generator=generator,
-            discriminator=discriminator,
-            loss=loss,
-            generator_optimizer=generator_optimizer,
-            discriminator_optimizer=discriminator_optimizer,
-            noise_dim=models.noise_dim,
-        )
+    local_work = common.with_fresh_models(
+        tf_fns.fedgan_client_update,
+        models,
+        loss=loss,
+        generator_optimizer=generator_optimizer,
+        discriminator_optimizer=discriminator_optimizer,
+        noise_dim=models.noise_dim,
     )
     return local_work(dataset, broadcast)
 
@@ -159,7 +89,7 @@ def build_fedgan_process(
     return new_state, collections.OrderedDict()
 
   scheme = process.SchemeFns(
-      initial_state=initial_state_fn(
+      initial_state=common.initial_state_fn(
           models,
           generator_server_optimizer=server_optimizer,
           discriminator_server_optimizer=server_optimizer,

@@ -1,0 +1,88 @@
+"""What every scheme shares: the initial server state and building models in a computation.
+
+Scheme modules define TF bodies that TFF traces into its own graphs; the Keras models those
+bodies use must be built there, on each trace, never captured from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+
+import tensorflow as tf
+from keras.src import backend as keras_backend
+
+from tff_gan import tf_fns
+from tff_gan.models import GanModels
+from tff_gan.state import GanWeights, ServerState
+
+DEFAULT_CLIENT_LEARNING_RATE = 2e-4
+
+
+@contextlib.contextmanager
+def keras_initializers_seeded(seed: int):
+  """Makes Keras initializers without an explicit seed draw their seeds from `seed`.
+
+  Keras 2.14's unseeded initializers take their op seeds from Python's global `random`, so
+  the same graph-level seed still gives different weights in different processes.
+  `tf.keras.utils.set_random_seed` would fix that by reseeding Python's, numpy's and TF's
+  global generators; this changes only Keras' (thread-local) seed source, and restores it.
+  """
+  seed_source = keras_backend._SEED_GENERATOR  # noqa: SLF001 (no public per-scope API)
+  previous = getattr(seed_source, 'generator', None)
+  seed_source.generator = random.Random(seed)
+  try:
+    yield
+  finally:
+    seed_source.generator = previous
+
+
+def _read_weights(model: tf.keras.Model):
+  return [v.read_value() for v in model.trainable_variables]
+
+
+def initial_state_fn(
+    models: GanModels,
+    *,
+    generator_server_optimizer,
+    discriminator_server_optimizer,
+    seed: int,
+):
+  """Returns a TF body building the initial `ServerState` (without aggregator state).
+
+  `seed` fixes the initial weights (see `keras_initializers_seeded`) as well as every later
+  round's randomness.
+  """
+
+  def initial_state():
+    tf.random.set_seed(seed)
+    with keras_initializers_seeded(seed):
+      generator = models.generator_fn()
+      discriminator = models.discriminator_fn()
+    generator_weights = _read_weights(generator)
+    discriminator_weights = _read_weights(discriminator)
+    return ServerState(
+        weights=GanWeights(generator=generator_weights, discriminator=discriminator_weights),
+        generator_optimizer_state=tf_fns.initialize_optimizer(
+            generator_server_optimizer, generator.trainable_variables
+        ),
+        discriminator_optimizer_state=tf_fns.initialize_optimizer(
+            discriminator_server_optimizer, discriminator.trainable_variables
+        ),
+        aggregator_state=(),
+        round_num=tf.constant(0, tf.int64),
+        seed=tf.constant([seed, 0], tf.int64),
+    )
+
+  return initial_state
+
+
+def with_fresh_models(fn, models: GanModels, **bound):
+  """`fn` as a `tf.function` bound to a new generator and discriminator built right here.
+
+  Call inside the TFF computation whose graph should own the models; `bound` holds the other
+  construction-time arguments of `fn` (loss, optimizers, ...).
+  """
+  return tf.function(functools.partial(
+      fn, generator=models.generator_fn(), discriminator=models.discriminator_fn(), **bound))
