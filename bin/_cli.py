@@ -7,11 +7,14 @@ as one line on stderr; 0 means success; anything else is a failure during the ru
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 # TensorFlow's C++ start-up messages (CUDA plugin registration, CPU feature notes) would
 # drown our output; set before TensorFlow is imported anywhere.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# Behave like a Unix tool when piped into `head`: end quietly instead of a BrokenPipeError.
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 # Let `python bin/x.py` import the project packages from a source checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

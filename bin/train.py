@@ -5,7 +5,10 @@ with 10 IID clients and writes config.json, metrics.csv and samples/ to --output
 
 Examples:
   python bin/train.py
-  python bin/train.py --task=digits --model=dcgan --rounds=50 --output_dir=runs/digits
+  python bin/train.py --task=digits --model=dcgan --rounds=100 --batch_size=32 \\
+      --local_epochs=5 --output_dir=runs/digits
+  python bin/train.py --scheme=dp_fedavg_gan --num_clients=1000 --clients_per_round=50 \\
+      --client_sampling=poisson --dp_noise_multiplier=0.76 --dp_clip=0.1
   python bin/train.py --partition=dirichlet --dirichlet_alpha=0.1 --num_clients=50 \\
       --clients_per_round=10
 """
@@ -32,7 +35,8 @@ flags.DEFINE_string('model', _DEFAULTS.model, 'Network pair: mlp (all tasks) or 
 flags.DEFINE_float('model_width', _DEFAULTS.model_width, 'Multiplier on hidden layer sizes.')
 flags.DEFINE_integer('num_clients', _DEFAULTS.num_clients, 'Number of simulated clients.')
 flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round,
-                     'Clients sampled uniformly without replacement each round.')
+                     'Clients per round: exactly (--client_sampling=fixed) or in expectation '
+                     '(poisson).')
 flags.DEFINE_integer('rounds', _DEFAULTS.rounds, 'Number of federated rounds.')
 flags.DEFINE_string('partition', _DEFAULTS.partition, 'How examples are split over clients: '
                     'iid, dirichlet (label skew, see --dirichlet_alpha) or pathological '
