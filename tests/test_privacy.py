@@ -73,9 +73,8 @@ def test_calibration_inverts_epsilon():
 def test_delta_checks_and_warning():
   with pytest.raises(ValueError, match='dp_delta'):
     privacy.epsilon(dp_accounting.GaussianDpEvent(1.0), privacy.Sampling('fixed', 10, 2), 1, 1.0)
-  with pytest.warns(UserWarning, match='1/num_clients'):
-    assert privacy.warn_if_delta_too_large(0.01, 100)
-  assert privacy.warn_if_delta_too_large(1e-5, 100) is None
+  assert '1/num_clients = 0.01' in privacy.delta_warning(0.01, 100)
+  assert privacy.delta_warning(1e-5, 100) is None
 
 
 def test_choices_match_config():

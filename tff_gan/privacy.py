@@ -20,7 +20,6 @@ round's DP event (`ServerState.aggregator_state.dp_event`), so a resumed run res
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import attr
 import dp_accounting
@@ -127,14 +126,12 @@ def check_delta(delta: float) -> None:
     raise ValueError(f'--dp_delta must be in (0, 1), got {delta}.')
 
 
-def warn_if_delta_too_large(delta: float, num_clients: int) -> str | None:
-  """Warns (and returns the message) when δ ≥ 1/num_clients, which permits leaking one client."""
+def delta_warning(delta: float, num_clients: int) -> str | None:
+  """A warning to show when δ ≥ 1/num_clients (which permits leaking one client), else None."""
   if delta >= 1 / num_clients:
-    message = (f'--dp_delta={delta:g} is at least 1/num_clients = {1 / num_clients:g}: a '
-               'mechanism that publishes one random client\'s data outright meets such a δ. '
-               'Use δ well below 1/num_clients.')
-    warnings.warn(message, stacklevel=2)
-    return message
+    return (f'--dp_delta={delta:g} is at least 1/num_clients = {1 / num_clients:g}: a '
+            'mechanism that publishes one random client\'s data outright meets such a δ. '
+            'Use δ well below 1/num_clients.')
   return None
 
 

@@ -205,7 +205,7 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True) -
   sample = SampleGenerator(models)
   ledger = EpsilonLedger(config) if config.dp_enabled else None
   if ledger is not None:
-    message = privacy.warn_if_delta_too_large(config.effective_dp_delta, config.num_clients)
+    message = privacy.delta_warning(config.effective_dp_delta, config.num_clients)
     if message:
       logging.warning(message)
 
