@@ -16,12 +16,13 @@ CLIENT_SIZES = (3, 5, 8)  # Unequal n_k: the FedAvg weights are 3/16, 5/16, 8/16
 WORK = data.LocalWork(batch_size=2)
 
 
-def build(server_learning_rate, seed=0):
+def build(server_learning_rate, seed=0, **kwargs):
   return fedgan.build_fedgan_process(
       linear_gan_models(),
       client_optimizer=optimizers.build_optimizer('sgd', LEARNING_RATE),
       server_optimizer=optimizers.build_optimizer('sgd', server_learning_rate),
       seed=seed,
+      **kwargs,
   )
 
 
@@ -138,3 +139,16 @@ def test_all_empty_clients_leave_the_model_unchanged(tff_context, fedavg_process
   for got, want in zip(tf.nest.flatten(as_numpy(new_state.weights)),
                        tf.nest.flatten(as_numpy(state.weights)), strict=True):
     np.testing.assert_array_equal(got, want)
+
+
+def test_fedprox_with_zero_mu_is_fedavg_exactly(tff_context, fedavg_process):
+  arrays = client_arrays()
+  fedprox = build(1.0, proximal_mu=0.0)
+  fedavg_state, _ = fedavg_process.next(fedavg_process.initialize(), client_datasets(arrays))
+  fedprox_state, _ = fedprox.next(fedprox.initialize(), client_datasets(arrays))
+  for a, b in zip(tf.nest.flatten(as_numpy(fedavg_state.weights)),
+                  tf.nest.flatten(as_numpy(fedprox_state.weights)), strict=True):
+    np.testing.assert_array_equal(a, b)
+  moved, _ = build(1.0, proximal_mu=5.0).next(fedprox.initialize(), client_datasets(arrays))
+  assert not np.array_equal(as_numpy(moved.weights).generator[0],
+                            as_numpy(fedprox_state.weights).generator[0])

@@ -13,14 +13,15 @@ def sigmoid(x):
   return 1 / (1 + np.exp(-x))
 
 
-def run_client_update(models, dataset, broadcast, *, learning_rate, loss=losses.NON_SATURATING):
+def run_client_update(models, dataset, broadcast, *, learning_rate, loss=losses.NON_SATURATING,
+                      proximal_mu=0.0):
   """Runs the FedGAN client update in plain TF (no TFF) with client SGD."""
   generator, discriminator = models.generator_fn(), models.discriminator_fn()
   optimizer = optimizers.build_optimizer('sgd', learning_rate)
   update = tf.function(lambda dataset, b: tf_fns.fedgan_client_update(
       dataset, b, generator=generator, discriminator=discriminator, loss=loss,
       generator_optimizer=optimizer, discriminator_optimizer=optimizer,
-      noise_dim=models.noise_dim))
+      noise_dim=models.noise_dim, proximal_mu=proximal_mu))
   return update(dataset, broadcast)
 
 
@@ -34,11 +35,13 @@ def random_broadcast(rng, noise_dim=3, data_dim=2):
   return ServerBroadcast(weights=weights, round_seed=np.array([7, 3], np.int64))
 
 
-def numpy_local_step(real, noise_d, noise_g, weights, learning_rate, wasserstein=False):
+def numpy_local_step(real, noise_d, noise_g, weights, learning_rate, wasserstein=False,
+                     mu=0.0, anchor=None):
   """One D step, then one G step, with SGD, for linear G and D.
 
   Non-saturating loss by default; with `wasserstein`, WGAN-GP with λ = 10, whose penalty
-  (‖w‖ − 1)² does not depend on the interpolates for a linear critic.
+  (‖w‖ − 1)² does not depend on the interpolates for a linear critic. With `mu`, FedProx's
+  (μ/2)‖θ − θ_anchor‖² adds μ(θ − θ_anchor) to every gradient.
   """
   a, c = weights.generator
   w, b = weights.discriminator
@@ -56,6 +59,9 @@ def numpy_local_step(real, noise_d, noise_g, weights, learning_rate, wasserstein
     norm = np.linalg.norm(w)
     grad_w = grad_w + 10 * 2 * (norm - 1) * w / norm
   grad_b = g_real.sum(0) + g_fake.sum(0)
+  if mu:
+    grad_w = grad_w + mu * (w - anchor.discriminator[0])
+    grad_b = grad_b + mu * (b - anchor.discriminator[1])
   w, b = w - learning_rate * grad_w, b - learning_rate * grad_b
   fake = noise_g @ a + c
   if wasserstein:  # L_G = -mean(D(fake)).
@@ -64,6 +70,9 @@ def numpy_local_step(real, noise_d, noise_g, weights, learning_rate, wasserstein
     g_fake_logits = -sigmoid(-(fake @ w + b)) / len(fake)
   grad_fake = g_fake_logits @ w.T
   grad_a, grad_c = noise_g.T @ grad_fake, grad_fake.sum(0)
+  if mu:
+    grad_a = grad_a + mu * (a - anchor.generator[0])
+    grad_c = grad_c + mu * (c - anchor.generator[1])
   a, c = a - learning_rate * grad_a, c - learning_rate * grad_c
   return GanWeights(generator=[a, c], discriminator=[w, b])
 
@@ -74,8 +83,10 @@ def step_noise(round_seed, step, batch, noise_dim):
           tf_fns.sample_noise(len(batch), noise_dim, seeds[1]).numpy().astype(np.float64))
 
 
-@pytest.mark.parametrize('loss', [losses.NON_SATURATING, losses.WASSERSTEIN_GP])
-def test_client_update_matches_numpy_sgd_on_linear_gan(loss):
+@pytest.mark.parametrize('loss, mu', [(losses.NON_SATURATING, 0.0),
+                                      (losses.WASSERSTEIN_GP, 0.0),
+                                      (losses.NON_SATURATING, 2.0)])
+def test_client_update_matches_numpy_sgd_on_linear_gan(loss, mu):
   rng = np.random.default_rng(0)
   models = linear_gan_models()
   broadcast = random_broadcast(rng)
@@ -83,13 +94,15 @@ def test_client_update_matches_numpy_sgd_on_linear_gan(loss):
   learning_rate = 0.02
 
   output = run_client_update(models, tf.data.Dataset.from_tensor_slices(batches), broadcast,
-                             learning_rate=learning_rate, loss=loss)
+                             learning_rate=learning_rate, loss=loss, proximal_mu=mu)
 
   expected = tf.nest.map_structure(lambda x: x.astype(np.float64), broadcast.weights)
+  anchor = expected
   for step, batch in enumerate(batches):
     noise_d, noise_g = step_noise(broadcast.round_seed, step, tf.constant(batch), 3)
     expected = numpy_local_step(batch.astype(np.float64), noise_d, noise_g, expected,
-                                learning_rate, wasserstein=loss is losses.WASSERSTEIN_GP)
+                                learning_rate, wasserstein=loss is losses.WASSERSTEIN_GP,
+                                mu=mu, anchor=anchor)
   expected_delta = tf.nest.map_structure(lambda e, w: e - w, expected, broadcast.weights)
   for got, want in zip(tf.nest.flatten(output.delta), tf.nest.flatten(expected_delta), strict=True):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
@@ -126,3 +139,65 @@ def test_server_sgd_moves_weights_by_learning_rate_times_delta(learning_rate):
   _, new_weights = tf_fns.apply_delta(optimizer, state, weights, delta)
   for new, old, d in zip(new_weights, weights, delta, strict=True):
     np.testing.assert_allclose(new.numpy(), old.numpy() + learning_rate * d.numpy())
+
+
+def test_proximal_term_shrinks_the_local_delta():
+  rng = np.random.default_rng(3)
+  broadcast = random_broadcast(rng)
+  dataset = tf.data.Dataset.from_tensor_slices(rng.normal(size=(20, 4, 2)).astype(np.float32))
+
+  def delta_norm(mu):
+    output = run_client_update(linear_gan_models(), dataset, broadcast, learning_rate=0.05,
+                               proximal_mu=mu)
+    return np.sqrt(sum(np.sum(d.numpy() ** 2) for d in tf.nest.flatten(output.delta)))
+
+  norms = [delta_norm(mu) for mu in (0.0, 1.0, 10.0)]
+  assert norms[0] > norms[1] > norms[2] > 0
+
+
+def numpy_adam(weights, deltas, lr, beta_1, beta_2, eps):
+  """Adam (Kingma & Ba 2015, Algorithm 1 with the bias correction folded into the step size)
+  on pseudo-gradients g = −Δ."""
+  m, v = np.zeros_like(weights), np.zeros_like(weights)
+  for t, delta in enumerate(deltas, start=1):
+    g = -delta
+    m = beta_1 * m + (1 - beta_1) * g
+    v = beta_2 * v + (1 - beta_2) * g * g
+    step = lr * np.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+    weights = weights - step * m / (np.sqrt(v) + eps)
+  return weights, m, v
+
+
+def numpy_adagrad(weights, deltas, lr, initial, eps):
+  """Adagrad (Duchi et al. 2011): s ← s + g², w ← w − lr·g/√(s + ε), g = −Δ."""
+  s = np.full_like(weights, initial)
+  for delta in deltas:
+    g = -delta
+    s = s + g * g
+    weights = weights - lr * g / np.sqrt(s + eps)
+  return weights, s
+
+
+@pytest.mark.parametrize('name', ['adam', 'adagrad'])
+def test_server_optimizer_matches_numpy_after_two_rounds(name):
+  rng = np.random.default_rng(11)
+  weights = rng.normal(size=5)
+  deltas = [rng.normal(size=5), rng.normal(size=5)]
+  optimizer = optimizers.build_optimizer(name, 0.1)
+  state = tf_fns.initialize_optimizer(optimizer, [tf.Variable(weights, dtype=tf.float64)])
+  current = (tf.constant(weights),)
+  for delta in deltas:
+    state, current = tf_fns.apply_delta(optimizer, state, current, (tf.constant(delta),))
+  # TFF keeps the hyperparameters as float32 in its state; the reference uses the same values.
+  f32 = lambda x: float(np.float32(x))  # noqa: E731
+  if name == 'adam':
+    expected, m, v = numpy_adam(weights, deltas, f32(0.1), f32(optimizers.GAN_ADAM_BETA_1),
+                                f32(0.999), f32(1e-7))
+    np.testing.assert_allclose(state['accumulator'][0].numpy(), m, rtol=1e-9)
+    np.testing.assert_allclose(state['preconditioner'][0].numpy(), v, rtol=1e-9)
+  else:
+    expected, s = numpy_adagrad(weights, deltas, f32(0.1), f32(0.1), f32(1e-7))
+    np.testing.assert_allclose(state['preconditioner'][0].numpy(), s, rtol=1e-9)
+  # TFF computes Adam's bias-corrected step size in float32, where 1 − β2^t (≈ 1e-3 here)
+  # keeps only about 4 significant digits; the states above agree to 1e-9.
+  np.testing.assert_allclose(current[0].numpy(), expected, rtol=1e-4)

@@ -57,6 +57,7 @@ class TrainConfig:
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
   loss: str = 'non_saturating'
+  proximal_mu: float = 0.0
   server_gen_steps: int = 1
   generator_learning_rate: float = 1e-3
   client_sampling: str = 'fixed'
@@ -81,6 +82,8 @@ class TrainConfig:
                  'dirichlet_alpha', 'model_width'):
       if not getattr(self, name) > 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
+    if not self.proximal_mu >= 0:
+      raise ConfigError(f'--proximal_mu must be >= 0 (0 is FedAvg), got {self.proximal_mu}.')
     if self.local_steps < 0:
       raise ConfigError(f'--local_steps must be 0 (no cap) or positive, got {self.local_steps}.')
     if self.clients_per_round > self.num_clients:

@@ -63,6 +63,17 @@ def apply_gradients(optimizer, optimizer_state, variables, gradients):
   return optimizer_state
 
 
+def proximal_gradients(gradients, variables, anchor, proximal_mu: float):
+  """Adds the gradient μ(w − w_anchor) of FedProx's term (μ/2)‖w − w_anchor‖² (Li et al. 2020).
+
+  With `proximal_mu == 0` the gradients are returned untouched, so FedProx at μ = 0 is FedAvg
+  exactly, not up to rounding.
+  """
+  if not proximal_mu:
+    return gradients
+  return [g + proximal_mu * (v - a) for g, v, a in zip(gradients, variables, anchor, strict=True)]
+
+
 def assign_weights(variables, values):
   for variable, value in zip(variables, values, strict=True):
     variable.assign(value)
@@ -70,9 +81,12 @@ def assign_weights(variables, values):
 
 def discriminator_step(
     real, noise, gradient_penalty_seed, optimizer_state, *, generator, discriminator, loss,
-    optimizer,
+    optimizer, proximal_mu: float = 0.0, anchor=None,
 ):
   """One discriminator update on a real batch and a generated batch.
+
+  With `proximal_mu > 0`, the FedProx term pulls the weights toward `anchor` (the broadcast
+  discriminator weights).
 
   Returns:
     `(discriminator_loss, new_optimizer_state)`.
@@ -86,12 +100,14 @@ def discriminator_step(
       penalty = losses_lib.gradient_penalty(discriminator, real, fake, gradient_penalty_seed)
       loss_value += loss.gradient_penalty_weight * penalty
   variables = discriminator.trainable_variables
-  gradients = tape.gradient(loss_value, variables)
+  gradients = proximal_gradients(tape.gradient(loss_value, variables), variables, anchor,
+                                 proximal_mu)
   return loss_value, apply_gradients(optimizer, optimizer_state, variables, gradients)
 
 
-def generator_step(noise, optimizer_state, *, generator, discriminator, loss, optimizer):
-  """One generator update against the current discriminator.
+def generator_step(noise, optimizer_state, *, generator, discriminator, loss, optimizer,
+                   proximal_mu: float = 0.0, anchor=None):
+  """One generator update against the current discriminator (FedProx term as above).
 
   Returns:
     `(generator_loss, new_optimizer_state)`.
@@ -100,7 +116,8 @@ def generator_step(noise, optimizer_state, *, generator, discriminator, loss, op
     fake_logits = discriminator(generator(noise, training=True), training=True)
     loss_value = loss.generator_loss(fake_logits)
   variables = generator.trainable_variables
-  gradients = tape.gradient(loss_value, variables)
+  gradients = proximal_gradients(tape.gradient(loss_value, variables), variables, anchor,
+                                 proximal_mu)
   return loss_value, apply_gradients(optimizer, optimizer_state, variables, gradients)
 
 
@@ -118,6 +135,7 @@ def fedgan_client_update(
     generator_optimizer,
     discriminator_optimizer,
     noise_dim: int,
+    proximal_mu: float = 0.0,
 ) -> ClientOutput:
   """FedGAN local work: adversarial training of D and G on one client's batches.
 
@@ -136,6 +154,8 @@ def fedgan_client_update(
     generator_optimizer: Client optimizer for G.
     discriminator_optimizer: Client optimizer for D.
     noise_dim: Length of the noise vector.
+    proximal_mu: FedProx's μ ≥ 0: each network's local objective gains
+      (μ/2)‖w − w_broadcast‖²; 0 is FedAvg.
 
   Returns:
     A `ClientOutput` with the weight deltas, the number of real examples trained on and the
@@ -166,6 +186,8 @@ def fedgan_client_update(
         discriminator=discriminator,
         loss=loss,
         optimizer=discriminator_optimizer,
+        proximal_mu=proximal_mu,
+        anchor=broadcast.weights.discriminator,
     )
     generator_loss, generator_state = generator_step(
         sample_noise(batch_size, noise_dim, step_seeds[1]),
@@ -174,6 +196,8 @@ def fedgan_client_update(
         discriminator=discriminator,
         loss=loss,
         optimizer=generator_optimizer,
+        proximal_mu=proximal_mu,
+        anchor=broadcast.weights.generator,
     )
     num_steps += 1
     num_examples += tf.cast(batch_size, tf.float32)
@@ -203,6 +227,7 @@ def discriminator_client_update(
     loss: losses_lib.GanLoss,
     discriminator_optimizer,
     noise_dim: int,
+    proximal_mu: float = 0.0,
 ) -> ClientOutput:
   """DP-FedAvg-GAN local work: discriminator steps only, against the broadcast generator.
 
@@ -234,6 +259,8 @@ def discriminator_client_update(
         discriminator=discriminator,
         loss=loss,
         optimizer=discriminator_optimizer,
+        proximal_mu=proximal_mu,
+        anchor=broadcast.weights.discriminator,
     )
     num_steps += 1
     num_examples += tf.cast(batch_size, tf.float32)

@@ -114,6 +114,7 @@ def build_process(config: config_lib.TrainConfig, models: GanModels):
                                                   config.server_learning_rate),
       aggregator=build_aggregator(config),
       release_client_metrics=not config.dp_enabled,
+      proximal_mu=config.proximal_mu,
       seed=config.seed,
   )
   if config.scheme == 'fedgan':

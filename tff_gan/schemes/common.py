@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import random
 
 import tensorflow as tf
@@ -76,6 +77,11 @@ def initial_state_fn(
     )
 
   return initial_state
+
+
+def check_proximal_mu(proximal_mu: float) -> None:
+  if not (math.isfinite(proximal_mu) and proximal_mu >= 0):
+    raise ValueError(f'--proximal_mu must be a finite number >= 0, got {proximal_mu}.')
 
 
 def with_fresh_models(fn, models: GanModels, **bound):

@@ -36,6 +36,7 @@ def build_dp_fedavg_gan_process(
     server_generator_batch_size: int = 64,
     aggregator: process.AggregationFactory | None = None,
     release_client_metrics: bool = True,
+    proximal_mu: float = 0.0,
     seed: int = 0,
 ) -> tff.templates.IterativeProcess:
   """Builds the DP-FedAvg-GAN training process.
@@ -62,6 +63,7 @@ def build_dp_fedavg_gan_process(
       weighted mean. Pass `tff_gan.aggregators.dp_aggregator(...)` for DP-FedAvg.
     release_client_metrics: Whether round metrics include the clients' mean discriminator
       loss and example count; turn off under differential privacy.
+    proximal_mu: FedProx's μ ≥ 0 for the clients' discriminator objective; 0 is FedAvg.
     seed: Seeds the initial weights and all noise.
 
   Returns:
@@ -70,6 +72,7 @@ def build_dp_fedavg_gan_process(
   if server_generator_steps <= 0 or server_generator_batch_size <= 0:
     raise ValueError('server_generator_steps and server_generator_batch_size must be positive, '
                      f'got {server_generator_steps} and {server_generator_batch_size}.')
+  common.check_proximal_mu(proximal_mu)
   loss = loss or losses_lib.NON_SATURATING
   client_optimizer = client_optimizer or optimizers.build_optimizer(
       'adam', common.DEFAULT_CLIENT_LEARNING_RATE)
@@ -84,6 +87,7 @@ def build_dp_fedavg_gan_process(
         loss=loss,
         discriminator_optimizer=client_optimizer,
         noise_dim=models.noise_dim,
+        proximal_mu=proximal_mu,
     )
     return local_work(dataset, broadcast)
 

@@ -28,6 +28,7 @@ def build_fedgan_process(
     server_optimizer: tff.learning.optimizers.Optimizer | None = None,
     aggregator: process.AggregationFactory | None = None,
     release_client_metrics: bool = True,
+    proximal_mu: float = 0.0,
     seed: int = 0,
 ) -> tff.templates.IterativeProcess:
   """Builds the FedGAN training process.
@@ -55,11 +56,15 @@ def build_fedgan_process(
       client's joint (G, D) update.
     release_client_metrics: Whether round metrics include the clients' mean losses and
       example count; turn off under differential privacy.
+    proximal_mu: FedProx's μ ≥ 0: both networks' local objectives gain
+      (μ/2)‖w − w_broadcast‖², keeping local updates near the global model on
+      heterogeneous clients. 0 (the default) is FedAvg exactly.
     seed: Seeds the initial weights and all generator noise.
 
   Returns:
     A `tff.templates.IterativeProcess`.
   """
+  common.check_proximal_mu(proximal_mu)
   loss = loss or losses_lib.NON_SATURATING
   discriminator_optimizer = client_optimizer or optimizers.build_optimizer(
       'adam', common.DEFAULT_CLIENT_LEARNING_RATE
@@ -75,6 +80,7 @@ def build_fedgan_process(
         generator_optimizer=generator_optimizer,
         discriminator_optimizer=discriminator_optimizer,
         noise_dim=models.noise_dim,
+        proximal_mu=proximal_mu,
     )
     return local_work(dataset, broadcast)
 
