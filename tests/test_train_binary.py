@@ -93,6 +93,7 @@ def test_tensorflow_start_up_noise_is_hidden(two_runs):
     (['--dp_noise_multiplier=1', '--dp_accountant=pld'], 'needs --client_sampling=poisson'),
     (['--client_sampling=bernoulli'], "unknown --client_sampling 'bernoulli'"),
     (['--proximal_mu=-1'], '--proximal_mu must be >= 0'),
+    (['--dropout_rate=1'], '--dropout_rate must be in [0, 1)'),
     (['--dp_noise_multiplier=1', '--dp_adaptive_clip_quantile=0.5'],
      'adaptive clipping cannot reach noise multiplier 1.0'),
 ])

@@ -58,6 +58,7 @@ class TrainConfig:
   server_learning_rate: float = 1.0
   loss: str = 'non_saturating'
   proximal_mu: float = 0.0
+  dropout_rate: float = 0.0
   server_gen_steps: int = 1
   generator_learning_rate: float = 1e-3
   client_sampling: str = 'fixed'
@@ -82,6 +83,8 @@ class TrainConfig:
                  'dirichlet_alpha', 'model_width'):
       if not getattr(self, name) > 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
+    if not 0 <= self.dropout_rate < 1:
+      raise ConfigError(f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     if not self.proximal_mu >= 0:
       raise ConfigError(f'--proximal_mu must be >= 0 (0 is FedAvg), got {self.proximal_mu}.')
     if self.local_steps < 0:

@@ -119,3 +119,19 @@ def sample_clients(num_clients: int, clients_per_round: int, *, round_num: int, 
   if clients_per_round == num_clients:
     return np.arange(num_clients)
   return np.sort(rng.choice(num_clients, size=clients_per_round, replace=False))
+
+
+def surviving_clients(client_ids: np.ndarray, dropout_rate: float, *, round_num: int,
+                      seed: int) -> np.ndarray:
+  """The sampled clients that do not drop out after the broadcast.
+
+  Each client independently fails with probability `dropout_rate` (seeded from the run seed
+  and the round, independently of the client sample and of any data), as devices that go
+  offline mid-round do.
+  """
+  if not 0 <= dropout_rate < 1:
+    raise ValueError(f'dropout_rate must be in [0, 1), got {dropout_rate}.')
+  if dropout_rate == 0:
+    return np.asarray(client_ids)
+  rng = np.random.default_rng(_derived_seed(seed, round_num, 0xD209))
+  return np.asarray(client_ids)[rng.random(len(client_ids)) >= dropout_rate]

@@ -3,8 +3,9 @@
 Writes to `config.output_dir`:
 
 * `config.json` — the `TrainConfig` of the run;
-* `metrics.csv` — one row per round: `round`, `round_seconds`, `clients`, `d_loss`,
-  `g_loss`, `num_examples`, `epsilon` (with differential privacy), then the task's metric
+* `metrics.csv` — one row per round: `round`, `round_seconds`, `clients` (sampled),
+  `clients_completed` (those that did not drop out), `d_loss`, `g_loss`, `num_examples`,
+  `epsilon` (with differential privacy), then the task's metric
   columns (empty on rounds not evaluated). Under differential privacy the clients' losses and
   example counts are not released, so `d_loss` and `num_examples` stay empty (and `g_loss`
   too in `fedgan`; in `dp_fedavg_gan` it is the server generator's loss);
@@ -32,7 +33,8 @@ from tff_gan.partition import partition
 from tff_gan.schemes import dp_fedavg_gan, fedgan
 from tff_gan.state import ServerState
 
-BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'd_loss', 'g_loss', 'num_examples')
+BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'clients_completed', 'd_loss', 'g_loss',
+                'num_examples')
 
 
 @dataclasses.dataclass
@@ -147,9 +149,13 @@ class EpsilonLedger:
                            self._delta, self._accountant)
 
 
-def round_row(round_num: int, seconds: float, num_clients: int, metrics) -> dict[str, Any]:
+def round_row(round_num: int, seconds: float, num_clients: int, num_completed: int,
+              metrics) -> dict[str, Any]:
   """The `metrics.csv` fields a round's process metrics give (released ones only)."""
-  row: dict[str, Any] = {'round': round_num, 'round_seconds': seconds, 'clients': num_clients}
+  row: dict[str, Any] = {'round': round_num, 'round_seconds': seconds, 'clients': num_clients,
+                         'clients_completed': num_completed}
+  if metrics is None:  # Every sampled client dropped out: nothing was run or released.
+    return row
   client, server = metrics.get('client', {}), metrics['server']
   if 'discriminator_loss' in client:
     row['d_loss'] = float(client['discriminator_loss'])
@@ -226,11 +232,19 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True) -
         client_ids = data.sample_clients(config.num_clients, config.clients_per_round,
                                          round_num=round_num, seed=config.seed,
                                          method=config.client_sampling)
-        datasets = population.round_datasets(client_ids, work, round_num=round_num,
-                                             seed=config.seed)
+        completed = data.surviving_clients(client_ids, config.dropout_rate,
+                                           round_num=round_num, seed=config.seed)
         start = time.perf_counter()
-        state, metrics = process.next(state, datasets)
-        row = round_row(round_num, time.perf_counter() - start, len(client_ids), metrics)
+        if len(completed) or not len(client_ids):
+          datasets = population.round_datasets(completed, work, round_num=round_num,
+                                               seed=config.seed)
+          state, metrics = process.next(state, datasets)
+        else:  # All sampled clients failed: the model stays as it is, and the row says so.
+          metrics = None
+          logging.warning('round %d: all %d sampled clients dropped out; model unchanged.',
+                          round_num, len(client_ids))
+        row = round_row(round_num, time.perf_counter() - start, len(client_ids),
+                        len(completed), metrics)
         if ledger is not None:
           row['epsilon'] = ledger.epsilon(state)
         if round_num % config.eval_every == 0 or round_num == config.rounds:
