@@ -72,7 +72,7 @@ def test_type_signatures(fedavg_process):
   assert new_state == init_type.result
   assert metrics.placement is tff.SERVER
   assert [name for name, _ in tff.structure.iter_elements(metrics.member)] == [
-      'client', 'num_examples', 'server', 'aggregator']
+      'client', 'num_examples', 'non_finite_clients', 'server', 'aggregator']
   assert [name for name, _ in tff.structure.iter_elements(metrics.member.client)] == [
       'discriminator_loss', 'generator_loss']
 
@@ -152,3 +152,18 @@ def test_fedprox_with_zero_mu_is_fedavg_exactly(tff_context, fedavg_process):
   moved, _ = build(1.0, proximal_mu=5.0).next(fedprox.initialize(), client_datasets(arrays))
   assert not np.array_equal(as_numpy(moved.weights).generator[0],
                             as_numpy(fedprox_state.weights).generator[0])
+
+
+def test_a_client_with_nan_gets_weight_zero_and_is_counted(tff_context, fedavg_process):
+  arrays = client_arrays()
+  poisoned = np.full((4, 2), np.nan, np.float32)
+  state = fedavg_process.initialize()
+  expected_delta = reference_fedavg_delta(state, arrays)  # The healthy clients only.
+  new_state, metrics = fedavg_process.next(state, client_datasets(arrays + [poisoned]))
+  expected = tf.nest.map_structure(lambda w, d: w + d, as_numpy(state.weights), expected_delta)
+  for got, want in zip(tf.nest.flatten(as_numpy(new_state.weights)),
+                       tf.nest.flatten(expected), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert metrics['non_finite_clients'] == 1
+  assert metrics['num_examples'] == sum(CLIENT_SIZES)
+  assert np.isfinite(metrics['client']['discriminator_loss'])

@@ -14,9 +14,12 @@ Type signatures of the resulting process:
 where `M` is an `OrderedDict` with
 
 * `client`: the clients' metrics (e.g. `discriminator_loss`), means weighted by the number of
-  examples each client trained on, and `num_examples`, their sum — both omitted when
-  `release_client_metrics=False` (under differential privacy they would be un-noised
-  releases of client data);
+  examples each client trained on, `num_examples`, their sum, and `non_finite_clients` —
+  all omitted when `release_client_metrics=False` (under differential privacy they would be
+  un-noised releases of client data);
+
+A client output holding a NaN or Inf is zeroed before aggregation (weight 0, delta 0) and
+counted in `non_finite_clients`, whatever the aggregator.
 * `server`: the metrics the server update reports (e.g. the server generator's loss);
 * `aggregator`: the aggregator's measurements.
 """
@@ -93,8 +96,11 @@ def build_process(
       weights=weights_type, round_seed=tff.TensorType(np.int64, [2])
   )
 
-  client_update = tff.tensorflow.computation(scheme.client_update, data_type, broadcast_type)
-  client_output_type = client_update.type_signature.result
+  def guarded_client_update(dataset, broadcast):
+    return tf_fns.discard_non_finite(scheme.client_update(dataset, broadcast))
+
+  client_update = tff.tensorflow.computation(guarded_client_update, data_type, broadcast_type)
+  client_output_type = client_update.type_signature.result[0]
   delta_type = client_output_type.delta
 
   weighted = isinstance(aggregator, tff.aggregators.WeightedAggregationFactory)
@@ -132,7 +138,8 @@ def build_process(
   )
   def next_fn(state, client_data):
     broadcast = tff.federated_broadcast(tff.federated_map(make_broadcast, state))
-    outputs = tff.federated_map(client_update, (client_data, broadcast))
+    guarded = tff.federated_map(client_update, (client_data, broadcast))
+    outputs, discarded = guarded[0], guarded[1]
     if weighted:
       aggregate = aggregation_process.next(
           state.aggregator_state, outputs.delta, outputs.num_examples
@@ -146,6 +153,7 @@ def build_process(
     if release_client_metrics:
       metrics['client'] = tff.federated_mean(outputs.metrics, weight=outputs.num_examples)
       metrics['num_examples'] = tff.federated_sum(outputs.num_examples)
+      metrics['non_finite_clients'] = tff.federated_sum(discarded)
     metrics['server'] = server_output[1]
     metrics['aggregator'] = aggregate.measurements
     return server_output[0], tff.federated_zip(metrics)

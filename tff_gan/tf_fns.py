@@ -316,6 +316,26 @@ def train_generator(
   return new_weights, optimizer_state, loss_sum / max(num_steps, 1)
 
 
+def discard_non_finite(output: ClientOutput):
+  """Zeroes a client output holding a NaN or Inf, so it carries weight 0 and no delta.
+
+  Returns:
+    `(guarded_output, discarded)`, where `discarded` is int32 1 for a zeroed output, else 0.
+  """
+  values = tf.nest.flatten((output.delta, output.num_examples, output.metrics))
+  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in values])
+
+  def keep_if_finite(value):
+    return tf.where(finite, value, tf.zeros_like(value))
+
+  guarded = ClientOutput(
+      delta=tf.nest.map_structure(keep_if_finite, output.delta),
+      num_examples=keep_if_finite(output.num_examples),
+      metrics=tf.nest.map_structure(keep_if_finite, output.metrics),
+  )
+  return guarded, tf.cast(tf.logical_not(finite), tf.int32)
+
+
 def apply_delta(optimizer, optimizer_state, weights, delta):
   """Applies an aggregated delta with a server optimizer.
 

@@ -5,6 +5,7 @@ Writes to `config.output_dir`:
 * `config.json` — the `TrainConfig` of the run;
 * `metrics.csv` — one row per round: `round`, `round_seconds`, `clients` (sampled),
   `clients_completed` (those that did not drop out), `d_loss`, `g_loss`, `num_examples`,
+  `non_finite_clients` (client updates with a NaN or Inf, given weight 0),
   `epsilon` (with differential privacy), then the task's metric
   columns (empty on rounds not evaluated). Under differential privacy the clients' losses and
   example counts are not released, so `d_loss` and `num_examples` stay empty (and `g_loss`
@@ -34,7 +35,7 @@ from tff_gan.schemes import dp_fedavg_gan, fedgan
 from tff_gan.state import ServerState
 
 BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'clients_completed', 'd_loss', 'g_loss',
-                'num_examples')
+                'num_examples', 'non_finite_clients')
 
 
 @dataclasses.dataclass
@@ -165,6 +166,7 @@ def round_row(round_num: int, seconds: float, num_clients: int, num_completed: i
     row['g_loss'] = float(client['generator_loss'])
   if 'num_examples' in metrics:
     row['num_examples'] = int(metrics['num_examples'])
+    row['non_finite_clients'] = int(metrics['non_finite_clients'])
   return row
 
 
