@@ -65,6 +65,10 @@ flags.DEFINE_string('loss', _DEFAULTS.loss, 'GAN loss: ' + ', '.join(config_lib.
 flags.DEFINE_float('proximal_mu', _DEFAULTS.proximal_mu, 'FedProx: adds (mu/2)*||w - '
                    'w_global||^2 to the local objective of every network trained on clients; '
                    '0 is FedAvg.')
+flags.DEFINE_string('aggregator', _DEFAULTS.aggregator, 'How client updates are combined: '
+                    'mean (weighted by examples trained on: FedAvg), unweighted_mean, or robust '
+                    "(TFF's robust aggregator: non-finite and outsized updates zeroed, norms "
+                    'clipped adaptively). Differential privacy brings its own aggregator.')
 flags.DEFINE_float('dropout_rate', _DEFAULTS.dropout_rate, 'Probability that a sampled '
                    'client fails after the broadcast; the round aggregates the survivors '
                    '(weights renormalized), and a round where all fail leaves the model '

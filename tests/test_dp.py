@@ -190,3 +190,42 @@ def test_epsilon_column_equals_an_independent_dp_accounting_computation(tmp_path
     assert float(row['epsilon']) == pytest.approx(accountant.get_epsilon(delta), rel=1e-5)
     assert row['d_loss'] == '' and row['num_examples'] == ''
     assert row['g_loss'] != ''
+
+
+def test_unweighted_mean_aggregator_is_the_plain_average(tff_context):
+  process = fedgan.build_fedgan_process(
+      linear_gan_models(),
+      client_optimizer=optimizers.build_optimizer('sgd', LEARNING_RATE),
+      server_optimizer=optimizers.build_optimizer('sgd', 1.0),
+      aggregator=aggregators.build_aggregator('unweighted_mean'))
+  arrays = client_arrays()
+  state = process.initialize()
+  deltas = plain_fedgan_deltas(state, client_datasets(arrays))
+  expected = tf.nest.map_structure(lambda w, *d: w + np.mean(d, axis=0),
+                                   as_numpy(state.weights), *deltas)
+  new_state, _ = process.next(state, client_datasets(arrays))
+  for got, want in zip(tf.nest.flatten(as_numpy(new_state.weights)),
+                       tf.nest.flatten(expected), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_robust_aggregator_bounds_a_huge_update_that_the_mean_lets_through(tff_context):
+  arrays = client_arrays() + [np.full((8, 2), 1e3, np.float32)]
+
+  def applied_norm(aggregator):
+    process = fedgan_with(aggregator)
+    state = process.initialize()
+    new_state, _ = process.next(state, client_datasets(arrays))
+    return global_norm(tf.nest.map_structure(lambda a, b: a - b, as_numpy(new_state.weights),
+                                             as_numpy(state.weights)))
+
+  assert applied_norm(aggregators.build_aggregator('mean')) > 2.0
+  # Every client's update is clipped to the initial clip norm 1 (or zeroed): so is the mean.
+  assert applied_norm(aggregators.build_aggregator('robust')) <= 1.0 + 1e-5
+
+
+def test_aggregator_names_match_config():
+  from tff_gan import config
+  assert aggregators.AGGREGATORS == config.AGGREGATORS
+  with pytest.raises(ValueError, match='unknown aggregator'):
+    aggregators.build_aggregator('median')

@@ -94,6 +94,8 @@ def test_tensorflow_start_up_noise_is_hidden(two_runs):
     (['--client_sampling=bernoulli'], "unknown --client_sampling 'bernoulli'"),
     (['--proximal_mu=-1'], '--proximal_mu must be >= 0'),
     (['--dropout_rate=1'], '--dropout_rate must be in [0, 1)'),
+    (['--aggregator=robust', '--dp_noise_multiplier=1'], 'cannot be combined with differential'),
+    (['--aggregator=median'], "unknown --aggregator 'median'"),
     (['--dp_noise_multiplier=1', '--dp_adaptive_clip_quantile=0.5'],
      'adaptive clipping cannot reach noise multiplier 1.0'),
 ])

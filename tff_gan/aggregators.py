@@ -10,7 +10,27 @@ import tensorflow_federated as tff
 
 from tff_gan.process import default_aggregator
 
-__all__ = ['default_aggregator', 'dp_aggregator']
+__all__ = ['AGGREGATORS', 'build_aggregator', 'default_aggregator', 'dp_aggregator']
+
+AGGREGATORS = ('mean', 'unweighted_mean', 'robust')
+
+
+def build_aggregator(name: str):
+  """A non-private aggregator by name.
+
+  Args:
+    name: `mean` (weighted by each client's example count: FedAvg), `unweighted_mean` (every
+      client counts the same), or `robust` (TFF's `tff.learning.robust_aggregator`: updates
+      with a non-finite value or a norm far above the recent ones are zeroed, and norms are
+      clipped to an adaptive estimate of their 80th percentile, starting at 1).
+  """
+  if name == 'mean':
+    return default_aggregator()
+  if name == 'unweighted_mean':
+    return tff.aggregators.UnweightedMeanFactory()
+  if name == 'robust':
+    return tff.learning.robust_aggregator(zeroing=True, clipping=True, weighted=True)
+  raise ValueError(f"unknown aggregator '{name}'; choose one of: {', '.join(AGGREGATORS)}.")
 
 
 def dp_aggregator(

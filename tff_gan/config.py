@@ -20,6 +20,7 @@ LOSSES = ('non_saturating', 'wasserstein_gp')
 CLIENT_OPTIMIZERS = ('sgd', 'adam', 'rmsprop')
 SERVER_OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad')
 CLIENT_SAMPLING = ('fixed', 'poisson')
+AGGREGATORS = ('mean', 'unweighted_mean', 'robust')
 DP_ACCOUNTANTS = ('rdp', 'pld')
 DEFAULT_DP_CLIP = 1.0
 DEFAULT_DP_DELTA = 1e-5
@@ -58,6 +59,7 @@ class TrainConfig:
   server_learning_rate: float = 1.0
   loss: str = 'non_saturating'
   proximal_mu: float = 0.0
+  aggregator: str = 'mean'
   dropout_rate: float = 0.0
   server_gen_steps: int = 1
   generator_learning_rate: float = 1e-3
@@ -100,6 +102,7 @@ class TrainConfig:
         'server_optimizer': SERVER_OPTIMIZERS,
         'loss': LOSSES,
         'client_sampling': CLIENT_SAMPLING,
+        'aggregator': AGGREGATORS,
         'dp_accountant': DP_ACCOUNTANTS,
     }
     for name, allowed in choices.items():
@@ -132,6 +135,9 @@ class TrainConfig:
       if self.dp_accountant != 'rdp':
         raise ConfigError('--dp_accountant has no effect without --dp_noise_multiplier.')
       return
+    if self.aggregator != 'mean':
+      raise ConfigError(f'--aggregator={self.aggregator} cannot be combined with differential '
+                        'privacy, which brings its own aggregator (clip, sum, noise); drop one.')
     if self.dp_noise_multiplier < 0:
       raise ConfigError(f'--dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}.')
     if not self.effective_dp_clip > 0:

@@ -95,7 +95,7 @@ def _format(value):
 def build_aggregator(config: config_lib.TrainConfig):
   """The `tff.aggregators` factory `config` asks for (DP-FedAvg when DP is on)."""
   if not config.dp_enabled:
-    return aggregators.default_aggregator()
+    return aggregators.build_aggregator(config.aggregator)
   try:
     return aggregators.dp_aggregator(
         noise_multiplier=config.dp_noise_multiplier,
