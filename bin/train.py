@@ -29,7 +29,9 @@ flags.DEFINE_string('task', _DEFAULTS.task, 'Task: ring, grid (2-D Gaussian mixt
                     'digits (scikit-learn 8x8 digits, embedded).')
 flags.DEFINE_string('scheme', _DEFAULTS.scheme, 'Training scheme: fedgan (clients train G and '
                     'D; the server averages both) or dp_fedavg_gan (clients train only D; the '
-                    'server trains G against it, never touching client data).')
+                    'server trains G against it, never touching client data) or fedsgd '
+                    '(clients send gradients at the global weights over their local data; the '
+                    'server optimizer takes the step).')
 flags.DEFINE_string('model', _DEFAULTS.model, 'Network pair: mlp (all tasks) or dcgan '
                     '(digits).')
 flags.DEFINE_float('model_width', _DEFAULTS.model_width, 'Multiplier on hidden layer sizes.')

@@ -96,6 +96,7 @@ def test_tensorflow_start_up_noise_is_hidden(two_runs):
     (['--dropout_rate=1'], '--dropout_rate must be in [0, 1)'),
     (['--aggregator=robust', '--dp_noise_multiplier=1'], 'cannot be combined with differential'),
     (['--aggregator=median'], "unknown --aggregator 'median'"),
+    (['--scheme=fedsgd', '--proximal_mu=0.1'], 'fedsgd takes no local steps'),
     (['--dp_noise_multiplier=1', '--dp_adaptive_clip_quantile=0.5'],
      'adaptive clipping cannot reach noise multiplier 1.0'),
 ])

@@ -14,7 +14,7 @@ import os
 # a command line can be checked in milliseconds, before TensorFlow is imported.
 # tests/test_config.py checks that they match the implementations.
 TASKS = ('digits', 'grid', 'ring')
-SCHEMES = ('fedgan', 'dp_fedavg_gan')
+SCHEMES = ('fedgan', 'dp_fedavg_gan', 'fedsgd')
 PARTITIONS = ('iid', 'dirichlet', 'pathological')
 LOSSES = ('non_saturating', 'wasserstein_gp')
 CLIENT_OPTIMIZERS = ('sgd', 'adam', 'rmsprop')
@@ -89,6 +89,8 @@ class TrainConfig:
       raise ConfigError(f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     if not self.proximal_mu >= 0:
       raise ConfigError(f'--proximal_mu must be >= 0 (0 is FedAvg), got {self.proximal_mu}.')
+    if self.scheme == 'fedsgd' and self.proximal_mu:
+      raise ConfigError('--proximal_mu needs local training; fedsgd takes no local steps.')
     if self.local_steps < 0:
       raise ConfigError(f'--local_steps must be 0 (no cap) or positive, got {self.local_steps}.')
     if self.clients_per_round > self.num_clients:

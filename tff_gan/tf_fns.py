@@ -316,6 +316,68 @@ def train_generator(
   return new_weights, optimizer_state, loss_sum / max(num_steps, 1)
 
 
+def fedsgd_client_gradients(
+    dataset: tf.data.Dataset,
+    broadcast: ServerBroadcast,
+    *,
+    generator: tf.keras.Model,
+    discriminator: tf.keras.Model,
+    loss: losses_lib.GanLoss,
+    noise_dim: int,
+) -> ClientOutput:
+  """FedSGD local work: the gradients of both losses at the broadcast weights, no local step.
+
+  The gradients are averaged over the client's examples, (1/|D_k|) Σ ∇ℓ, batch by batch
+  (each batch against a generated batch of the same size); both are taken at the broadcast
+  weights (simultaneous, not alternating). They are returned negated as the `delta`, so the
+  server's optimizer, which treats −Δ as its gradient, steps along them: θ ← θ − η∇ with SGD.
+  Must run inside a `tf.function`.
+  """
+  generator_variables = generator.trainable_variables
+  discriminator_variables = discriminator.trainable_variables
+  assign_weights(generator_variables, broadcast.weights.generator)
+  assign_weights(discriminator_variables, broadcast.weights.discriminator)
+  # Tuples, not lists: a `tf.data` loop would try to stack a list into one tensor.
+  generator_sum = tuple(tf.zeros_like(v) for v in generator_variables)
+  discriminator_sum = tuple(tf.zeros_like(v) for v in discriminator_variables)
+  num_steps = tf.constant(0, tf.int64)
+  num_examples = tf.constant(0.0)
+  discriminator_loss_sum = tf.constant(0.0)
+  generator_loss_sum = tf.constant(0.0)
+  for batch in dataset:
+    batch_size = tf.shape(batch)[0]
+    size = tf.cast(batch_size, tf.float32)
+    step_seeds = tf.random.experimental.stateless_split(
+        batch_seed(broadcast.round_seed, num_steps, batch), 3)
+    with tf.GradientTape(persistent=True) as tape:
+      fake = generator(sample_noise(batch_size, noise_dim, step_seeds[0]), training=True)
+      real_logits = discriminator(batch, training=True)
+      fake_logits = discriminator(fake, training=True)
+      discriminator_loss = loss.discriminator_loss(real_logits, fake_logits)
+      if loss.gradient_penalty_weight:
+        discriminator_loss += loss.gradient_penalty_weight * losses_lib.gradient_penalty(
+            discriminator, batch, tf.stop_gradient(fake), step_seeds[2])
+      generator_loss = loss.generator_loss(fake_logits)
+    discriminator_sum = tuple(s + size * g for s, g in zip(
+        discriminator_sum, tape.gradient(discriminator_loss, discriminator_variables),
+        strict=True))
+    generator_sum = tuple(s + size * g for s, g in zip(
+        generator_sum, tape.gradient(generator_loss, generator_variables), strict=True))
+    num_steps += 1
+    num_examples += size
+    discriminator_loss_sum += size * discriminator_loss
+    generator_loss_sum += size * generator_loss
+
+  total = tf.maximum(num_examples, 1.0)
+  return ClientOutput(
+      delta=GanWeights(generator=[-s / total for s in generator_sum],
+                       discriminator=[-s / total for s in discriminator_sum]),
+      num_examples=num_examples,
+      metrics=collections.OrderedDict(discriminator_loss=discriminator_loss_sum / total,
+                                      generator_loss=generator_loss_sum / total),
+  )
+
+
 def discard_non_finite(output: ClientOutput):
   """Zeroes a client output holding a NaN or Inf, so it carries weight 0 and no delta.
 

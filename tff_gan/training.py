@@ -31,7 +31,7 @@ from tff_gan import aggregators, contexts, data, losses, optimizers, privacy
 from tff_gan import config as config_lib
 from tff_gan.models import GanModels
 from tff_gan.partition import partition
-from tff_gan.schemes import dp_fedavg_gan, fedgan
+from tff_gan.schemes import dp_fedavg_gan, fedgan, fedsgd
 from tff_gan.state import ServerState
 
 BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'clients_completed', 'd_loss', 'g_loss',
@@ -122,6 +122,9 @@ def build_process(config: config_lib.TrainConfig, models: GanModels):
   )
   if config.scheme == 'fedgan':
     return fedgan.build_fedgan_process(models, **common)
+  if config.scheme == 'fedsgd':
+    del common['client_optimizer'], common['proximal_mu']  # No local steps.
+    return fedsgd.build_fedsgd_process(models, **common)
   if config.scheme == 'dp_fedavg_gan':
     return dp_fedavg_gan.build_dp_fedavg_gan_process(
         models,
