@@ -168,6 +168,18 @@ def numpy_adam(weights, deltas, lr, beta_1, beta_2, eps):
   return weights, m, v
 
 
+def numpy_yogi(weights, deltas, lr, beta_1, beta_2, eps, initial):
+  """Yogi (Zaheer et al. 2018): v ← v − (1 − β2)·sign(v − g²)·g², Adam-style step, g = −Δ."""
+  m, v = np.zeros_like(weights), np.full_like(weights, initial)
+  for t, delta in enumerate(deltas, start=1):
+    g = -delta
+    m = beta_1 * m + (1 - beta_1) * g
+    v = v - (1 - beta_2) * np.sign(v - g * g) * g * g
+    step = lr * np.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+    weights = weights - step * m / (np.sqrt(v) + eps)
+  return weights, m, v
+
+
 def numpy_adagrad(weights, deltas, lr, initial, eps):
   """Adagrad (Duchi et al. 2011): s ← s + g², w ← w − lr·g/√(s + ε), g = −Δ."""
   s = np.full_like(weights, initial)
@@ -178,7 +190,7 @@ def numpy_adagrad(weights, deltas, lr, initial, eps):
   return weights, s
 
 
-@pytest.mark.parametrize('name', ['adam', 'adagrad'])
+@pytest.mark.parametrize('name', ['adam', 'yogi', 'adagrad'])
 def test_server_optimizer_matches_numpy_after_two_rounds(name):
   rng = np.random.default_rng(11)
   weights = rng.normal(size=5)
@@ -190,14 +202,18 @@ def test_server_optimizer_matches_numpy_after_two_rounds(name):
     state, current = tf_fns.apply_delta(optimizer, state, current, (tf.constant(delta),))
   # TFF keeps the hyperparameters as float32 in its state; the reference uses the same values.
   f32 = lambda x: float(np.float32(x))  # noqa: E731
-  if name == 'adam':
-    expected, m, v = numpy_adam(weights, deltas, f32(0.1), f32(optimizers.GAN_ADAM_BETA_1),
-                                f32(0.999), f32(1e-7))
+  if name in ('adam', 'yogi'):
+    if name == 'adam':
+      expected, m, v = numpy_adam(weights, deltas, f32(0.1), f32(optimizers.GAN_ADAM_BETA_1),
+                                  f32(0.999), f32(1e-7))
+    else:
+      expected, m, v = numpy_yogi(weights, deltas, f32(0.1), f32(optimizers.GAN_ADAM_BETA_1),
+                                  f32(0.999), f32(1e-3), f32(1e-6))
     np.testing.assert_allclose(state['accumulator'][0].numpy(), m, rtol=1e-9)
     np.testing.assert_allclose(state['preconditioner'][0].numpy(), v, rtol=1e-9)
   else:
     expected, s = numpy_adagrad(weights, deltas, f32(0.1), f32(0.1), f32(1e-7))
     np.testing.assert_allclose(state['preconditioner'][0].numpy(), s, rtol=1e-9)
-  # TFF computes Adam's bias-corrected step size in float32, where 1 − β2^t (≈ 1e-3 here)
-  # keeps only about 4 significant digits; the states above agree to 1e-9.
+  # TFF computes Adam's and Yogi's bias-corrected step size in float32, where 1 − β2^t
+  # (≈ 1e-3 here) keeps only about 4 significant digits; the states above agree to 1e-9.
   np.testing.assert_allclose(current[0].numpy(), expected, rtol=1e-4)
