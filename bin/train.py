@@ -68,9 +68,21 @@ flags.DEFINE_float('proximal_mu', _DEFAULTS.proximal_mu, 'FedProx: adds (mu/2)*|
                    'w_global||^2 to the local objective of every network trained on clients; '
                    '0 is FedAvg.')
 flags.DEFINE_string('aggregator', _DEFAULTS.aggregator, 'How client updates are combined: '
-                    'mean (weighted by examples trained on: FedAvg), unweighted_mean, or robust '
+                    'mean (weighted by examples trained on: FedAvg); unweighted_mean; robust '
                     "(TFF's robust aggregator: non-finite and outsized updates zeroed, norms "
-                    'clipped adaptively). Differential privacy brings its own aggregator.')
+                    "clipped adaptively); secure (TFF's secure aggregator: robust's zeroing and "
+                    'clipping, then values clipped to an adaptive range, quantized to 32-bit '
+                    'integers and summed with tff.federated_secure_sum_bitwidth. SIMULATED: '
+                    'the local runtime runs secure sums as plain sums, so the clipping, '
+                    'quantization and bit widths are real but no cryptography runs); '
+                    'compressed (each tensor of 64+ elements uniformly quantized to --bits '
+                    'bits with stochastic rounding, so runs are not bitwise reproducible). '
+                    'Differential privacy brings its own aggregator.')
+flags.DEFINE_integer('bits', None, '--aggregator=compressed: bits per quantized value, 1 to '
+                     f'{config_lib.MAX_BITS} (default {config_lib.DEFAULT_BITS}).')
+flags.DEFINE_bool('hadamard', _DEFAULTS.hadamard, '--aggregator=compressed: rotate each tensor '
+                  'by a randomized Hadamard transform before quantizing (narrower ranges, '
+                  'padded to a power of 2).')
 flags.DEFINE_float('dropout_rate', _DEFAULTS.dropout_rate, 'Probability that a sampled '
                    'client fails after the broadcast; the round aggregates the survivors '
                    '(weights renormalized), and a round where all fail leaves the model '

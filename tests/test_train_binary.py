@@ -55,6 +55,20 @@ def test_writes_config_metrics_and_samples(two_runs):
   assert 'done' in result.stdout
 
 
+def test_bytes_columns_match_the_model_size(two_runs):
+  """Down: every weight as float32 plus the int64[2] round seed; up: the float32 delta, its
+  weight, and a few scalar metrics."""
+  import tasks
+  (output_dir, _), _ = two_runs[0]
+  models = tasks.get_task('ring', width=0.03125).gan_models()
+  num_params = models.generator_fn().count_params() + models.discriminator_fn().count_params()
+  for row in read_rows(output_dir / 'metrics.csv'):
+    clients, completed = int(row['clients']), int(row['clients_completed'])
+    assert int(row['bytes_down']) == clients * (4 * num_params + 16)
+    metrics_bytes = int(row['bytes_up']) - completed * (4 * num_params + 4)
+    assert 0 < metrics_bytes <= completed * 32
+
+
 def test_same_seed_gives_identical_loss_columns(two_runs):
   (dir_a, _), (dir_b, _) = two_runs[0]
   rows_a, rows_b = read_rows(dir_a / 'metrics.csv'), read_rows(dir_b / 'metrics.csv')
@@ -96,6 +110,9 @@ def test_tensorflow_start_up_noise_is_hidden(two_runs):
     (['--dropout_rate=1'], '--dropout_rate must be in [0, 1)'),
     (['--aggregator=robust', '--dp_noise_multiplier=1'], 'cannot be combined with differential'),
     (['--aggregator=median'], "unknown --aggregator 'median'"),
+    (['--bits=4'], '--bits applies only to --aggregator=compressed'),
+    (['--hadamard'], '--hadamard applies only to --aggregator=compressed'),
+    (['--aggregator=compressed', '--bits=17'], '--bits must be from 1 to 16'),
     (['--scheme=fedsgd', '--proximal_mu=0.1'], 'fedsgd takes no local steps'),
     (['--dp_noise_multiplier=1', '--dp_adaptive_clip_quantile=0.5'],
      'adaptive clipping cannot reach noise multiplier 1.0'),

@@ -20,7 +20,9 @@ LOSSES = ('non_saturating', 'wasserstein_gp')
 CLIENT_OPTIMIZERS = ('sgd', 'adam', 'rmsprop')
 SERVER_OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad')
 CLIENT_SAMPLING = ('fixed', 'poisson')
-AGGREGATORS = ('mean', 'unweighted_mean', 'robust')
+AGGREGATORS = ('mean', 'unweighted_mean', 'robust', 'secure', 'compressed')
+DEFAULT_BITS = 8
+MAX_BITS = 16  # The most tensor_encoding's uniform quantization allows.
 DP_ACCOUNTANTS = ('rdp', 'pld')
 DEFAULT_DP_CLIP = 1.0
 DEFAULT_DP_DELTA = 1e-5
@@ -60,6 +62,8 @@ class TrainConfig:
   loss: str = 'non_saturating'
   proximal_mu: float = 0.0
   aggregator: str = 'mean'
+  bits: int | None = None
+  hadamard: bool = False
   dropout_rate: float = 0.0
   server_gen_steps: int = 1
   generator_learning_rate: float = 1e-3
@@ -113,12 +117,26 @@ class TrainConfig:
                           f"{', '.join(allowed)}.")
     if not self.output_dir:
       raise ConfigError('--output_dir must not be empty.')
+    self._validate_compression()
     self._validate_dp()
     return self
 
   @property
   def dp_enabled(self) -> bool:
     return self.dp_noise_multiplier is not None
+
+  @property
+  def effective_bits(self) -> int:
+    return DEFAULT_BITS if self.bits is None else self.bits
+
+  def _validate_compression(self) -> None:
+    if self.aggregator != 'compressed':
+      for name in ('bits', 'hadamard'):
+        if getattr(self, name) not in (None, False):
+          raise ConfigError(f'--{name} applies only to --aggregator=compressed; set that, or '
+                            f'drop --{name}.')
+    elif not 1 <= self.effective_bits <= MAX_BITS:
+      raise ConfigError(f'--bits must be from 1 to {MAX_BITS}, got {self.bits}.')
 
   @property
   def effective_dp_clip(self) -> float:

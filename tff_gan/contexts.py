@@ -220,6 +220,18 @@ def _sigterm_unwinds():
     signal.signal(signal.SIGTERM, previous)
 
 
+def _compile_for_simulation(computation):
+  """Compiles for the C++ worker, which runs secure sums as plain sums.
+
+  The worker implements no secure-aggregation protocol, so TFF's own test compiler replaces
+  `federated_secure_sum_bitwidth` and its kin with equivalent plain sums. Everything before
+  them (clipping, quantization to the bit width, overflow handling) runs as written; the
+  cryptography is simulated.
+  """
+  computation = tff.backends.test.replace_secure_intrinsics_with_bodies(computation)
+  return tff.backends.native.desugar_and_transform_to_native(computation)
+
+
 @contextlib.contextmanager
 def local_cpp_context(
     *,
@@ -246,7 +258,7 @@ def local_cpp_context(
     try:
       context = tff.framework.SyncExecutionContext(
           executor_fn=worker.executor_factory(default_num_clients),
-          compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+          compiler_fn=_compile_for_simulation,
           transform_args=tff.tensorflow.transform_args,
           transform_result=tff.tensorflow.transform_result,
       )

@@ -4,8 +4,10 @@ Writes to `config.output_dir`:
 
 * `config.json` — the `TrainConfig` of the run;
 * `metrics.csv` — one row per round: `round`, `round_seconds`, `clients` (sampled),
-  `clients_completed` (those that did not drop out), `d_loss`, `g_loss`, `num_examples`,
-  `non_finite_clients` (client updates with a NaN or Inf, given weight 0),
+  `clients_completed` (those that did not drop out), `bytes_down` and `bytes_up` (payload
+  bytes the round sent to the sampled clients and received from those that completed, sized
+  from the types the round's computation sends: see `communication`), `d_loss`, `g_loss`,
+  `num_examples`, `non_finite_clients` (client updates with a NaN or Inf, given weight 0),
   `epsilon` (with differential privacy), then the task's metric
   columns (empty on rounds not evaluated). Under differential privacy the clients' losses and
   example counts are not released, so `d_loss` and `num_examples` stay empty (and `g_loss`
@@ -27,15 +29,15 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-from tff_gan import aggregators, contexts, data, losses, optimizers, privacy
+from tff_gan import aggregators, communication, contexts, data, losses, optimizers, privacy
 from tff_gan import config as config_lib
 from tff_gan.models import GanModels
 from tff_gan.partition import partition
 from tff_gan.schemes import dp_fedavg_gan, fedgan, fedsgd
 from tff_gan.state import ServerState
 
-BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'clients_completed', 'd_loss', 'g_loss',
-                'num_examples', 'non_finite_clients')
+BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'clients_completed', 'bytes_down',
+                'bytes_up', 'd_loss', 'g_loss', 'num_examples', 'non_finite_clients')
 
 
 @dataclasses.dataclass
@@ -95,7 +97,8 @@ def _format(value):
 def build_aggregator(config: config_lib.TrainConfig):
   """The `tff.aggregators` factory `config` asks for (DP-FedAvg when DP is on)."""
   if not config.dp_enabled:
-    return aggregators.build_aggregator(config.aggregator)
+    return aggregators.build_aggregator(config.aggregator, bits=config.effective_bits,
+                                        hadamard=config.hadamard)
   try:
     return aggregators.dp_aggregator(
         noise_multiplier=config.dp_noise_multiplier,
@@ -154,12 +157,15 @@ class EpsilonLedger:
 
 
 def round_row(round_num: int, seconds: float, num_clients: int, num_completed: int,
-              metrics) -> dict[str, Any]:
+              metrics, traffic: communication.RoundTraffic) -> dict[str, Any]:
   """The `metrics.csv` fields a round's process metrics give (released ones only)."""
   row: dict[str, Any] = {'round': round_num, 'round_seconds': seconds, 'clients': num_clients,
-                         'clients_completed': num_completed}
+                         'clients_completed': num_completed,
+                         'bytes_down': traffic.bytes_down(num_clients)}
   if metrics is None:  # Every sampled client dropped out: nothing was run or released.
+    row['bytes_up'] = 0
     return row
+  row['bytes_up'] = traffic.bytes_up(num_completed)
   client, server = metrics.get('client', {}), metrics['server']
   if 'discriminator_loss' in client:
     row['d_loss'] = float(client['discriminator_loss'])
@@ -214,6 +220,7 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True) -
       local_steps=config.local_steps or None,
   )
   process = build_process(config, models)
+  traffic = communication.round_traffic(process.next)
   sample = SampleGenerator(models)
   ledger = EpsilonLedger(config) if config.dp_enabled else None
   if ledger is not None:
@@ -249,7 +256,7 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True) -
           logging.warning('round %d: all %d sampled clients dropped out; model unchanged.',
                           round_num, len(client_ids))
         row = round_row(round_num, time.perf_counter() - start, len(client_ids),
-                        len(completed), metrics)
+                        len(completed), metrics, traffic)
         if ledger is not None:
           row['epsilon'] = ledger.epsilon(state)
         if round_num % config.eval_every == 0 or round_num == config.rounds:
