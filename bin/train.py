@@ -1,7 +1,9 @@
 """Train a GAN with federated learning on TensorFlow Federated.
 
 With no flags, trains FedGAN on the embedded `ring` task (8 Gaussians on the unit circle)
-with 10 IID clients and writes config.json, metrics.csv and samples/ to --output_dir.
+with 10 IID clients and writes config.json, metrics.csv, samples/, checkpoints/ and tb/ to
+--output_dir. Rerunning the same command on the same --output_dir resumes from the latest
+checkpoint; --overwrite starts over.
 
 Examples:
   python bin/train.py
@@ -118,7 +120,14 @@ flags.DEFINE_integer('num_eval_samples', _DEFAULTS.num_eval_samples,
 flags.DEFINE_integer('seed', _DEFAULTS.seed, 'Seed of initial weights, partition, client '
                      'sampling, shuffling and noise: the same seed repeats a run exactly.')
 flags.DEFINE_string('output_dir', _DEFAULTS.output_dir, 'Where config.json, metrics.csv, '
-                    'samples/ and worker.log are written.')
+                    'samples/, checkpoints/, tb/ (TensorBoard) and worker.log are written.')
+flags.DEFINE_integer('checkpoint_every', _DEFAULTS.checkpoint_every, 'Save the full training '
+                     'state to OUTPUT_DIR/checkpoints every N rounds (and after the last). '
+                     'Rerunning the same command resumes from the latest checkpoint and ends '
+                     'exactly as an uninterrupted run would.')
+flags.DEFINE_bool('overwrite', False, 'Delete the outputs of an earlier run in --output_dir '
+                  '(config.json, metrics.csv, samples/, checkpoints/, tb/, worker.log) and '
+                  'start over, instead of resuming it.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 
 FLAGS = flags.FLAGS
@@ -135,6 +144,8 @@ def main(argv: list[str]) -> int:
   try:  # Checked before TensorFlow is imported, so a typo costs milliseconds.
     config = config_from_flags().validate()
     config_lib.check_output_dir_writable(config.output_dir)
+    if not FLAGS.overwrite:
+      config_lib.check_same_run(config)
   except config_lib.ConfigError as e:
     _cli.usage_error(program, str(e))
 
@@ -147,10 +158,15 @@ def main(argv: list[str]) -> int:
                           width=config.model_width)
   except ValueError as e:  # ConfigError, or a task's own argument check.
     _cli.usage_error(program, str(e))
+  from tff_gan import program as program_lib  # noqa: PLC0415
   try:
-    result = training.train(config, task, show_progress=FLAGS.progress)
+    result = training.train(config, task, show_progress=FLAGS.progress,
+                            overwrite=FLAGS.overwrite)
   except config_lib.ConfigError as e:
     _cli.usage_error(program, str(e))
+  except program_lib.CheckpointError as e:
+    print(f'{program}: error: {e}', file=sys.stderr)
+    return 1
   summary = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                       for k, v in result.last_row.items())
   print(f'{program}: done. Last round: {summary}')

@@ -24,6 +24,18 @@ def worker_pids() -> set[int]:
   return {int(pid) for pid in found.stdout.split()}
 
 
+def workers_logging_to(log_path) -> set[int]:
+  """Live TFF workers whose stdout is `log_path`: those of one run, whatever else is running."""
+  pids = set()
+  for pid in worker_pids():
+    try:
+      if os.readlink(f'/proc/{pid}/fd/1') == os.path.realpath(log_path) and pid_alive(pid):
+        pids.add(pid)
+    except OSError:  # Gone meanwhile, or not ours to inspect.
+      pass
+  return pids
+
+
 def pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)

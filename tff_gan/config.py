@@ -74,6 +74,7 @@ class TrainConfig:
   dp_delta: float | None = None
   dp_accountant: str = 'rdp'
   eval_every: int = 10
+  checkpoint_every: int = 10
   num_eval_samples: int = 2500
   seed: int = 0
   output_dir: str = 'runs/demo'
@@ -81,7 +82,8 @@ class TrainConfig:
   def validate(self) -> TrainConfig:
     """Returns `self` if valid; raises `ConfigError` otherwise."""
     positive = ('num_clients', 'clients_per_round', 'rounds', 'local_epochs', 'batch_size',
-                'eval_every', 'num_eval_samples', 'labels_per_client', 'server_gen_steps')
+                'eval_every', 'checkpoint_every', 'num_eval_samples', 'labels_per_client',
+                'server_gen_steps')
     for name in positive:
       if getattr(self, name) <= 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
@@ -173,6 +175,37 @@ class TrainConfig:
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+# Fields a rerun on the same output directory may change: they do not alter the rounds run so
+# far (`rounds` extends or shortens the run; the rest are where and how often state is saved).
+RESUMABLE_FIELDS = ('rounds', 'checkpoint_every', 'output_dir')
+CONFIG_FILE = 'config.json'
+
+
+def check_same_run(config: TrainConfig) -> None:
+  """Refuses to resume a run in `config.output_dir` that was started with other settings.
+
+  Raises:
+    ConfigError: Naming each differing flag with its saved and its new value.
+  """
+  path = os.path.join(config.output_dir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{path} cannot be read ({e}); rerun with --overwrite to start over, or '
+                      'choose another --output_dir.') from e
+  current = dataclasses.asdict(config)
+  differences = [f'--{name}={saved.get(name)!r} there, {current[name]!r} now'
+                 for name in sorted(current)
+                 if name not in RESUMABLE_FIELDS and saved.get(name) != current[name]]
+  if differences:
+    raise ConfigError(f'--output_dir {config.output_dir} holds a run with other settings '
+                      f'({"; ".join(differences)}); rerun with the same flags to resume it, '
+                      'with --overwrite to start over, or choose another --output_dir.')
 
 
 def check_output_dir_writable(output_dir: str) -> None:

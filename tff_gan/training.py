@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import shutil
 import time
 from typing import Any
 
@@ -29,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-from tff_gan import aggregators, communication, contexts, data, losses, optimizers, privacy
+from tff_gan import aggregators, communication, contexts, data, losses, optimizers, privacy, program
 from tff_gan import config as config_lib
 from tff_gan.models import GanModels
 from tff_gan.partition import partition
@@ -68,30 +69,6 @@ class SampleGenerator:
       variable.assign(value)
     noise = tf.random.stateless_normal([num_samples, self._models.noise_dim], seed=[seed, 1])
     return self._generator(noise, training=False).numpy()
-
-
-class MetricsWriter:
-  """Appends one CSV row per round to `metrics.csv`, flushed as it goes."""
-
-  def __init__(self, path: str, columns: tuple[str, ...]):
-    self.columns = columns
-    self._file = open(path, 'w', newline='')
-    self._writer = csv.DictWriter(self._file, fieldnames=columns, restval='', lineterminator='\n')
-    self._writer.writeheader()
-    self._file.flush()
-
-  def write(self, row: dict[str, Any]) -> None:
-    self._writer.writerow({k: _format(v) for k, v in row.items()})
-    self._file.flush()
-
-  def close(self) -> None:
-    self._file.close()
-
-
-def _format(value):
-  if isinstance(value, float | np.floating):
-    return f'{float(value):.6g}'
-  return value
 
 
 def build_aggregator(config: config_lib.TrainConfig):
@@ -198,20 +175,49 @@ def build_population(config: config_lib.TrainConfig, task) -> data.ClientPopulat
     raise config_lib.ConfigError(str(e)) from e
 
 
-def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True) -> TrainResult:
-  """Runs `config.rounds` federated rounds of `config.scheme` on `task`.
+OUTPUTS = (config_lib.CONFIG_FILE, 'metrics.csv', 'samples', 'worker.log',
+           program.CHECKPOINT_DIR, program.TENSORBOARD_DIR)
+
+
+def remove_outputs(output_dir: str) -> None:
+  """Deletes what a run writes to `output_dir` (and nothing else there)."""
+  for name in OUTPUTS:
+    path = os.path.join(output_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+
+def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
+          overwrite: bool = False) -> TrainResult:
+  """Runs `config.rounds` federated rounds of `config.scheme` on `task`, or resumes them.
+
+  If `config.output_dir` holds checkpoints of the same configuration (see
+  `config.check_same_run`), training continues after the latest one and ends exactly as an
+  uninterrupted run would: the same weights and the same `metrics.csv` rows.
 
   Args:
     config: A `TrainConfig` (validated here).
     task: A task from `tasks.get_task` (examples, labels, `gan_models()`, `evaluate`,
       `render`, `metric_names`).
     show_progress: Whether to show a tqdm progress bar on stderr.
+    overwrite: Delete the outputs of an earlier run in `config.output_dir` and start over.
 
   Returns:
     A `TrainResult`.
+
+  Raises:
+    config.ConfigError: For an invalid configuration, or one that differs from the run
+      already in `config.output_dir`.
+    program.CheckpointError: If the checkpoint to resume from cannot be read.
   """
   config.validate()
   config_lib.check_output_dir_writable(config.output_dir)
+  if overwrite:
+    remove_outputs(config.output_dir)
+  else:
+    config_lib.check_same_run(config)
   models = task.gan_models()
   population = build_population(config, task)
   work = data.LocalWork(
@@ -228,47 +234,67 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True) -
     if message:
       logging.warning(message)
 
-  write_text_atomically(os.path.join(config.output_dir, 'config.json'), config.to_json() + '\n')
+  write_text_atomically(os.path.join(config.output_dir, config_lib.CONFIG_FILE),
+                        config.to_json() + '\n')
   samples_dir = os.path.join(config.output_dir, 'samples')
   os.makedirs(samples_dir, exist_ok=True)
   privacy_columns = ('epsilon',) if ledger is not None else ()
-  writer = MetricsWriter(os.path.join(config.output_dir, 'metrics.csv'),
-                         BASE_COLUMNS + privacy_columns + tuple(task.metric_names))
-  row: dict[str, Any] = {}
-  try:
-    with contexts.local_cpp_context(log_path=os.path.join(config.output_dir, 'worker.log')):
-      state = process.initialize()
-      rounds = tqdm(range(1, config.rounds + 1), desc='rounds', unit='round',
-                    disable=not show_progress, dynamic_ncols=True)
-      for round_num in rounds:
-        client_ids = data.sample_clients(config.num_clients, config.clients_per_round,
-                                         round_num=round_num, seed=config.seed,
-                                         method=config.client_sampling)
-        completed = data.surviving_clients(client_ids, config.dropout_rate,
-                                           round_num=round_num, seed=config.seed)
-        start = time.perf_counter()
-        if len(completed) or not len(client_ids):
-          datasets = population.round_datasets(completed, work, round_num=round_num,
-                                               seed=config.seed)
-          state, metrics = process.next(state, datasets)
-        else:  # All sampled clients failed: the model stays as it is, and the row says so.
-          metrics = None
-          logging.warning('round %d: all %d sampled clients dropped out; model unchanged.',
-                          round_num, len(client_ids))
-        row = round_row(round_num, time.perf_counter() - start, len(client_ids),
-                        len(completed), metrics, traffic)
-        if ledger is not None:
-          row['epsilon'] = ledger.epsilon(state)
-        if round_num % config.eval_every == 0 or round_num == config.rounds:
-          samples = sample(state.weights.generator, config.num_eval_samples,
-                           seed=config.seed + round_num)
-          row.update(task.evaluate(samples))
-          task.render(samples, os.path.join(samples_dir, f'round_{round_num:05d}.png'))
-        writer.write(row)
-        rounds.set_postfix(_progress_fields(row, task.metric_names), refresh=False)
-  finally:
-    writer.close()
+  columns = BASE_COLUMNS + privacy_columns + tuple(task.metric_names)
+  checkpoints = program.Checkpoints(config.output_dir)
+  release = program.MetricsRelease(config.output_dir, columns)
+  with contexts.local_cpp_context(log_path=os.path.join(config.output_dir, 'worker.log')):
+    state = process.initialize()
+    start_round = checkpoints.latest_round() or 0
+    if start_round > config.rounds:
+      raise config_lib.ConfigError(
+          f'--output_dir {config.output_dir} has a checkpoint at round {start_round}, beyond '
+          f'--rounds={config.rounds}; raise --rounds, or rerun with --overwrite to start over.')
+    if start_round:
+      state = checkpoints.load(start_round, state)
+      logging.info('resuming from the checkpoint of round %d', start_round)
+    row: dict[str, Any] = last_released_row(config.output_dir) if start_round else {}
+    rounds = tqdm(range(start_round + 1, config.rounds + 1), desc='rounds', unit='round',
+                  initial=start_round, total=config.rounds, disable=not show_progress,
+                  dynamic_ncols=True)
+    for round_num in rounds:
+      client_ids = data.sample_clients(config.num_clients, config.clients_per_round,
+                                       round_num=round_num, seed=config.seed,
+                                       method=config.client_sampling)
+      completed = data.surviving_clients(client_ids, config.dropout_rate,
+                                         round_num=round_num, seed=config.seed)
+      start = time.perf_counter()
+      if len(completed) or not len(client_ids):
+        datasets = population.round_datasets(completed, work, round_num=round_num,
+                                             seed=config.seed)
+        state, metrics = process.next(state, datasets)
+      else:  # All sampled clients failed: the model stays as it is, and the row says so.
+        metrics = None
+        logging.warning('round %d: all %d sampled clients dropped out; model unchanged.',
+                        round_num, len(client_ids))
+      row = round_row(round_num, time.perf_counter() - start, len(client_ids),
+                      len(completed), metrics, traffic)
+      if ledger is not None:
+        row['epsilon'] = ledger.epsilon(state)
+      if round_num % config.eval_every == 0 or round_num == config.rounds:
+        samples = sample(state.weights.generator, config.num_eval_samples,
+                         seed=config.seed + round_num)
+        row.update(task.evaluate(samples))
+        task.render(samples, os.path.join(samples_dir, f'round_{round_num:05d}.png'))
+      release.release(row, round_num)
+      if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
+        checkpoints.save(state, round_num)
+      rounds.set_postfix(_progress_fields(row, task.metric_names), refresh=False)
   return TrainResult(state=state, last_row=row)
+
+
+def last_released_row(output_dir: str) -> dict[str, Any]:
+  """The last row of `metrics.csv` (empty fields dropped), or {} if there is none."""
+  path = os.path.join(output_dir, 'metrics.csv')
+  if not os.path.exists(path):
+    return {}
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  return {k: v for k, v in rows[-1].items() if v != ''} if rows else {}
 
 
 def _progress_fields(row, metric_names):

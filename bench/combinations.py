@@ -1,0 +1,68 @@
+"""Runs `bin/train.py` for every scheme x server optimizer x aggregator on `ring`, briefly.
+
+Each combination trains 2 tiny rounds in its own process, exactly as a user would start it;
+the script prints one line per combination and a summary, and exits non-zero if any failed.
+It checks that every combination runs, not how well it trains (see bench/aggregators.py).
+
+Usage: python bench/combinations.py [--output_root=/tmp/combinations] [--parallel=2]
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from concurrent import futures
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+from tff_gan import config as config_lib  # noqa: E402  (no TensorFlow import)
+
+TINY = ['--rounds=2', '--eval_every=2', '--model_width=0.125', '--num_clients=4',
+        '--clients_per_round=3', '--local_steps=2', '--batch_size=16', '--num_eval_samples=200',
+        '--noprogress']
+
+
+def run(scheme: str, server_optimizer: str, aggregator: str, output_root: str):
+  name = f'{scheme}-{server_optimizer}-{aggregator}'
+  start = time.perf_counter()
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'bin', 'train.py'), *TINY,
+       f'--scheme={scheme}', f'--server_optimizer={server_optimizer}',
+       f'--aggregator={aggregator}', f'--output_dir={os.path.join(output_root, name)}'],
+      capture_output=True, text=True, check=False, timeout=600)
+  last_line = (result.stderr.strip().splitlines() or [''])[-1]
+  return name, result.returncode, time.perf_counter() - start, last_line
+
+
+def main(argv):
+  output_root, parallel = '/tmp/combinations', 2
+  for arg in argv[1:]:
+    if arg.startswith('--output_root='):
+      output_root = arg.split('=', 1)[1]
+    elif arg.startswith('--parallel='):
+      parallel = int(arg.split('=', 1)[1])
+    else:
+      print(__doc__)
+      return 0 if arg in ('-h', '--help') else 2
+  combinations = list(itertools.product(config_lib.SCHEMES, config_lib.SERVER_OPTIMIZERS,
+                                        config_lib.AGGREGATORS))
+  failures = 0
+  with futures.ThreadPoolExecutor(parallel) as pool:
+    jobs = [pool.submit(run, *combination, output_root) for combination in combinations]
+    for job in futures.as_completed(jobs):
+      name, returncode, seconds, last_line = job.result()
+      status = 'ok' if returncode == 0 else f'FAILED ({returncode}): {last_line}'
+      failures += returncode != 0
+      print(f'{name}: {status} [{seconds:.0f} s]', flush=True)
+  print(f'{len(combinations) - failures} of {len(combinations)} combinations ran '
+        f'(schemes: {", ".join(config_lib.SCHEMES)}; server optimizers: '
+        f'{", ".join(config_lib.SERVER_OPTIMIZERS)}; aggregators: '
+        f'{", ".join(config_lib.AGGREGATORS)}).')
+  return 1 if failures else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
