@@ -92,6 +92,16 @@ class Task(abc.ABC):
   def evaluate(self, samples: np.ndarray) -> dict[str, float]:
     """Scores generator samples `[M, *data_shape]`; the keys are `metric_names`."""
 
+  def prepare_evaluation(self, cache_dir: str) -> dict[str, float]:
+    """Builds what `evaluate` needs (e.g. a classifier), cached in `cache_dir`.
+
+    Returns:
+      The metrics of held-out real data, where a task has them: the scale users should read
+      the generator's metrics against. `{}` by default.
+    """
+    del cache_dir
+    return {}
+
   @abc.abstractmethod
   def render(self, samples: np.ndarray, path: str) -> None:
     """Writes a PNG picture of generator samples `[M, *data_shape]` to `path`."""

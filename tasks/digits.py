@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -15,6 +17,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from tasks import base
+from tff_gan import evaluation
 from tff_gan.models import GanModels
 
 _IMAGE_SIDE = 8
@@ -24,6 +27,8 @@ _MAX_RENDERED_SAMPLES = 64
 _UPSCALE = 4
 _CELL_PADDING = 2
 _PADDING_GRAY = 128
+_HELDOUT_FRACTION = 0.2  # Of the images, kept from the classifier to calibrate the metrics.
+_SPLIT_SEED = 0  # Fixed: the classifier and the reference values do not change with --seed.
 
 
 class DigitsTask(base.Task):
@@ -36,12 +41,18 @@ class DigitsTask(base.Task):
       LeakyReLU(0.2) -> 2x2x128 -> ConvT 64 (4x4, stride 2) -> LeakyReLU(0.2) -> ConvT 1 (4x4,
       stride 2) -> tanh; D = Conv 64 (3x3, stride 2) -> LeakyReLU(0.2) -> Conv 128 (3x3,
       stride 2) -> LeakyReLU(0.2) -> Flatten -> Dense 1.
-  Hidden sizes and filter counts are multiplied by `width`. No metrics yet.
+  Hidden sizes and filter counts are multiplied by `width`.
+
+  Metrics (`tff_gan.evaluation`), from a small conv classifier trained on a fixed 80% split of
+  the images (cached by `prepare_evaluation`): `frechet_distance` between the classifier's
+  penultimate activations of the samples and of that split (lower is better), and
+  `classifier_score` exp(E KL(p(y|x) || p(y))) of the samples (higher is better, at most 10).
+  `prepare_evaluation` returns the same two metrics for the held-out 20% of real images.
   """
 
   name = 'digits'
   model_choices = ('mlp', 'dcgan')
-  metric_names = ()
+  metric_names = ('frechet_distance', 'classifier_score')
 
   def __init__(
       self, *, noise_dim: int = 32, seed: int = 0, model: str = 'mlp', width: float = 1.0
@@ -63,6 +74,10 @@ class DigitsTask(base.Task):
     self.examples = (pixels / (_MAX_PIXEL / 2) - 1).astype(np.float32)
     self.labels = digits.target.astype(np.int64)
     self.num_labels = 10
+    order = np.random.default_rng(_SPLIT_SEED).permutation(len(self.examples))
+    num_heldout = round(_HELDOUT_FRACTION * len(order))
+    self._heldout, self._classifier_split = order[:num_heldout], order[num_heldout:]
+    self._classifier = None
 
   def gan_models(self) -> GanModels:
     """The generator and discriminator of the architecture `model`, scaled by `width`."""
@@ -88,10 +103,25 @@ class DigitsTask(base.Task):
         data_shape=data_shape,
     )
 
+  def prepare_evaluation(self, cache_dir: str) -> dict[str, float]:
+    """Trains (or loads from `cache_dir`) the classifier; returns the held-out real metrics."""
+    self._classifier = evaluation.load_or_train_classifier(
+        self.examples[self._classifier_split], self.labels[self._classifier_split],
+        cache_dir=cache_dir, num_classes=self.num_labels)
+    return evaluation.real_data_reference(
+        self._classifier, self.examples[self._classifier_split], self.examples[self._heldout])
+
   def evaluate(self, samples: np.ndarray) -> dict[str, float]:
-    """No metrics yet: checks the shape of `samples` and returns `{}`."""
-    self._check_samples(samples)
-    return {}
+    """`frechet_distance` and `classifier_score` of `samples` (see the class docstring).
+
+    Uses the classifier of `prepare_evaluation`; if it was not called, prepares with a cache
+    under the system's temporary directory.
+    """
+    samples = self._check_samples(samples).astype(np.float32)
+    if self._classifier is None:
+      self.prepare_evaluation(os.path.join(tempfile.gettempdir(), 'tff_gan_classifiers'))
+    return evaluation.image_metrics(
+        self._classifier, self.examples[self._classifier_split], samples)
 
   def render(self, samples: np.ndarray, path: str) -> None:
     """Writes the first 64 samples as a grid of up to 8 columns to the PNG `path`.

@@ -158,7 +158,8 @@ def test_digits_data():
   assert task.examples.min() == -1.0 and task.examples.max() == 1.0
   assert set(np.unique(task.labels)) == set(range(10))
   assert task.examples.dtype == np.float32 and task.labels.dtype == np.int64
-  assert task.num_labels == 10 and task.metric_names == () and task.evaluate(task.examples) == {}
+  assert task.num_labels == 10
+  assert task.metric_names == ('frechet_distance', 'classifier_score')
 
 
 @pytest.mark.parametrize('name, model, data_shape', [
@@ -212,3 +213,14 @@ def test_ring_render_draws_samples_where_they_are(tmp_path):
   assert (pixels[0, 0] == 255).all() and (pixels[-1, -1] == 255).all()
   mode_row = pixels[254:258, 405:426]
   assert ((mode_row[..., 0] > 200) & (mode_row[..., 1] < 50)).any()
+
+
+def test_digits_metrics_rank_held_out_real_digits_far_above_noise(tmp_path):
+  task = tasks.get_task('digits')
+  reference = task.prepare_evaluation(str(tmp_path))
+  assert set(reference) == set(task.metric_names)
+  assert os.listdir(tmp_path)  # The classifier is cached where training asked.
+  noise = task.evaluate(np.random.default_rng(0).uniform(-1, 1, size=(400, 8, 8, 1)))
+  assert set(noise) == set(task.metric_names)
+  assert reference['frechet_distance'] < 0.1 * noise['frechet_distance']
+  assert reference['classifier_score'] > 8 > noise['classifier_score']

@@ -13,6 +13,10 @@ Writes to `config.output_dir`:
   example counts are not released, so `d_loss` and `num_examples` stay empty (and `g_loss`
   too in `fedgan`; in `dp_fedavg_gan` it is the server generator's loss);
 * `samples/round_NNNNN.png` — the task's rendering of generated samples at each evaluation;
+* `checkpoints/round_N/` — the full state every `checkpoint_every` rounds (see `program`);
+* `tb/` — TensorBoard event files of the metrics;
+* image tasks: `classifier/` (the evaluation classifier, cached: `--overwrite` keeps it) and
+  `real_data_metrics.json` (the task's metrics of held-out real images, for scale);
 * `worker.log` — the TFF worker's own output.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -175,7 +180,9 @@ def build_population(config: config_lib.TrainConfig, task) -> data.ClientPopulat
     raise config_lib.ConfigError(str(e)) from e
 
 
-OUTPUTS = (config_lib.CONFIG_FILE, 'metrics.csv', 'samples', 'worker.log',
+CLASSIFIER_DIR = 'classifier'  # The evaluation classifier of image tasks, cached.
+REFERENCE_FILE = 'real_data_metrics.json'  # The task's metrics of held-out real data.
+OUTPUTS = (config_lib.CONFIG_FILE, 'metrics.csv', 'samples', 'worker.log', REFERENCE_FILE,
            program.CHECKPOINT_DIR, program.TENSORBOARD_DIR)
 
 
@@ -240,6 +247,11 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
   os.makedirs(samples_dir, exist_ok=True)
   privacy_columns = ('epsilon',) if ledger is not None else ()
   columns = BASE_COLUMNS + privacy_columns + tuple(task.metric_names)
+  reference = task.prepare_evaluation(os.path.join(config.output_dir, CLASSIFIER_DIR))
+  if reference:
+    write_text_atomically(os.path.join(config.output_dir, REFERENCE_FILE),
+                          json.dumps(reference, indent=2, sort_keys=True) + '\n')
+    logging.info('held-out real data scores %s', reference)
   checkpoints = program.Checkpoints(config.output_dir)
   release = program.MetricsRelease(config.output_dir, columns)
   with contexts.local_cpp_context(log_path=os.path.join(config.output_dir, 'worker.log')):
