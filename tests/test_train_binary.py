@@ -133,5 +133,7 @@ def test_help_lists_the_flags_and_exits_0():
                '--partition', '--dirichlet_alpha', '--labels_per_client', '--local_steps',
                '--batch_size', '--client_optimizer', '--client_learning_rate',
                '--server_optimizer', '--server_learning_rate', '--loss', '--eval_every',
-               '--seed', '--output_dir'):
+               '--seed', '--output_dir', '--aggregator', '--bits', '--[no]hadamard',
+               '--checkpoint_every', '--[no]overwrite'):
     assert flag in result.stdout
+  assert 'SIMULATED' in result.stdout  # --aggregator=secure says plainly what is not real.
