@@ -217,3 +217,27 @@ def test_server_optimizer_matches_numpy_after_two_rounds(name):
   # TFF computes Adam's and Yogi's bias-corrected step size in float32, where 1 − β2^t
   # (≈ 1e-3 here) keeps only about 4 significant digits; the states above agree to 1e-9.
   np.testing.assert_allclose(current[0].numpy(), expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize('weights_type, state_type', [(list, tuple), (tuple, list)])
+def test_server_sgdm_matches_numpy_whatever_the_sequence_types(weights_type, state_type):
+  """TFF may return the weights as a list and the optimizer state as tuples (or the reverse);
+  momentum SGD insists they match, so `apply_delta` must reconcile them."""
+  rng = np.random.default_rng(5)
+  f32 = lambda n: rng.normal(size=n).astype(np.float32)  # noqa: E731
+  weights = [f32(3), f32(2)]
+  deltas = [[f32(3), f32(2)] for _ in range(2)]
+  optimizer = optimizers.build_optimizer('sgdm', 0.1)
+  state = tf_fns.initialize_optimizer(optimizer, [tf.Variable(w) for w in weights])
+  state = {k: state_type(v) if isinstance(v, list | tuple) else v for k, v in state.items()}
+  current = weights_type(tf.constant(w) for w in weights)
+  for delta in deltas:
+    state, current = tf_fns.apply_delta(optimizer, state, current,
+                                        weights_type(tf.constant(d) for d in delta))
+    current = weights_type(current)
+  for i, start in enumerate(weights):
+    momentum, expected = np.zeros_like(start), start.copy()
+    for delta in deltas:  # m <- 0.9 m + g, w <- w - lr m, with g = -delta.
+      momentum = np.float32(0.9) * momentum - delta[i]
+      expected = expected - np.float32(0.1) * momentum
+    np.testing.assert_allclose(current[i].numpy(), expected, rtol=1e-6)

@@ -407,8 +407,21 @@ def apply_delta(optimizer, optimizer_state, weights, delta):
   Returns:
     `(new_optimizer_state, new_weights)`.
   """
-  pseudo_gradient = tf.nest.map_structure(tf.negative, delta)
-  return optimizer.next(optimizer_state, weights, pseudo_gradient)
+  # TFF hands sequences back as lists or tuples depending on where they came from; optimizers
+  # such as SGD with momentum require the state and the weights to match exactly.
+  pseudo_gradient = _as_tuples(tf.nest.map_structure(tf.negative, delta))
+  new_state, new_weights = optimizer.next(_as_tuples(optimizer_state), _as_tuples(weights),
+                                          pseudo_gradient)
+  return new_state, list(new_weights)
+
+
+def _as_tuples(structure):
+  """`structure` with every list or plain tuple turned into a tuple (dicts kept as they are)."""
+  if isinstance(structure, list) or type(structure) is tuple:
+    return tuple(_as_tuples(x) for x in structure)
+  if isinstance(structure, dict):
+    return type(structure)((k, _as_tuples(v)) for k, v in structure.items())
+  return structure
 
 
 def server_update(
