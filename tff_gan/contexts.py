@@ -90,6 +90,7 @@ class LocalWorker:
       port: int | None = None,
       start_timeout_seconds: float = 60.0,
   ):
+    self._owns_log = log_path is None  # A temporary log, deleted when the worker is stopped.
     if log_path is None:
       handle, log_path = tempfile.mkstemp(prefix='tff_gan_worker_', suffix='.log')
       os.close(handle)
@@ -156,6 +157,9 @@ class LocalWorker:
         process.kill()
         process.wait()
       logging.info('Stopped TFF worker pid=%d', process.pid)
+      if self._owns_log:  # It ran until we stopped it: its temporary log says nothing new.
+        with contextlib.suppress(OSError):
+          os.remove(self.log_path)
     with _live_workers_lock:
       _live_workers.discard(self)
 

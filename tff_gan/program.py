@@ -41,16 +41,19 @@ class CheckpointError(Exception):
 class Checkpoints:
   """Saves and loads the server state by round number."""
 
-  def __init__(self, output_dir: str, *, keep: int = 3):
+  def __init__(self, output_dir: str, *, keep: int = 3, read_only: bool = False):
     """Opens (creating if needed) `<output_dir>/checkpoints`.
 
     Args:
       output_dir: The run's output directory.
       keep: How many of the latest checkpoints to keep.
+      read_only: For readers (e.g. `bin/generate.py`) that may run while training writes:
+        leave temporary directories alone, since one may be a save in progress.
     """
     self.root = os.path.join(output_dir, CHECKPOINT_DIR)
-    os.makedirs(self.root, exist_ok=True)
-    self._remove_interrupted_writes()
+    if not read_only:
+      os.makedirs(self.root, exist_ok=True)
+      self._remove_interrupted_writes()
     self._manager = tff.program.FileProgramStateManager(
         self.root, prefix=_PREFIX, keep_total=keep, keep_first=False)
 

@@ -1,0 +1,113 @@
+"""Print the task's metrics of a trained generator, from a checkpoint of a bin/train.py run.
+
+By default the samples are those bin/train.py evaluated at that round (config.num_eval_samples
+samples, noise seed config.seed + round), so the values equal the round's metric columns in
+metrics.csv. Prints one `name=value` line per metric (floats to 6 significant digits, as in
+metrics.csv), or with --json one JSON object (full precision; NaN as null). A task without
+metrics prints nothing, or {}.
+
+Examples:
+  python bin/evaluate.py --output_dir=runs/demo
+  python bin/evaluate.py --output_dir=runs/demo --round=150 --num_samples=10000 --json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import _cli
+from absl import flags
+
+from tff_gan import export
+
+flags.DEFINE_string('output_dir', None, 'Directory of a bin/train.py run (holds config.json '
+                    'and checkpoints/).')
+flags.DEFINE_integer('round', None, 'Round whose checkpoint to evaluate (default: the latest '
+                     'saved).')
+flags.DEFINE_integer('num_samples', None, 'Number of generated samples to score (default: the '
+                     "run's --num_eval_samples).")
+flags.DEFINE_integer('seed', None, 'Seed of the generator noise (default: the run\'s --seed '
+                     'plus the round, as bin/train.py evaluates).')
+flags.DEFINE_bool('json', False, 'Print one JSON object instead of name=value lines.')
+
+FLAGS = flags.FLAGS
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_flags() -> None:
+  """Raises `export.RunError` for a flag value that cannot work (before TensorFlow loads)."""
+  if not FLAGS.output_dir:
+    raise export.RunError('--output_dir is required: the directory of a bin/train.py run.')
+  if FLAGS.round is not None and FLAGS.round <= 0:
+    raise export.RunError(f'--round must be positive, got {FLAGS.round}.')
+  if FLAGS.num_samples is not None and FLAGS.num_samples <= 0:
+    raise export.RunError(f'--num_samples must be positive, got {FLAGS.num_samples}.')
+  if FLAGS.seed is not None and not _INT64_MIN <= FLAGS.seed <= _INT64_MAX:
+    raise export.RunError(f'--seed must fit in 64 bits, got {FLAGS.seed}.')
+
+
+def format_value(value) -> str:
+  """A metric as metrics.csv writes it: floats to 6 significant digits, ints as they are."""
+  if isinstance(value, float) or (hasattr(value, 'dtype') and value.dtype.kind == 'f'):
+    return f'{float(value):.6g}'
+  return str(value)
+
+
+def json_value(value):
+  """A metric as a JSON value: NaN and infinities (not JSON) become null."""
+  if hasattr(value, 'item'):  # numpy scalar
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def main(argv: list[str]) -> int:
+  program = os.path.basename(argv[0])
+  _cli.parse_flags(argv, __doc__)
+  try:  # Checked before TensorFlow is imported, so a typo costs milliseconds.
+    check_flags()
+    config = export.read_config(FLAGS.output_dir)
+    round_num = export.resolve_round(FLAGS.output_dir, FLAGS.round)
+  except export.RunError as e:
+    _cli.usage_error(program, str(e))
+  num_samples = config.num_eval_samples if FLAGS.num_samples is None else FLAGS.num_samples
+  seed = config.seed + round_num if FLAGS.seed is None else FLAGS.seed
+
+  _cli.quiet_tensorflow()
+  import tasks  # noqa: PLC0415
+  from tff_gan import contexts, training  # noqa: PLC0415
+  from tff_gan import program as program_lib  # noqa: PLC0415
+
+  try:
+    task = tasks.get_task(config.task, seed=config.seed, model=config.model,
+                          width=config.model_width)
+  except ValueError as e:  # A config.json this version cannot build the task of.
+    print(f'{program}: error: {e}', file=sys.stderr)
+    return 1
+  models = task.gan_models()
+  try:
+    state = export.load_state(FLAGS.output_dir, config, models, round_num)
+  except (OSError, program_lib.CheckpointError, contexts.WorkerError) as e:
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f'{program}: error: {message}', file=sys.stderr)
+    return 1
+  samples = training.SampleGenerator(models)(state.weights.generator, num_samples, seed)
+  # The run's own cached classifier (image tasks), so the values match its metrics.csv.
+  task.prepare_evaluation(os.path.join(FLAGS.output_dir, training.CLASSIFIER_DIR))
+  metrics = task.evaluate(samples)
+  if FLAGS.json:
+    print(json.dumps({name: json_value(value) for name, value in metrics.items()},
+                     allow_nan=False))
+  else:
+    for name, value in metrics.items():
+      print(f'{name}={format_value(value)}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
