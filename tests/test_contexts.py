@@ -75,12 +75,23 @@ def test_worker_stops_when_the_block_exits(tmp_path):
 
 
 def test_computations_outside_a_context_fail_clearly():
-  @tff.tensorflow.computation(tff.TensorType(np.float32))
-  def add_one(x):
-    return x + 1.0
+  # In a fresh process: here, other tests' session-wide context may be installed.
+  code = textwrap.dedent('''
+      import numpy as np
+      import tensorflow_federated as tff
+      from tff_gan import contexts
 
-  with pytest.raises(RuntimeError, match='local_cpp_context'):
-    add_one(1.0)
+      @tff.tensorflow.computation(tff.TensorType(np.float32))
+      def add_one(x):
+        return x + 1.0
+
+      add_one(1.0)
+  ''')
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='3')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+  assert result.returncode != 0
+  assert 'RuntimeError' in result.stderr and 'local_cpp_context' in result.stderr
 
 
 @pytest.mark.parametrize('mode', ['exit', 'raise'])
