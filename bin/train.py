@@ -33,7 +33,9 @@ flags.DEFINE_string('scheme', _DEFAULTS.scheme, 'Training scheme: fedgan (client
                     'D; the server averages both) or dp_fedavg_gan (clients train only D; the '
                     'server trains G against it, never touching client data) or fedsgd '
                     '(clients send gradients at the global weights over their local data; the '
-                    'server optimizer takes the step).')
+                    'server optimizer takes the step) or centralized (the baseline: the same '
+                    'nets and losses trained on the pooled data, each round taking as many '
+                    'steps as all sampled clients of a fedgan round do together).')
 flags.DEFINE_string('model', _DEFAULTS.model, 'Network pair: mlp (all tasks) or dcgan '
                     '(digits).')
 flags.DEFINE_float('model_width', _DEFAULTS.model_width, 'Multiplier on hidden layer sizes.')

@@ -110,6 +110,8 @@ def test_tensorflow_start_up_noise_is_hidden(two_runs):
     (['--dropout_rate=1'], '--dropout_rate must be in [0, 1)'),
     (['--aggregator=robust', '--dp_noise_multiplier=1'], 'cannot be combined with differential'),
     (['--aggregator=median'], "unknown --aggregator 'median'"),
+    (['--scheme=centralized', '--dp_noise_multiplier=1'],
+     '--dp_noise_multiplier has no meaning for --scheme=centralized'),
     (['--bits=4'], '--bits applies only to --aggregator=compressed'),
     (['--hadamard'], '--hadamard applies only to --aggregator=compressed'),
     (['--aggregator=compressed', '--bits=17'], '--bits must be from 1 to 16'),

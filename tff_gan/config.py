@@ -14,7 +14,7 @@ import os
 # a command line can be checked in milliseconds, before TensorFlow is imported.
 # tests/test_config.py checks that they match the implementations.
 TASKS = ('digits', 'grid', 'ring')
-SCHEMES = ('fedgan', 'dp_fedavg_gan', 'fedsgd')
+SCHEMES = ('fedgan', 'dp_fedavg_gan', 'fedsgd', 'centralized')
 PARTITIONS = ('iid', 'dirichlet', 'pathological')
 LOSSES = ('non_saturating', 'wasserstein_gp')
 CLIENT_OPTIMIZERS = ('sgd', 'adam', 'rmsprop')
@@ -95,6 +95,8 @@ class TrainConfig:
       raise ConfigError(f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     if not self.proximal_mu >= 0:
       raise ConfigError(f'--proximal_mu must be >= 0 (0 is FedAvg), got {self.proximal_mu}.')
+    if self.scheme == 'centralized':
+      self._validate_centralized()
     if self.scheme == 'fedsgd' and self.proximal_mu:
       raise ConfigError('--proximal_mu needs local training; fedsgd takes no local steps.')
     if self.local_steps < 0:
@@ -126,6 +128,15 @@ class TrainConfig:
   @property
   def dp_enabled(self) -> bool:
     return self.dp_noise_multiplier is not None
+
+  def _validate_centralized(self) -> None:
+    federated_only = {'dp_noise_multiplier': None, 'dropout_rate': 0.0, 'proximal_mu': 0.0,
+                      'aggregator': 'mean', 'server_optimizer': 'sgd',
+                      'server_learning_rate': 1.0, 'client_sampling': 'fixed'}
+    for name, neutral in federated_only.items():
+      if getattr(self, name) != neutral:
+        raise ConfigError(f'--{name} has no meaning for --scheme=centralized, which trains on '
+                          'the pooled data in one place; drop it.')
 
   @property
   def effective_bits(self) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -105,7 +106,7 @@ def build_process(config: config_lib.TrainConfig, models: GanModels):
       proximal_mu=config.proximal_mu,
       seed=config.seed,
   )
-  if config.scheme == 'fedgan':
+  if config.scheme in ('fedgan', 'centralized'):  # Centralized: one client, all the data.
     return fedgan.build_fedgan_process(models, **common)
   if config.scheme == 'fedsgd':
     del common['client_optimizer'], common['proximal_mu']  # No local steps.
@@ -161,8 +162,28 @@ def round_row(round_num: int, seconds: float, num_clients: int, num_completed: i
   return row
 
 
+def centralized_steps(config: config_lib.TrainConfig, task) -> int:
+  """Steps per round of `--scheme=centralized`: as many as the federated run takes in all.
+
+  That is the expected total over the `clients_per_round` clients a FedGAN round with the
+  same settings samples: `local_steps` each when set, else `local_epochs` passes over each
+  client's share of the partition, averaged over clients.
+  """
+  population = build_population(dataclasses.replace(config, scheme='fedgan'), task)
+  if config.local_steps:
+    per_client = config.local_steps * np.ones(population.num_clients)
+  else:
+    per_client = config.local_epochs * np.ceil(population.client_sizes / config.batch_size)
+  return max(1, round(per_client.mean() * config.clients_per_round))
+
+
 def build_population(config: config_lib.TrainConfig, task) -> data.ClientPopulation:
-  """Splits the task's examples over `config.num_clients` clients as `config.partition` says."""
+  """Splits the task's examples over `config.num_clients` clients as `config.partition` says.
+
+  With `--scheme=centralized`, one client holds every example.
+  """
+  if config.scheme == 'centralized':
+    return data.ClientPopulation(task.examples, [np.arange(len(task.examples))])
   if config.num_clients > len(task.examples):
     raise config_lib.ConfigError(f'--num_clients={config.num_clients} exceeds the '
                                  f'{len(task.examples)} examples of task {task.name}.')
@@ -227,11 +248,17 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
     config_lib.check_same_run(config)
   models = task.gan_models()
   population = build_population(config, task)
-  work = data.LocalWork(
-      batch_size=config.batch_size,
-      local_epochs=config.local_epochs,
-      local_steps=config.local_steps or None,
-  )
+  if config.scheme == 'centralized':  # Enough passes over the pooled data for the steps.
+    steps = centralized_steps(config, task)
+    work = data.LocalWork(batch_size=config.batch_size,
+                          local_epochs=math.ceil(steps * config.batch_size / len(task.examples)),
+                          local_steps=steps)
+  else:
+    work = data.LocalWork(
+        batch_size=config.batch_size,
+        local_epochs=config.local_epochs,
+        local_steps=config.local_steps or None,
+    )
   process = build_process(config, models)
   traffic = communication.round_traffic(process.next)
   sample = SampleGenerator(models)
@@ -269,9 +296,12 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
                   initial=start_round, total=config.rounds, disable=not show_progress,
                   dynamic_ncols=True)
     for round_num in rounds:
-      client_ids = data.sample_clients(config.num_clients, config.clients_per_round,
-                                       round_num=round_num, seed=config.seed,
-                                       method=config.client_sampling)
+      if config.scheme == 'centralized':
+        client_ids = np.zeros(1, np.int64)
+      else:
+        client_ids = data.sample_clients(config.num_clients, config.clients_per_round,
+                                         round_num=round_num, seed=config.seed,
+                                         method=config.client_sampling)
       completed = data.surviving_clients(client_ids, config.dropout_rate,
                                          round_num=round_num, seed=config.seed)
       start = time.perf_counter()
@@ -285,6 +315,8 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
                         round_num, len(client_ids))
       row = round_row(round_num, time.perf_counter() - start, len(client_ids),
                       len(completed), metrics, traffic)
+      if config.scheme == 'centralized':  # Nothing is communicated.
+        row['bytes_down'] = row['bytes_up'] = None
       if ledger is not None:
         row['epsilon'] = ledger.epsilon(state)
       if round_num % config.eval_every == 0 or round_num == config.rounds:
