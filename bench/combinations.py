@@ -1,5 +1,8 @@
 """Runs `bin/train.py` for every scheme x server optimizer x aggregator on `ring`, briefly.
 
+The federated schemes run with every server optimizer and aggregator; `centralized`, which
+has neither, runs once.
+
 Each combination trains 2 tiny rounds in its own process, exactly as a user would start it;
 the script prints one line per combination and a summary, and exits non-zero if any failed.
 It checks that every combination runs, not how well it trains (see bench/aggregators.py).
@@ -47,8 +50,11 @@ def main(argv):
     else:
       print(__doc__)
       return 0 if arg in ('-h', '--help') else 2
-  combinations = list(itertools.product(config_lib.SCHEMES, config_lib.SERVER_OPTIMIZERS,
+  # `centralized` has no server optimizer or aggregator of its own: it runs once, as is.
+  federated = [scheme for scheme in config_lib.SCHEMES if scheme != 'centralized']
+  combinations = list(itertools.product(federated, config_lib.SERVER_OPTIMIZERS,
                                         config_lib.AGGREGATORS))
+  combinations.append(('centralized', 'sgd', 'mean'))
   failures = 0
   with futures.ThreadPoolExecutor(parallel) as pool:
     jobs = [pool.submit(run, *combination, output_root) for combination in combinations]
@@ -58,7 +64,7 @@ def main(argv):
       failures += returncode != 0
       print(f'{name}: {status} [{seconds:.0f} s]', flush=True)
   print(f'{len(combinations) - failures} of {len(combinations)} combinations ran '
-        f'(schemes: {", ".join(config_lib.SCHEMES)}; server optimizers: '
+        f'(schemes: {", ".join(federated)}, plus centralized; server optimizers: '
         f'{", ".join(config_lib.SERVER_OPTIMIZERS)}; aggregators: '
         f'{", ".join(config_lib.AGGREGATORS)}).')
   return 1 if failures else 0
