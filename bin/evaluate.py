@@ -79,22 +79,12 @@ def main(argv: list[str]) -> int:
   seed = config.seed + round_num if FLAGS.seed is None else FLAGS.seed
 
   _cli.quiet_tensorflow()
-  import tasks  # noqa: PLC0415
-  from tff_gan import contexts, training  # noqa: PLC0415
-  from tff_gan import program as program_lib  # noqa: PLC0415
+  from tff_gan import training  # noqa: PLC0415
 
   try:
-    task = tasks.get_task(config.task, seed=config.seed, model=config.model,
-                          width=config.model_width)
-  except ValueError as e:  # A config.json this version cannot build the task of.
+    task, models, state = export.load_round(FLAGS.output_dir, config, round_num)
+  except export.LoadError as e:
     print(f'{program}: error: {e}', file=sys.stderr)
-    return 1
-  models = task.gan_models()
-  try:
-    state = export.load_state(FLAGS.output_dir, config, models, round_num)
-  except (OSError, program_lib.CheckpointError, contexts.WorkerError) as e:
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f'{program}: error: {message}', file=sys.stderr)
     return 1
   samples = training.SampleGenerator(models)(state.weights.generator, num_samples, seed)
   # The run's own cached classifier (image tasks), so the values match its metrics.csv.

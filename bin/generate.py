@@ -72,19 +72,10 @@ def main(argv: list[str]) -> int:
   _cli.quiet_tensorflow()
   import numpy as np  # noqa: PLC0415
 
-  import tasks  # noqa: PLC0415
-  from tff_gan import contexts, training  # noqa: PLC0415
-  from tff_gan import program as program_lib  # noqa: PLC0415
+  from tff_gan import training  # noqa: PLC0415
 
   try:
-    task = tasks.get_task(config.task, seed=config.seed, model=config.model,
-                          width=config.model_width)
-  except ValueError as e:  # A config.json this version cannot build the task of.
-    print(f'{program}: error: {e}', file=sys.stderr)
-    return 1
-  models = task.gan_models()
-  try:
-    state = export.load_state(FLAGS.output_dir, config, models, round_num)
+    task, models, state = export.load_round(FLAGS.output_dir, config, round_num)
     generator_weights = state.weights.generator
     samples = training.SampleGenerator(models)(generator_weights, FLAGS.num_samples,
                                                FLAGS.seed)
@@ -98,9 +89,8 @@ def main(argv: list[str]) -> int:
         os.path.join(export_dir, f'generator_round_{round_num}.keras'):
             lambda path: generator.save(path),
     })
-  except (OSError, program_lib.CheckpointError, contexts.WorkerError) as e:
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f'{program}: error: {message}', file=sys.stderr)
+  except (export.LoadError, OSError) as e:
+    print(f'{program}: error: {export.first_line(e)}', file=sys.stderr)
     return 1
   for path in written:
     print(f'{program}: wrote {path}')

@@ -133,6 +133,34 @@ def load_state(output_dir: str, config: config_lib.TrainConfig, models, round_nu
   return program.Checkpoints(output_dir, read_only=True).load(round_num, template)
 
 
+class LoadError(Exception):
+  """A saved round cannot be loaded; the message is one line."""
+
+
+def load_round(output_dir: str, config: config_lib.TrainConfig, round_num: int):
+  """`(task, models, state)` of the run in `output_dir` at the saved round `round_num`.
+
+  Raises:
+    LoadError: With the first line of what went wrong (a task this version cannot build,
+      a damaged checkpoint, a TFF worker that would not start, an OS error).
+  """
+  import tasks  # noqa: PLC0415 (imports TensorFlow)
+  from tff_gan import contexts, program  # noqa: PLC0415
+
+  try:
+    task = tasks.get_task(config.task, seed=config.seed, model=config.model,
+                          width=config.model_width)
+    models = task.gan_models()
+    return task, models, load_state(output_dir, config, models, round_num)
+  except (ValueError, OSError, program.CheckpointError, contexts.WorkerError) as e:
+    raise LoadError(first_line(e)) from e
+
+
+def first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
 def build_generator(models, generator_weights):
   """A fresh generator from `models.generator_fn()` holding `generator_weights`.
 
