@@ -295,6 +295,7 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
     rounds = tqdm(range(start_round + 1, config.rounds + 1), desc='rounds', unit='round',
                   initial=start_round, total=config.rounds, disable=not show_progress,
                   dynamic_ncols=True)
+    latest_evaluation: dict[str, Any] = {}  # Shown on the progress bar between evaluations.
     for round_num in rounds:
       if config.scheme == 'centralized':
         client_ids = np.zeros(1, np.int64)
@@ -327,7 +328,9 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
       release.release(row, round_num)
       if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
         checkpoints.save(state, round_num)
-      rounds.set_postfix(_progress_fields(row, task.metric_names), refresh=False)
+      latest_evaluation.update({k: row[k] for k in task.metric_names if k in row})
+      rounds.set_postfix(_progress_fields({**row, **latest_evaluation}, task.metric_names),
+                         refresh=False)
   return TrainResult(state=state, last_row=row)
 
 
