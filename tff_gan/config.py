@@ -210,6 +210,8 @@ def check_same_run(config: TrainConfig) -> None:
     raise ConfigError(f'{path} cannot be read ({e}); rerun with --overwrite to start over, or '
                       'choose another --output_dir.') from e
   current = dataclasses.asdict(config)
+  # A setting added after the run was saved took its default there.
+  saved = dataclasses.asdict(TrainConfig()) | saved
   differences = [f'--{name}={saved.get(name)!r} there, {current[name]!r} now'
                  for name in sorted(current)
                  if name not in RESUMABLE_FIELDS and saved.get(name) != current[name]]
