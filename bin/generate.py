@@ -40,19 +40,11 @@ flags.DEFINE_string('export_dir', None, 'Where the files are written (default: '
 
 FLAGS = flags.FLAGS
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def check_flags() -> None:
   """Raises `export.RunError` for a flag value that cannot work (before TensorFlow loads)."""
-  if not FLAGS.output_dir:
-    raise export.RunError('--output_dir is required: the directory of a bin/train.py run.')
-  if FLAGS.round is not None and FLAGS.round <= 0:
-    raise export.RunError(f'--round must be positive, got {FLAGS.round}.')
-  if FLAGS.num_samples <= 0:
-    raise export.RunError(f'--num_samples must be positive, got {FLAGS.num_samples}.')
-  if not _INT64_MIN <= FLAGS.seed <= _INT64_MAX:
-    raise export.RunError(f'--seed must fit in 64 bits, got {FLAGS.seed}.')
+  export.check_arguments(FLAGS.output_dir, FLAGS.round, FLAGS.num_samples, FLAGS.seed)
   if FLAGS.export_dir == '':
     raise export.RunError('--export_dir must not be empty.')
 

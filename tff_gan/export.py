@@ -29,6 +29,25 @@ class RunError(ValueError):
   """A run directory or a round in it cannot be used; the message says which and why."""
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_arguments(output_dir: str, round_num: int | None, num_samples: int | None,
+                    seed: int | None) -> None:
+  """Raises `RunError` for a value that cannot work (cheap: before TensorFlow loads).
+
+  `None` stands for "the default" and always passes.
+  """
+  if not output_dir:
+    raise RunError('--output_dir is required: the directory of a bin/train.py run.')
+  if round_num is not None and round_num <= 0:
+    raise RunError(f'--round must be positive, got {round_num}.')
+  if num_samples is not None and num_samples <= 0:
+    raise RunError(f'--num_samples must be positive, got {num_samples}.')
+  if seed is not None and not _INT64_MIN <= seed <= _INT64_MAX:
+    raise RunError(f'--seed must fit in 64 bits, got {seed}.')
+
+
 def read_config(output_dir: str) -> config_lib.TrainConfig:
   """The `TrainConfig` saved in `<output_dir>/config.json` by `bin/train.py`.
 
