@@ -38,10 +38,17 @@ CHILD = textwrap.dedent('''
 ''')
 
 
+def _default_sigint():
+  # A suite started as a background job of a non-interactive shell inherits SIGINT ignored,
+  # and Python then installs no KeyboardInterrupt handler: give the child the default back.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_child(mode):
   env = dict(os.environ, PYTHONPATH=REPO_ROOT)
   return subprocess.Popen([sys.executable, '-c', CHILD, mode], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env)
+                          stderr=subprocess.PIPE, text=True, env=env,
+                          preexec_fn=_default_sigint)
 
 
 def read_until(child, marker):
