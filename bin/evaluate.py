@@ -37,11 +37,6 @@ FLAGS = flags.FLAGS
 
 
 
-def check_flags() -> None:
-  """Raises `export.RunError` for a flag value that cannot work (before TensorFlow loads)."""
-  export.check_arguments(FLAGS.output_dir, FLAGS.round, FLAGS.num_samples, FLAGS.seed)
-
-
 def format_value(value) -> str:
   """A metric as metrics.csv writes it: floats to 6 significant digits, ints as they are."""
   if isinstance(value, float) or (hasattr(value, 'dtype') and value.dtype.kind == 'f'):
@@ -62,9 +57,8 @@ def main(argv: list[str]) -> int:
   program = os.path.basename(argv[0])
   _cli.parse_flags(argv, __doc__)
   try:  # Checked before TensorFlow is imported, so a typo costs milliseconds.
-    check_flags()
-    config = export.read_config(FLAGS.output_dir)
-    round_num = export.resolve_round(FLAGS.output_dir, FLAGS.round)
+    config, round_num = export.open_run(FLAGS.output_dir, FLAGS.round, FLAGS.num_samples,
+                                        FLAGS.seed)
   except export.RunError as e:
     _cli.usage_error(program, str(e))
   num_samples = config.num_eval_samples if FLAGS.num_samples is None else FLAGS.num_samples

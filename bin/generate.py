@@ -42,20 +42,14 @@ FLAGS = flags.FLAGS
 
 
 
-def check_flags() -> None:
-  """Raises `export.RunError` for a flag value that cannot work (before TensorFlow loads)."""
-  export.check_arguments(FLAGS.output_dir, FLAGS.round, FLAGS.num_samples, FLAGS.seed)
-  if FLAGS.export_dir == '':
-    raise export.RunError('--export_dir must not be empty.')
-
-
 def main(argv: list[str]) -> int:
   program = os.path.basename(argv[0])
   _cli.parse_flags(argv, __doc__)
   try:  # Checked before TensorFlow is imported, so a typo costs milliseconds.
-    check_flags()
-    config = export.read_config(FLAGS.output_dir)
-    round_num = export.resolve_round(FLAGS.output_dir, FLAGS.round)
+    config, round_num = export.open_run(FLAGS.output_dir, FLAGS.round, FLAGS.num_samples,
+                                        FLAGS.seed)
+    if FLAGS.export_dir == '':
+      raise export.RunError('--export_dir must not be empty.')
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.output_dir, 'export')
     export.check_writable_dir(export_dir, '--export_dir')
   except export.RunError as e:

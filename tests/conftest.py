@@ -36,6 +36,17 @@ def workers_logging_to(log_path) -> set[int]:
   return pids
 
 
+def truncate_checkpoint(output_dir, round_num: int) -> None:
+  """Cuts every variables file of a saved round in half, as a crash or a bad disk might."""
+  variables = os.path.join(output_dir, 'checkpoints', f'round_{round_num}', 'variables')
+  for name in os.listdir(variables):
+    path = os.path.join(variables, name)
+    with open(path, 'rb') as f:
+      data = f.read()
+    with open(path, 'wb') as f:
+      f.write(data[: len(data) // 2])
+
+
 def pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)

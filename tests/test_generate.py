@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, truncate_checkpoint
 from PIL import Image
 from test_train_binary import run_train
 
@@ -56,10 +56,7 @@ def trained(tmp_path_factory):
   assert result.returncode == 0, result.stderr
   damaged = root / 'damaged'
   shutil.copytree(run_dir, damaged)
-  variables = damaged / program.CHECKPOINT_DIR / 'round_2' / 'variables'
-  for name in os.listdir(variables):
-    data = (variables / name).read_bytes()
-    (variables / name).write_bytes(data[: len(data) // 2])  # Truncated.
+  truncate_checkpoint(damaged, 2)
   reference = root / 'reference'  # Read in-process by program.Checkpoints (which cleans up).
   shutil.copytree(run_dir, reference)
   (run_dir / program.CHECKPOINT_DIR / IN_PROGRESS_SAVE).mkdir()

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO_ROOT, workers_logging_to
+from conftest import REPO_ROOT, truncate_checkpoint, workers_logging_to
 from tensorflow_federated.python.program import file_utils
 from test_train_binary import TRAIN, run_train
 
@@ -98,10 +98,7 @@ def test_rerunning_a_finished_run_changes_nothing(uninterrupted):
 def test_a_corrupt_checkpoint_gives_one_line_and_exit_1(uninterrupted, tmp_path):
   output_dir = tmp_path / 'corrupt'
   shutil.copytree(uninterrupted, output_dir)
-  latest = output_dir / program.CHECKPOINT_DIR / 'round_8' / 'variables'
-  for name in os.listdir(latest):
-    data = (latest / name).read_bytes()
-    (latest / name).write_bytes(data[: len(data) // 2])  # Truncated.
+  truncate_checkpoint(output_dir, 8)
   result = run_train(*RESUMABLE, '--rounds=9', f'--output_dir={output_dir}')
   assert result.returncode == 1
   lines = result.stderr.strip().splitlines()

@@ -48,6 +48,17 @@ def check_arguments(output_dir: str, round_num: int | None, num_samples: int | N
     raise RunError(f'--seed must fit in 64 bits, got {seed}.')
 
 
+def open_run(output_dir: str, round_num: int | None, num_samples: int | None,
+             seed: int | None) -> tuple[config_lib.TrainConfig, int]:
+  """`(config, round)` of the run in `output_dir` for readers' flags (no TensorFlow needed).
+
+  Raises:
+    RunError: See `check_arguments`, `read_config` and `resolve_round`.
+  """
+  check_arguments(output_dir, round_num, num_samples, seed)
+  return read_config(output_dir), resolve_round(output_dir, round_num)
+
+
 def read_config(output_dir: str) -> config_lib.TrainConfig:
   """The `TrainConfig` saved in `<output_dir>/config.json` by `bin/train.py`.
 
@@ -176,6 +187,7 @@ def load_round(output_dir: str, config: config_lib.TrainConfig, round_num: int):
 
 
 def first_line(error: BaseException) -> str:
+  """The first line of `error`'s message, or its type's name if it has none."""
   text = str(error).strip()
   return text.splitlines()[0] if text else type(error).__name__
 

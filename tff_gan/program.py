@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import tensorflow_federated as tff
 
+from tff_gan.export import first_line
+
 __all__ = ['CHECKPOINT_DIR', 'CheckpointError', 'Checkpoints', 'MetricsRelease',
            'TENSORBOARD_DIR']
 
@@ -83,10 +85,9 @@ class Checkpoints:
       state = asyncio.run(self._manager.load(round_num, template))
       _check_like(state, template)
     except Exception as e:  # noqa: BLE001  (TF raises many kinds for a damaged SavedModel)
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise CheckpointError(
-          f'checkpoint {path} cannot be read ({reason[:200]}); delete that directory to resume '
-          'from the one before, or rerun with --overwrite to start over.') from e
+          f'checkpoint {path} cannot be read ({first_line(e)[:200]}); delete that directory to '
+          'resume from the one before, or rerun with --overwrite to start over.') from e
     return state
 
   def _remove_interrupted_writes(self) -> None:
