@@ -9,11 +9,11 @@ DEMO_DIR ?= runs/demo
 
 venv: .venv/.synced
 
-.venv/.synced: pyproject.toml uv.lock
+.venv/.synced: pyproject.toml uv.lock Makefile
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv \
 	  || $(PYTHON) -m pip install --quiet --user uv \
 	  || $(PYTHON) -m pip install --quiet --user --break-system-packages uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 demo: venv
@@ -23,7 +23,7 @@ test: venv
 	$(VENV_PYTHON) -m pytest
 
 bench: venv
-	$(VENV_PYTHON) bench/round_overhead.py
+	$(VENV_PYTHON) bench/throughput.py
 	$(VENV_PYTHON) bench/dp_overhead.py
 
 lint: venv

@@ -51,6 +51,11 @@ flags.DEFINE_float('dirichlet_alpha', _DEFAULTS.dirichlet_alpha, 'Dirichlet conc
                    'the dirichlet partition; small values give skewed clients.')
 flags.DEFINE_integer('labels_per_client', _DEFAULTS.labels_per_client, 'Labels (modes or '
                      'digit classes) per client in the pathological partition.')
+flags.DEFINE_integer('examples_per_client', _DEFAULTS.examples_per_client, '0: split the '
+                     "task's fixed dataset over --num_clients. N > 0 (ring, grid): each client "
+                     'draws its own N examples on the TFF worker, labels skewed per client as '
+                     '--partition says; memory and round time then do not grow with '
+                     '--num_clients.')
 flags.DEFINE_integer('local_epochs', _DEFAULTS.local_epochs, 'Passes over its data a client '
                      'makes per round.')
 flags.DEFINE_integer('local_steps', _DEFAULTS.local_steps, 'Cap on local steps (batches) per '

@@ -88,6 +88,19 @@ class Task(abc.ABC):
   def gan_models(self) -> GanModels:
     """The generator and discriminator factories of the architecture `model`."""
 
+  def generate_examples(self, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Fresh examples `[n, *data_shape]` of the given int64 labels `[n]`, in TF (stateless).
+
+    Tasks whose data has a known generative recipe implement this, so that clients can draw
+    their own examples on the executor (`tff_gan.data.GeneratedClients`); `generates_data`
+    says whether a task does.
+    """
+    raise NotImplementedError(f"task '{self.name}' holds a fixed dataset and draws no examples.")
+
+  @property
+  def generates_data(self) -> bool:
+    return type(self).generate_examples is not Task.generate_examples
+
   @abc.abstractmethod
   def evaluate(self, samples: np.ndarray) -> dict[str, float]:
     """Scores generator samples `[M, *data_shape]`; the keys are `metric_names`."""

@@ -13,6 +13,7 @@ import math
 from typing import ClassVar
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from tasks import base
@@ -131,6 +132,11 @@ class GaussianMixtureTask(base.Task):
     order = rng.permutation(num_examples)
     self.examples = examples[order].astype(np.float32)
     self.labels = labels[order].astype(np.int64)
+
+  def generate_examples(self, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Draws from the mixture component each label names: its mode plus N(0, sigma² I)."""
+    noise = tf.random.stateless_normal([tf.shape(labels)[0], 2], seed)
+    return tf.gather(tf.constant(self.modes, tf.float32), labels) + self.sigma * noise
 
   def gan_models(self) -> GanModels:
     """MISSION.md's reference nets (Dense 256-512 G, Dense 512-256 D), scaled by `width`."""

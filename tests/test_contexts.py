@@ -126,3 +126,22 @@ def test_worker_gone_after_the_parent_is_signalled(signum):
   assert wait_gone(pid), f'worker {pid} survived its parent after signal {signum}'
   child.stdout.close()
   child.stderr.close()
+
+
+def test_threads_give_each_parallel_client_a_share_of_the_cores():
+  plan = contexts.WorkerThreads.for_parallel_clients
+  assert plan(10, cores=2) == contexts.WorkerThreads(concurrent_calls=2, intra_op_threads=1)
+  assert plan(1, cores=2) == contexts.WorkerThreads(concurrent_calls=1, intra_op_threads=2)
+  assert plan(3, cores=8) == contexts.WorkerThreads(concurrent_calls=3, intra_op_threads=2)
+
+
+def test_the_worker_runs_with_its_thread_settings(tff_context):
+  """The settings reach the worker process: its command line and its environment."""
+  threads = tff_context.threads
+  with open(f'/proc/{tff_context.pid}/cmdline', 'rb') as f:
+    arguments = f.read().split(b'\0')
+  with open(f'/proc/{tff_context.pid}/environ', 'rb') as f:
+    environment = f.read().split(b'\0')
+  assert f'--max_concurrent_computation_calls={threads.concurrent_calls}'.encode() in arguments
+  assert f'TF_NUM_INTRAOP_THREADS={threads.intra_op_threads}'.encode() in environment
+  assert threads == contexts.WorkerThreads.for_parallel_clients(contexts.available_cores())

@@ -52,6 +52,7 @@ class TrainConfig:
   partition: str = 'iid'
   dirichlet_alpha: float = 0.5
   labels_per_client: int = 2
+  examples_per_client: int = 0
   local_epochs: int = 1
   local_steps: int = 0
   batch_size: int = 128
@@ -101,6 +102,9 @@ class TrainConfig:
       raise ConfigError('--proximal_mu needs local training; fedsgd takes no local steps.')
     if self.local_steps < 0:
       raise ConfigError(f'--local_steps must be 0 (no cap) or positive, got {self.local_steps}.')
+    if self.examples_per_client < 0:
+      raise ConfigError('--examples_per_client must be 0 (split the task\'s dataset) or '
+                        f'positive, got {self.examples_per_client}.')
     if self.clients_per_round > self.num_clients:
       raise ConfigError(f'--clients_per_round={self.clients_per_round} exceeds '
                         f'--num_clients={self.num_clients}; lower it or add clients.')
@@ -130,9 +134,10 @@ class TrainConfig:
     return self.dp_noise_multiplier is not None
 
   def _validate_centralized(self) -> None:
-    federated_only = {'dp_noise_multiplier': None, 'dropout_rate': 0.0, 'proximal_mu': 0.0,
-                      'aggregator': 'mean', 'server_optimizer': 'sgd',
-                      'server_learning_rate': 1.0, 'client_sampling': 'fixed'}
+    federated_only = {'examples_per_client': 0, 'dp_noise_multiplier': None,
+                      'dropout_rate': 0.0, 'proximal_mu': 0.0, 'aggregator': 'mean',
+                      'server_optimizer': 'sgd', 'server_learning_rate': 1.0,
+                      'client_sampling': 'fixed'}
     for name, neutral in federated_only.items():
       if getattr(self, name) != neutral:
         raise ConfigError(f'--{name} has no meaning for --scheme=centralized, which trains on '

@@ -159,3 +159,25 @@ def build_process(
     return server_output[0], tff.federated_zip(metrics)
 
   return tff.templates.IterativeProcess(initialize_fn=initialize, next_fn=next_fn)
+
+
+def with_client_data(
+    process: tff.templates.IterativeProcess, client_data, work
+) -> tff.templates.IterativeProcess:
+  """`process` with each client's dataset built on the executor from a key.
+
+  The returned process's `next` takes `<ServerState@SERVER, int64[2]@CLIENTS>`: one row of
+  `tff_gan.data.round_keys` per client (its id and its round's shuffle seed) instead of a
+  dataset. Through `tff.simulation.compose_dataset_computation_with_iterative_process`, the
+  worker runs `client_data.dataset(key, work)` for each key, so no client's examples are
+  built or serialized by the controller and round time does not grow with the population.
+
+  Args:
+    process: A process from `build_process`.
+    client_data: A `tff_gan.data.ClientData`.
+    work: The clients' `tff_gan.data.LocalWork`.
+  """
+  dataset_computation = tff.tensorflow.computation(
+      lambda key: client_data.dataset(key, work), tff.TensorType(np.int64, [2]))
+  return tff.simulation.compose_dataset_computation_with_iterative_process(
+      dataset_computation, process)

@@ -172,7 +172,7 @@ def fedgan_client_update(
   num_examples = tf.constant(0.0)
   discriminator_loss_sum = tf.constant(0.0)
   generator_loss_sum = tf.constant(0.0)
-  for batch in dataset:
+  for batch in iter(dataset):  # An iterator loop: far faster than a dataset reduce.
     batch_size = tf.shape(batch)[0]
     step_seeds = tf.random.experimental.stateless_split(
         batch_seed(broadcast.round_seed, num_steps, batch), 3
@@ -245,7 +245,7 @@ def discriminator_client_update(
   num_steps = tf.constant(0, tf.int64)
   num_examples = tf.constant(0.0)
   loss_sum = tf.constant(0.0)
-  for batch in dataset:
+  for batch in iter(dataset):  # An iterator loop: far faster than a dataset reduce.
     batch_size = tf.shape(batch)[0]
     step_seeds = tf.random.experimental.stateless_split(
         batch_seed(broadcast.round_seed, num_steps, batch), 2
@@ -344,7 +344,7 @@ def fedsgd_client_gradients(
   num_examples = tf.constant(0.0)
   discriminator_loss_sum = tf.constant(0.0)
   generator_loss_sum = tf.constant(0.0)
-  for batch in dataset:
+  for batch in iter(dataset):  # An iterator loop: far faster than a dataset reduce.
     batch_size = tf.shape(batch)[0]
     size = tf.cast(batch_size, tf.float32)
     step_seeds = tf.random.experimental.stateless_split(

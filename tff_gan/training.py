@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from tff_gan import aggregators, communication, contexts, data, losses, optimizers, privacy, program
 from tff_gan import config as config_lib
+from tff_gan import process as process_lib
 from tff_gan.models import GanModels
 from tff_gan.partition import partition
 from tff_gan.schemes import dp_fedavg_gan, fedgan, fedsgd
@@ -177,16 +178,34 @@ def centralized_steps(config: config_lib.TrainConfig, task) -> int:
   return max(1, round(per_client.mean() * config.clients_per_round))
 
 
-def build_population(config: config_lib.TrainConfig, task) -> data.ClientPopulation:
-  """Splits the task's examples over `config.num_clients` clients as `config.partition` says.
+def build_population(config: config_lib.TrainConfig, task) -> data.ClientData:
+  """The clients of a run.
 
-  With `--scheme=centralized`, one client holds every example.
+  By default the task's examples are split over `config.num_clients` clients as
+  `config.partition` says; with `--scheme=centralized`, one client holds them all. With
+  `config.examples_per_client`, each client instead draws its own examples on the executor
+  (`data.GeneratedClients`, for tasks that generate data).
   """
   if config.scheme == 'centralized':
     return data.ClientPopulation(task.examples, [np.arange(len(task.examples))])
+  if config.examples_per_client:
+    if not task.generates_data:
+      raise config_lib.ConfigError(
+          f'--examples_per_client needs a task that generates its examples (ring, grid); '
+          f'task {task.name} holds a fixed dataset: drop the flag to split it over clients.')
+    try:
+      return data.GeneratedClients(
+          config.num_clients, config.examples_per_client, num_labels=task.num_labels,
+          sample_fn=task.generate_examples, scheme=config.partition,
+          dirichlet_alpha=config.dirichlet_alpha, labels_per_client=config.labels_per_client,
+          seed=config.seed)
+    except ValueError as e:
+      raise config_lib.ConfigError(str(e)) from e
   if config.num_clients > len(task.examples):
     raise config_lib.ConfigError(f'--num_clients={config.num_clients} exceeds the '
-                                 f'{len(task.examples)} examples of task {task.name}.')
+                                 f'{len(task.examples)} examples of task {task.name}; use '
+                                 'fewer clients, or --examples_per_client where the task '
+                                 'generates data.')
   try:
     client_indices = partition(
         task.labels,
@@ -261,6 +280,7 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
     )
   process = build_process(config, models)
   traffic = communication.round_traffic(process.next)
+  round_process = process_lib.with_client_data(process, population, work)
   sample = SampleGenerator(models)
   ledger = EpsilonLedger(config) if config.dp_enabled else None
   if ledger is not None:
@@ -281,7 +301,9 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
     logging.info('held-out real data scores %s', reference)
   checkpoints = program.Checkpoints(config.output_dir)
   release = program.MetricsRelease(config.output_dir, columns)
-  with contexts.local_cpp_context(log_path=os.path.join(config.output_dir, 'worker.log')):
+  with contexts.local_cpp_context(log_path=os.path.join(config.output_dir, 'worker.log'),
+                                  parallel_clients=1 if config.scheme == 'centralized' else
+                                  config.clients_per_round):
     state = process.initialize()
     start_round = checkpoints.latest_round() or 0
     if start_round > config.rounds:
@@ -307,9 +329,8 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
                                          round_num=round_num, seed=config.seed)
       start = time.perf_counter()
       if len(completed) or not len(client_ids):
-        datasets = population.round_datasets(completed, work, round_num=round_num,
-                                             seed=config.seed)
-        state, metrics = process.next(state, datasets)
+        keys = data.round_keys(completed, round_num=round_num, seed=config.seed)
+        state, metrics = round_process.next(state, keys)
       else:  # All sampled clients failed: the model stays as it is, and the row says so.
         metrics = None
         logging.warning('round %d: all %d sampled clients dropped out; model unchanged.',
