@@ -149,3 +149,17 @@ def test_the_run_population_draws_on_the_run_settings():
   clients = training.build_population(config, RING)
   assert clients.num_clients == 100_000
   assert len(set(labels_of(clients, 99_999))) == 1
+
+
+def test_generated_clients_train_on_the_worker(tff_context, process):
+  """A round where the worker draws each client's examples from its id alone."""
+  clients = generated(num_clients=1_000_000, examples_per_client=30, seed=2)
+  keyed = process_lib.with_client_data(process, clients, WORK)
+  state = process.initialize()
+  keys = data.round_keys([5, 999_999], round_num=1, seed=2)
+  new_state, metrics = keyed.next(state, keys)
+  assert metrics['num_examples'] == 2 * min(30 * 3, 5 * 4)
+  again, _ = keyed.next(state, keys)  # Same keys, same data, same round.
+  for a, b in zip(tf.nest.flatten(as_numpy(new_state.weights)),
+                  tf.nest.flatten(as_numpy(again.weights)), strict=True):
+    np.testing.assert_array_equal(a, b)
