@@ -13,6 +13,8 @@ Examples:
       --client_sampling=poisson --dp_noise_multiplier=0.76 --dp_clip=0.1
   python bin/train.py --partition=dirichlet --dirichlet_alpha=0.1 --num_clients=50 \\
       --clients_per_round=10
+  python bin/train.py --executor=remote --workers=10.0.0.5:8000,10.0.0.6:8000
+      (workers started with bin/worker.py --port=8000; see docs/deployment.md)
 """
 
 from __future__ import annotations
@@ -128,6 +130,15 @@ flags.DEFINE_integer('seed', _DEFAULTS.seed, 'Seed of initial weights, partition
                      'sampling, shuffling and noise: the same seed repeats a run exactly.')
 flags.DEFINE_string('output_dir', _DEFAULTS.output_dir, 'Where config.json, metrics.csv, '
                     'samples/, checkpoints/, tb/ (TensorBoard) and worker.log are written.')
+flags.DEFINE_enum('executor', _DEFAULTS.executor, config_lib.EXECUTORS, 'local: a TFF worker '
+                  'process on this machine, started and stopped by this program. remote: the '
+                  'TFF workers at --workers (see docs/deployment.md).')
+flags.DEFINE_string('workers', _DEFAULTS.workers, 'With --executor=remote: host:port of each '
+                    'worker (bin/worker.py), comma-separated. Several workers share each '
+                    "round's clients.")
+flags.DEFINE_float('worker_timeout', _DEFAULTS.worker_timeout, 'Seconds to wait for a remote '
+                   'worker to answer at start, or to come back after a lost connection, before '
+                   'the run ends with an error.')
 flags.DEFINE_integer('checkpoint_every', _DEFAULTS.checkpoint_every, 'Save the full training '
                      'state to OUTPUT_DIR/checkpoints every N rounds (and after the last). '
                      'Rerunning the same command resumes from the latest checkpoint and ends '
@@ -165,13 +176,14 @@ def main(argv: list[str]) -> int:
                           width=config.model_width)
   except ValueError as e:  # ConfigError, or a task's own argument check.
     _cli.usage_error(program, str(e))
+  from tff_gan import contexts  # noqa: PLC0415
   from tff_gan import program as program_lib  # noqa: PLC0415
   try:
     result = training.train(config, task, show_progress=FLAGS.progress,
                             overwrite=FLAGS.overwrite)
   except config_lib.ConfigError as e:
     _cli.usage_error(program, str(e))
-  except program_lib.CheckpointError as e:
+  except (program_lib.CheckpointError, contexts.WorkerError) as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
   summary = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'

@@ -24,6 +24,7 @@ AGGREGATORS = ('mean', 'unweighted_mean', 'robust', 'secure', 'compressed')
 DEFAULT_BITS = 8
 MAX_BITS = 16  # The most tensor_encoding's uniform quantization allows.
 DP_ACCOUNTANTS = ('rdp', 'pld')
+EXECUTORS = ('local', 'remote')
 DEFAULT_DP_CLIP = 1.0
 DEFAULT_DP_DELTA = 1e-5
 
@@ -79,6 +80,9 @@ class TrainConfig:
   num_eval_samples: int = 2500
   seed: int = 0
   output_dir: str = 'runs/demo'
+  executor: str = 'local'
+  workers: str = ''
+  worker_timeout: float = 30.0
 
   def validate(self) -> TrainConfig:
     """Returns `self` if valid; raises `ConfigError` otherwise."""
@@ -118,6 +122,7 @@ class TrainConfig:
         'client_sampling': CLIENT_SAMPLING,
         'aggregator': AGGREGATORS,
         'dp_accountant': DP_ACCOUNTANTS,
+        'executor': EXECUTORS,
     }
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
@@ -127,7 +132,33 @@ class TrainConfig:
       raise ConfigError('--output_dir must not be empty.')
     self._validate_compression()
     self._validate_dp()
+    self._validate_executor()
     return self
+
+  @property
+  def worker_addresses(self) -> list[str]:
+    """`workers` as a list of `host:port` strings."""
+    return [address.strip() for address in self.workers.split(',') if address.strip()]
+
+  def _validate_executor(self) -> None:
+    if not self.worker_timeout > 0:
+      raise ConfigError(f'--worker_timeout must be positive (seconds), got '
+                        f'{self.worker_timeout}.')
+    if self.executor == 'local':
+      if self.workers:
+        raise ConfigError('--workers needs --executor=remote; drop it to train on a local '
+                          'worker.')
+      return
+    if not self.worker_addresses:
+      raise ConfigError('--executor=remote needs --workers=host:port[,host:port...] (start '
+                        'each with bin/worker.py).')
+    for address in self.worker_addresses:
+      try:
+        parse_address(address)
+      except ValueError as e:
+        raise ConfigError(f'--workers: {e}') from e
+    if len(set(self.worker_addresses)) < len(self.worker_addresses):
+      raise ConfigError(f'--workers lists a worker twice ({self.workers}); list each once.')
 
   @property
   def dp_enabled(self) -> bool:
@@ -194,8 +225,19 @@ class TrainConfig:
 
 
 # Fields a rerun on the same output directory may change: they do not alter the rounds run so
-# far (`rounds` extends or shortens the run; the rest are where and how often state is saved).
-RESUMABLE_FIELDS = ('rounds', 'checkpoint_every', 'output_dir')
+# far (`rounds` extends or shortens the run; the rest are where and how often state is saved,
+# and where the computations run).
+RESUMABLE_FIELDS = ('rounds', 'checkpoint_every', 'output_dir', 'executor', 'workers',
+                    'worker_timeout')
+
+
+def parse_address(address: str) -> tuple[str, int]:
+  """`host:port` (or `[v6 host]:port`) as `(host, port)`; ValueError saying what is wrong."""
+  host, separator, port = address.strip().rpartition(':')
+  host = host.strip('[]')
+  if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ValueError(f"worker address '{address}' is not host:port (e.g. 10.0.0.5:8000).")
+  return host, int(port)
 CONFIG_FILE = 'config.json'
 
 

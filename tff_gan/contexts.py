@@ -35,6 +35,14 @@ import grpc
 import portpicker
 import tensorflow_federated as tff
 from absl import logging
+from tensorflow_federated.python.common_libs import structure
+from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
+from tensorflow_federated.python.core.impl.execution_contexts import (
+    mergeable_comp_execution_context,
+)
+from tensorflow_federated.python.core.impl.types import type_conversions
+
+from tff_gan.config import parse_address
 
 WORKER_BINARY = os.path.join(os.path.dirname(tff.__file__), 'data', 'worker_binary')
 
@@ -70,6 +78,8 @@ _PRCTL = _libc_prctl()
 def _die_with_parent():  # Runs in the child between fork and exec.
   if _PRCTL is not None:
     _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+  # Its own process group: a terminal's Ctrl-C reaches only us, and we stop it in order.
+  os.setpgrp()
 
 
 def available_cores() -> int:
@@ -140,6 +150,10 @@ class LocalWorker:
   def pid(self) -> int | None:
     return None if self._process is None else self._process.pid
 
+  @property
+  def running(self) -> bool:
+    return self._process is not None and self._process.poll() is None
+
   def start(self) -> LocalWorker:
     """Starts the worker and blocks until it accepts gRPC connections."""
     if not os.path.isfile(WORKER_BINARY):
@@ -183,7 +197,7 @@ class LocalWorker:
   def stop(self, timeout_seconds: float = 5.0) -> None:
     """Stops the worker (SIGTERM, then SIGKILL after `timeout_seconds`). Idempotent."""
     if self._channel is not None:
-      self._channel.close()
+      _close_channel(self._channel)
       self._channel = None
     process = self._process
     if process is not None and process.poll() is None:
@@ -203,16 +217,46 @@ class LocalWorker:
   def executor_factory(self, default_num_clients: int = 0):
     """A `tff.framework.ExecutorFactory` whose executors run on this worker."""
 
-    def stack_fn(cardinalities):
-      if cardinalities.get(tff.CLIENTS) is None:
-        cardinalities[tff.CLIENTS] = default_num_clients
-      if self._process is None or self._process.poll() is not None:
+    def check_alive():
+      if not self.running:
         raise WorkerError(f'TFF worker on port {self.port} is not running; see {self.log_path}.')
-      executor = tff.framework.RemoteExecutor(self.stub)
-      executor.set_cardinalities(cardinalities)
-      return executor
 
-    return tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
+    return _executor_factory(self.stub, check_alive, default_num_clients)
+
+
+def _close_channel(channel: grpc.Channel, wait_seconds: float = 1.0) -> None:
+  """Closes `channel` after its connectivity poller has stopped.
+
+  TFF's stub subscribes to the channel's connectivity, which runs a poller thread that wakes
+  every 0.2 s. `grpc.Channel.close` drops the subscriptions and closes at once, and a poller
+  caught between two looks then fails on the closed channel with a printed traceback. So the
+  subscriptions are dropped first and the poller given time to notice (grpc internals,
+  pinned by uv.lock).
+  """
+  state = getattr(channel, '_connectivity_state', None)
+  if state is not None:
+    with state.lock:
+      del state.callbacks_and_connectivities[:]
+    deadline = time.monotonic() + wait_seconds
+    while state.polling and time.monotonic() < deadline:
+      time.sleep(0.02)
+  channel.close()
+
+
+def _executor_factory(stub, check_alive, default_num_clients: int, served=None):
+  """Executors on the worker behind `stub`; `served` (a list) collects their client counts."""
+
+  def stack_fn(cardinalities):
+    if cardinalities.get(tff.CLIENTS) is None:
+      cardinalities[tff.CLIENTS] = default_num_clients
+    check_alive()
+    if served is not None:
+      served.append(cardinalities[tff.CLIENTS])
+    executor = tff.framework.RemoteExecutor(stub)
+    executor.set_cardinalities(cardinalities)
+    return executor
+
+  return tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
 
 
 def stop_all_workers() -> None:
@@ -307,3 +351,184 @@ def local_cpp_context(
         yield worker
     finally:
       worker.stop()
+
+
+class WorkerLostError(WorkerError):
+  """A remote worker stopped answering during a run and did not come back in time."""
+
+
+def _bounded_retries(method, worker: RemoteWorker):
+  """Wraps a stub RPC: a worker gone for longer than its timeout ends the run.
+
+  TFF retries calls that fail with retryable gRPC codes (e.g. UNAVAILABLE) forever, which
+  would hang a run whose worker died. Here a failed call waits up to the worker's timeout for
+  the worker to answer again: if it does, TFF's retry reruns the computation on it; if not,
+  the run ends with a `WorkerLostError` naming the worker.
+  """
+
+  def guarded(self, request):
+    try:
+      return method(self, request)
+    except tff.framework.RetryableError as e:
+      if not worker.wait_until_ready():
+        raise WorkerLostError(
+            f'lost the TFF worker at {worker.address} ({_grpc_status(e)}) and it did not '
+            f'answer again within {worker.timeout_seconds:g} s; restart it, then rerun the same '
+            'command to resume from the last checkpoint.') from None
+      raise
+
+  return guarded
+
+
+def _grpc_status(error: Exception) -> str:
+  """The gRPC status code inside TFF's retryable error, e.g. `UNAVAILABLE`."""
+  cause = error.args[0] if error.args else error
+  code = getattr(cause, 'code', None)
+  return code().name if callable(code) else type(cause).__name__
+
+
+class _GuardedStub(tff.framework.RemoteExecutorGrpcStub):
+  """TFF's gRPC stub, with `_bounded_retries` on every RPC."""
+
+  def __init__(self, channel, worker: RemoteWorker):
+    super().__init__(channel)
+    for name in ('get_executor', 'create_value', 'create_call', 'create_struct',
+                 'create_selection', 'compute', 'dispose', 'dispose_executor'):
+      method = getattr(tff.framework.RemoteExecutorGrpcStub, name)
+      setattr(self, name, _bounded_retries(method, worker).__get__(self))
+
+
+class RemoteWorker:
+  """A connection to a TFF worker (`bin/worker.py`) at `host:port`.
+
+  Args:
+    address: `host:port` of the worker.
+    timeout_seconds: How long to wait for the worker to answer, at start and after a lost
+      connection.
+
+  Attributes:
+    clients_served: The number of clients of each executor this worker was asked to run
+      (tests use it to see how a round was split).
+  """
+
+  def __init__(self, address: str, timeout_seconds: float = 30.0):
+    parse_address(address)
+    self.address = address.strip()
+    self.timeout_seconds = timeout_seconds
+    self.clients_served: list[int] = []
+    self._channel: grpc.Channel | None = None
+    self.stub = None
+
+  def connect(self) -> RemoteWorker:
+    """Opens the channel; raises `WorkerError` if the worker does not answer in time."""
+    options = _GRPC_CHANNEL_OPTIONS + [
+        # Notice a peer that vanished without closing the connection (a machine gone).
+        ('grpc.keepalive_time_ms', 10_000),
+        ('grpc.keepalive_timeout_ms', max(1000, int(self.timeout_seconds * 1000))),
+    ]
+    self._channel = grpc.insecure_channel(self.address, options)
+    if not self.wait_until_ready():
+      self.close()
+      host, port = parse_address(self.address)
+      raise WorkerError(
+          f'no TFF worker answered at {self.address} within {self.timeout_seconds:g} s; start '
+          f'one there (`bin/worker.py --port={port}`), check --workers, or raise '
+          '--worker_timeout.')
+    self.stub = _GuardedStub(self._channel, self)
+    return self
+
+  def wait_until_ready(self) -> bool:
+    """Whether the worker answers within `timeout_seconds`.
+
+    Asks with a call to a method no server has: a live server answers UNIMPLEMENTED at once,
+    while the call waits for a connection until its deadline. (Unlike gRPC's
+    `channel_ready_future`, this leaves no connectivity poller behind, which would fail
+    loudly when the channel is closed.)
+    """
+    probe = self._channel.unary_unary('/tff_gan.Probe/Ping')
+    try:
+      probe(b'', timeout=self.timeout_seconds, wait_for_ready=True)
+    except grpc.RpcError as e:
+      return e.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+    return True
+
+  def executor_factory(self, default_num_clients: int = 0):
+    """A `tff.framework.ExecutorFactory` whose executors run on this worker."""
+    return _executor_factory(self.stub, lambda: None, default_num_clients, self.clients_served)
+
+  def close(self) -> None:
+    if self._channel is not None:
+      _close_channel(self._channel)
+      self._channel = None
+
+
+class _MergeableContext(
+    mergeable_comp_execution_context.MergeableCompExecutionContext):
+  """TFF's mergeable-computation context, returning results in their Python containers.
+
+  Secure sums are replaced by plain ones before TFF splits the computation (as
+  `_compile_for_simulation` does for one worker); that rewrite drops the result's Python
+  container types, so `invoke` puts them back from the computation's own signature.
+  """
+
+  def __init__(self, async_contexts):
+    super().__init__(
+        async_contexts,
+        compiler_fn=lambda computation: mergeable_comp_compiler.compile_to_mergeable_comp_form(
+            tff.backends.test.replace_secure_intrinsics_with_bodies(computation)),
+        transform_args=tff.tensorflow.transform_args,
+        transform_result=tff.tensorflow.transform_result,
+    )
+
+  def invoke(self, comp, arg=None):
+    result = super().invoke(comp, arg)
+    return type_conversions.type_to_py_container(
+        structure.from_container(result, recursive=True), comp.type_signature.result)
+
+
+def check_workers_answer(addresses: list[str], timeout_seconds: float) -> None:
+  """Raises `WorkerError`, naming the first worker that does not answer in time."""
+  for address in addresses:
+    RemoteWorker(address, timeout_seconds).connect().close()
+
+
+@contextlib.contextmanager
+def remote_context(addresses: list[str], *, timeout_seconds: float = 30.0,
+                   default_num_clients: int = 0):
+  """Installs an execution context on TFF workers at `addresses`, for the `with` block.
+
+  With one worker, TFF's usual context over a `tff.framework.RemoteExecutor`; with several,
+  TFF's mergeable-computation context, which gives each worker an equal share of a round's
+  clients, merges their partial aggregates and runs the server's part on one of them. Every
+  worker must answer within `timeout_seconds` at start (else `WorkerError`, naming it), and a
+  worker lost mid-run ends the run with `WorkerLostError` once it has not answered again for
+  `timeout_seconds`.
+
+  Yields:
+    The `RemoteWorker`s, in the order of `addresses`.
+  """
+  workers: list[RemoteWorker] = []
+  try:
+    for address in addresses:
+      workers.append(RemoteWorker(address, timeout_seconds).connect())
+    if len(workers) == 1:
+      context = tff.framework.SyncExecutionContext(
+          executor_fn=workers[0].executor_factory(default_num_clients),
+          compiler_fn=_compile_for_simulation,
+          transform_args=tff.tensorflow.transform_args,
+          transform_result=tff.tensorflow.transform_result,
+      )
+    else:
+      context = _MergeableContext([
+          tff.framework.AsyncExecutionContext(
+              executor_fn=worker.executor_factory(default_num_clients),
+              compiler_fn=_compile_for_simulation,
+              transform_args=tff.tensorflow.transform_args,
+              transform_result=tff.tensorflow.transform_result,
+          ) for worker in workers
+      ])
+    with tff.framework.get_context_stack().install(context):
+      yield workers
+  finally:
+    for worker in workers:
+      worker.close()

@@ -17,7 +17,7 @@ Writes to `config.output_dir`:
 * `tb/` — TensorBoard event files of the metrics;
 * image tasks: `classifier/` (the evaluation classifier, cached: `--overwrite` keeps it) and
   `real_data_metrics.json` (the task's metrics of held-out real images, for scale);
-* `worker.log` — the TFF worker's own output.
+* `worker.log` — the local TFF worker's own output (remote workers log where they run).
 """
 
 from __future__ import annotations
@@ -236,6 +236,16 @@ def remove_outputs(output_dir: str) -> None:
       os.remove(path)
 
 
+def execution_context(config: config_lib.TrainConfig):
+  """Where the run's computations execute: a local worker, or `config.workers`."""
+  if config.executor == 'remote':
+    return contexts.remote_context(config.worker_addresses,
+                                   timeout_seconds=config.worker_timeout)
+  return contexts.local_cpp_context(
+      log_path=os.path.join(config.output_dir, 'worker.log'),
+      parallel_clients=1 if config.scheme == 'centralized' else config.clients_per_round)
+
+
 def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
           overwrite: bool = False) -> TrainResult:
   """Runs `config.rounds` federated rounds of `config.scheme` on `task`, or resumes them.
@@ -258,9 +268,13 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
     config.ConfigError: For an invalid configuration, or one that differs from the run
       already in `config.output_dir`.
     program.CheckpointError: If the checkpoint to resume from cannot be read.
+    contexts.WorkerError: If a worker cannot be reached at start, or is lost mid-run
+      (`--executor=remote`), or the local worker fails.
   """
   config.validate()
   config_lib.check_output_dir_writable(config.output_dir)
+  if config.executor == 'remote':  # Before the minutes of preparation below.
+    contexts.check_workers_answer(config.worker_addresses, config.worker_timeout)
   if overwrite:
     remove_outputs(config.output_dir)
   else:
@@ -301,9 +315,7 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
     logging.info('held-out real data scores %s', reference)
   checkpoints = program.Checkpoints(config.output_dir)
   release = program.MetricsRelease(config.output_dir, columns)
-  with contexts.local_cpp_context(log_path=os.path.join(config.output_dir, 'worker.log'),
-                                  parallel_clients=1 if config.scheme == 'centralized' else
-                                  config.clients_per_round):
+  with execution_context(config):
     state = process.initialize()
     start_round = checkpoints.latest_round() or 0
     if start_round > config.rounds:

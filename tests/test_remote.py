@@ -1,0 +1,166 @@
+"""Remote TFF workers on loopback: bin/worker, one and two workers, failures, resuming."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import portpicker
+import pytest
+import tensorflow as tf
+from conftest import REPO_ROOT, as_numpy, linear_gan_models, pid_alive, worker_pids
+from test_train_binary import TINY, TRAIN, read_rows, run_train
+
+from tff_gan import contexts, data, optimizers
+from tff_gan import process as process_lib
+from tff_gan.schemes import fedgan
+
+WORKER = os.path.join(REPO_ROOT, 'bin', 'worker.py')
+
+
+@pytest.fixture(scope='module')
+def workers():
+  """Two TFF workers on free loopback ports, as `bin/worker.py` runs them."""
+  started = [contexts.LocalWorker().start() for _ in range(2)]
+  yield started
+  for worker in started:
+    worker.stop()
+
+
+def addresses(workers) -> str:
+  return ','.join(f'localhost:{worker.port}' for worker in workers)
+
+
+@pytest.fixture(scope='module')
+def local_rows(tmp_path_factory):
+  output_dir = tmp_path_factory.mktemp('local')
+  result = run_train(*TINY, f'--output_dir={output_dir}')
+  assert result.returncode == 0, result.stderr
+  return read_rows(output_dir / 'metrics.csv')
+
+
+def without_timing(rows):
+  return [{k: v for k, v in row.items() if k != 'round_seconds'} for row in rows]
+
+
+def test_one_remote_worker_gives_the_local_run_exactly(workers, local_rows, tmp_path):
+  result = run_train(*TINY, '--executor=remote', f'--workers=localhost:{workers[0].port}',
+                     f'--output_dir={tmp_path}')
+  assert result.returncode == 0, result.stderr
+  assert without_timing(read_rows(tmp_path / 'metrics.csv')) == without_timing(local_rows)
+
+
+def test_two_remote_workers_give_the_local_run(workers, local_rows, tmp_path):
+  """Equal up to float rounding: the merged sums add the clients in another order."""
+  result = run_train(*TINY, '--executor=remote', f'--workers={addresses(workers)}',
+                     f'--output_dir={tmp_path}')
+  assert result.returncode == 0, result.stderr
+  remote_rows = without_timing(read_rows(tmp_path / 'metrics.csv'))
+  assert len(remote_rows) == len(local_rows) == 2
+  for got, want in zip(remote_rows, without_timing(local_rows), strict=True):
+    assert got.keys() == want.keys()
+    for name in got:
+      if got[name] == want[name]:
+        continue
+      assert math.isclose(float(got[name]), float(want[name]), rel_tol=1e-4), (name, got, want)
+
+
+def test_each_worker_runs_part_of_the_clients(tff_context, workers):
+  process = fedgan.build_fedgan_process(
+      linear_gan_models(), client_optimizer=optimizers.build_optimizer('sgd', 0.05), seed=3)
+  rng = np.random.default_rng(0)
+  clients = data.ClientPopulation(rng.normal(size=(40, 2)).astype(np.float32),
+                                  np.array_split(np.arange(40), 10))
+  keyed = process_lib.with_client_data(process, clients, data.LocalWork(batch_size=2))
+  keys = data.round_keys(np.arange(10), round_num=1, seed=3)
+  state = keyed.initialize()
+  with contexts.remote_context([f'localhost:{w.port}' for w in workers]) as remote:
+    before = [len(worker.clients_served) for worker in remote]
+    merged, metrics = keyed.next(state, keys)
+    served = [max(worker.clients_served[start:])
+              for worker, start in zip(remote, before, strict=True)]
+  assert served == [5, 5]
+  assert metrics['num_examples'] == 40
+  local, _ = keyed.next(state, keys)  # The session's local worker, outside the block.
+  for got, want in zip(tf.nest.flatten(as_numpy(merged.weights)),
+                       tf.nest.flatten(as_numpy(local.weights)), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_an_unreachable_worker_is_one_line_naming_it(tmp_path):
+  port = portpicker.pick_unused_port()
+  start = time.monotonic()
+  result = run_train(*TINY, '--executor=remote', f'--workers=localhost:{port}',
+                     '--worker_timeout=1', f'--output_dir={tmp_path}')
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and f'localhost:{port}' in lines[0], result.stderr
+  assert time.monotonic() - start < 60
+  assert not (tmp_path / 'metrics.csv').exists()
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_bin_worker_serves_refuses_a_taken_port_and_stops_on_signals(tmp_path, signum):
+  port = portpicker.pick_unused_port()
+  server = subprocess.Popen(
+      [sys.executable, WORKER, f'--port={port}', f'--log_file={tmp_path / "worker.log"}'],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  try:
+    banner = server.stdout.readline()
+    assert f'listening on port {port}' in banner, banner + server.stderr.read()
+    worker_pid = int(banner.split('(pid ')[1].split(';')[0])
+    assert pid_alive(worker_pid)
+    contexts.RemoteWorker(f'localhost:{port}', timeout_seconds=10).connect().close()
+
+    second = subprocess.run([sys.executable, WORKER, f'--port={port}'], capture_output=True,
+                            text=True, timeout=60, cwd=REPO_ROOT)
+    assert second.returncode == 1
+    assert f'port {port} is taken' in second.stderr and len(second.stderr.splitlines()) == 1
+
+    server.send_signal(signum)
+    assert server.wait(timeout=30) == 0
+    assert 'stopped' in server.stdout.read()
+    assert not pid_alive(worker_pid)
+  finally:
+    server.kill()
+    server.wait()
+
+
+def test_a_lost_worker_ends_the_run_and_the_same_command_resumes(tmp_path):
+  before = worker_pids()
+  ports = [portpicker.pick_unused_port() for _ in range(2)]
+  live = [contexts.LocalWorker(port=port).start() for port in ports]
+  command = [sys.executable, TRAIN, *TINY, '--rounds=8', '--checkpoint_every=1',
+             '--executor=remote', f'--workers={addresses(live)}', '--worker_timeout=3',
+             f'--output_dir={tmp_path}']
+  try:
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, cwd=REPO_ROOT)
+    deadline = time.monotonic() + 120
+    while len(read_rows(tmp_path / 'metrics.csv') if (tmp_path / 'metrics.csv').exists()
+              else []) < 2:
+      assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
+      time.sleep(0.1)
+    os.kill(live[1].pid, signal.SIGKILL)
+    lost_at = time.monotonic()
+    assert run.wait(timeout=60) == 1
+    assert time.monotonic() - lost_at < 3 + 30  # The timeout, plus the round under way.
+    lines = run.stderr.read().strip().splitlines()
+    assert len(lines) == 1 and f'lost the TFF worker at localhost:{ports[1]}' in lines[0]
+    assert worker_pids() - before == {live[0].pid}  # Nothing else left running.
+    rows_before = len(read_rows(tmp_path / 'metrics.csv'))
+    assert rows_before < 8
+
+    live[1] = contexts.LocalWorker(port=ports[1]).start()  # The worker is back.
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                             cwd=REPO_ROOT)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [int(row['round']) for row in read_rows(tmp_path / 'metrics.csv')] == list(
+        range(1, 9))
+  finally:
+    for worker in live:
+      worker.stop()
