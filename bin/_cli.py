@@ -13,6 +13,8 @@ import sys
 # TensorFlow's C++ start-up messages (CUDA plugin registration, CPU feature notes) would
 # drown our output; set before TensorFlow is imported anywhere.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# gRPC's own informational lines (e.g. about fork() while channels are open) likewise.
+os.environ.setdefault('GRPC_VERBOSITY', 'ERROR')
 # Behave like a Unix tool when piped into `head`: end quietly instead of a BrokenPipeError.
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 # Let `python bin/x.py` import the project packages from a source checkout.
