@@ -19,6 +19,7 @@ Use::
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import ctypes
@@ -462,6 +463,22 @@ class RemoteWorker:
       self._channel = None
 
 
+class _OwnThreadContext(tff.framework.AsyncContext):
+  """Runs another async context's calls in a thread of their own.
+
+  TFF's `RemoteExecutor` makes blocking gRPC calls inside its coroutines, so under the
+  mergeable context, which awaits all workers on one event loop, the workers would run one
+  after another. Here each call runs on its own event loop in its own thread, and the
+  workers compute at the same time.
+  """
+
+  def __init__(self, context):
+    self._context = context
+
+  async def invoke(self, comp, arg):
+    return await asyncio.to_thread(asyncio.run, self._context.invoke(comp, arg))
+
+
 class _MergeableContext(
     mergeable_comp_execution_context.MergeableCompExecutionContext):
   """TFF's mergeable-computation context, returning results in their Python containers.
@@ -520,12 +537,12 @@ def remote_context(addresses: list[str], *, timeout_seconds: float = 30.0,
       )
     else:
       context = _MergeableContext([
-          tff.framework.AsyncExecutionContext(
+          _OwnThreadContext(tff.framework.AsyncExecutionContext(
               executor_fn=worker.executor_factory(default_num_clients),
               compiler_fn=_compile_for_simulation,
               transform_args=tff.tensorflow.transform_args,
               transform_result=tff.tensorflow.transform_result,
-          ) for worker in workers
+          )) for worker in workers
       ])
     with tff.framework.get_context_stack().install(context):
       yield workers
