@@ -27,7 +27,8 @@ flags.DEFINE_integer('max_concurrent_computation_calls', 0, 'Computations (e.g. 
                      'worker runs at once; 0 means one per core. Each gets an equal share of '
                      'the cores for its TensorFlow ops.')
 flags.DEFINE_string('log_file', '', "File for the worker's own output (TensorFlow and gRPC "
-                    'messages); default: a new file in the temp dir, named at start.')
+                    'messages); default: a new file in the temp dir, named at start and deleted '
+                    'when the worker stops cleanly.')
 FLAGS = flags.FLAGS
 
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 from conftest import REPO_ROOT, as_numpy, linear_gan_models, pid_alive, worker_pids
 from test_train_binary import TINY, TRAIN, read_rows, run_train
 
+from tff_gan import config as config_lib
 from tff_gan import contexts, data, optimizers
 from tff_gan import process as process_lib
 from tff_gan.schemes import fedgan
@@ -164,3 +165,26 @@ def test_a_lost_worker_ends_the_run_and_the_same_command_resumes(tmp_path):
   finally:
     for worker in live:
       worker.stop()
+
+
+@pytest.mark.parametrize('flags, message', [
+    (dict(workers='localhost:8000'), '--workers needs --executor=remote'),
+    (dict(executor='remote'), '--executor=remote needs --workers'),
+    (dict(executor='remote', workers='localhost'), "'localhost' is not host:port"),
+    (dict(executor='remote', workers='a:8000,a:8000'), 'lists a worker twice'),
+    (dict(executor='remote', workers='a:70000'), 'is not host:port'),
+    (dict(executor='remote', workers='a:1', worker_timeout=0), '--worker_timeout must be'),
+])
+def test_executor_flags_are_checked(flags, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.TrainConfig(**flags).validate()
+
+
+def test_a_run_may_resume_on_other_workers(tmp_path):
+  first = config_lib.TrainConfig(output_dir=str(tmp_path)).validate()
+  (tmp_path / config_lib.CONFIG_FILE).write_text(first.to_json())
+  moved = config_lib.TrainConfig(output_dir=str(tmp_path), executor='remote',
+                                 workers='[::1]:8000,10.0.0.6:8000', worker_timeout=5)
+  config_lib.check_same_run(moved.validate())  # No error: where it runs is not the run.
+  assert moved.worker_addresses == ['[::1]:8000', '10.0.0.6:8000']
+  assert config_lib.parse_address('[::1]:8000') == ('::1', 8000)
