@@ -318,6 +318,16 @@ def _compile_for_simulation(computation):
   return tff.backends.native.desugar_and_transform_to_native(computation)
 
 
+def _worker_context(context_class, worker, default_num_clients: int):
+  """A TFF execution context of `context_class` whose computations run on `worker`."""
+  return context_class(
+      executor_fn=worker.executor_factory(default_num_clients),
+      compiler_fn=_compile_for_simulation,
+      transform_args=tff.tensorflow.transform_args,
+      transform_result=tff.tensorflow.transform_result,
+  )
+
+
 @contextlib.contextmanager
 def local_cpp_context(
     *,
@@ -342,12 +352,8 @@ def local_cpp_context(
   with _sigterm_unwinds():
     worker.start()
     try:
-      context = tff.framework.SyncExecutionContext(
-          executor_fn=worker.executor_factory(default_num_clients),
-          compiler_fn=_compile_for_simulation,
-          transform_args=tff.tensorflow.transform_args,
-          transform_result=tff.tensorflow.transform_result,
-      )
+      context = _worker_context(tff.framework.SyncExecutionContext, worker,
+                                default_num_clients)
       with tff.framework.get_context_stack().install(context):
         yield worker
     finally:
@@ -529,20 +535,13 @@ def remote_context(addresses: list[str], *, timeout_seconds: float = 30.0,
     for address in addresses:
       workers.append(RemoteWorker(address, timeout_seconds).connect())
     if len(workers) == 1:
-      context = tff.framework.SyncExecutionContext(
-          executor_fn=workers[0].executor_factory(default_num_clients),
-          compiler_fn=_compile_for_simulation,
-          transform_args=tff.tensorflow.transform_args,
-          transform_result=tff.tensorflow.transform_result,
-      )
+      context = _worker_context(tff.framework.SyncExecutionContext, workers[0],
+                                default_num_clients)
     else:
       context = _MergeableContext([
-          _OwnThreadContext(tff.framework.AsyncExecutionContext(
-              executor_fn=worker.executor_factory(default_num_clients),
-              compiler_fn=_compile_for_simulation,
-              transform_args=tff.tensorflow.transform_args,
-              transform_result=tff.tensorflow.transform_result,
-          )) for worker in workers
+          _OwnThreadContext(_worker_context(tff.framework.AsyncExecutionContext, worker,
+                                            default_num_clients))
+          for worker in workers
       ])
     with tff.framework.get_context_stack().install(context):
       yield workers

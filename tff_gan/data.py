@@ -1,4 +1,9 @@
-"""Client data: per-client example arrays, client sampling and per-round tf.data pipelines.
+"""Client data: client populations, client sampling and per-round tf.data pipelines.
+
+A population (`ClientData`) builds a client's round dataset in TensorFlow from a key (its id
+and its round's shuffle seed, `round_keys`), so TFF builds datasets on the worker and a round
+sends clients only their keys (`tff_gan.process.with_client_data`). `ClientPopulation` splits
+a task's fixed examples; `GeneratedClients` lets each client draw its own.
 
 Each round a sampled client makes `local_epochs` passes over its shuffled examples in batches
 of `batch_size`, stopping after `local_steps` batches when that cap is set (TFF's usual
