@@ -11,9 +11,21 @@ that subprocess instead:
 * the kernel sends it SIGKILL if our process dies without running any Python (e.g. SIGKILL),
   through `PR_SET_PDEATHSIG`.
 
+It runs as many clients side by side as there are cores, one TensorFlow thread each
+(`WorkerThreads`), and lives in its own process group, so a terminal's Ctrl-C reaches only
+us and we stop it in order.
+
+Workers on other machines (`bin/worker.py`) are reached with `remote_context`: one worker
+through a `tff.framework.RemoteExecutor`, several through TFF's mergeable-computation
+context. Waits for them are bounded (`WorkerError`, `WorkerLostError`); TFF alone would retry
+a vanished worker forever.
+
 Use::
 
     with contexts.local_cpp_context(log_path='worker.log'):
+      state = process.initialize()
+
+    with contexts.remote_context(['10.0.0.5:8000', '10.0.0.6:8000']):
       state = process.initialize()
 """
 

@@ -11,6 +11,8 @@ Type signatures of the resulting process:
 * `initialize: ( -> ServerState@SERVER)`
 * `next: (<ServerState@SERVER, {float32[?,...]*}@CLIENTS> -> <ServerState@SERVER, M@SERVER>)`
 
+(`with_client_data` turns the client datasets into int64 keys the worker builds them from.)
+
 where `M` is an `OrderedDict` with
 
 * `client`: the clients' metrics (e.g. `discriminator_loss`), means weighted by the number of
