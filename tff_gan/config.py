@@ -229,6 +229,7 @@ class TrainConfig:
 # and where the computations run).
 RESUMABLE_FIELDS = ('rounds', 'checkpoint_every', 'output_dir', 'executor', 'workers',
                     'worker_timeout')
+CONFIG_FILE = 'config.json'
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -238,7 +239,6 @@ def parse_address(address: str) -> tuple[str, int]:
   if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
     raise ValueError(f"worker address '{address}' is not host:port (e.g. 10.0.0.5:8000).")
   return host, int(port)
-CONFIG_FILE = 'config.json'
 
 
 def check_same_run(config: TrainConfig) -> None:

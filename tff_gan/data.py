@@ -21,6 +21,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tff_gan import partition
+
 
 def _derived_seed(*entropy: int) -> int:
   return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0])
@@ -151,12 +153,8 @@ class ClientPopulation(ClientData):
 
     The same batches as `dataset` builds on the executor from `round_keys`.
     """
-    return [
-        client_dataset(
-            self.client_examples(client_id), work, seed=_derived_seed(seed, round_num, client_id)
-        )
-        for client_id in client_ids
-    ]
+    return [client_dataset(self.client_examples(int(client_id)), work, seed=int(shuffle_seed))
+            for client_id, shuffle_seed in round_keys(client_ids, round_num=round_num, seed=seed)]
 
 
 class GeneratedClients(ClientData):
@@ -186,9 +184,9 @@ class GeneratedClients(ClientData):
     if num_clients <= 0 or examples_per_client <= 0:
       raise ValueError(f'num_clients and examples_per_client must be positive, got '
                        f'{num_clients} and {examples_per_client}.')
-    if scheme not in ('iid', 'dirichlet', 'pathological'):
-      raise ValueError(f"unknown scheme {scheme!r}; choose one of: iid, dirichlet, "
-                       'pathological.')
+    if scheme not in partition.SCHEMES:
+      raise ValueError(f"unknown scheme {scheme!r}; choose one of: "
+                       f"{', '.join(partition.SCHEMES)}.")
     if scheme == 'pathological' and not 1 <= labels_per_client <= num_labels:
       raise ValueError(f'labels_per_client must be between 1 and {num_labels}, got '
                        f'{labels_per_client}; lower it.')

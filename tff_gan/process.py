@@ -11,8 +11,6 @@ Type signatures of the resulting process:
 * `initialize: ( -> ServerState@SERVER)`
 * `next: (<ServerState@SERVER, {float32[?,...]*}@CLIENTS> -> <ServerState@SERVER, M@SERVER>)`
 
-(`with_client_data` turns the client datasets into int64 keys the worker builds them from.)
-
 where `M` is an `OrderedDict` with
 
 * `client`: the clients' metrics (e.g. `discriminator_loss`), means weighted by the number of
@@ -24,6 +22,8 @@ A client output holding a NaN or Inf is zeroed before aggregation (weight 0, del
 counted in `non_finite_clients`, whatever the aggregator.
 * `server`: the metrics the server update reports (e.g. the server generator's loss);
 * `aggregator`: the aggregator's measurements.
+
+`with_client_data` turns the client datasets into int64 keys the worker builds them from.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def with_client_data(
 ) -> tff.templates.IterativeProcess:
   """`process` with each client's dataset built on the executor from a key.
 
-  The returned process's `next` takes `<ServerState@SERVER, int64[2]@CLIENTS>`: one row of
+  The returned process's `next` takes `<ServerState@SERVER, int64[2]@CLIENTS>`: one element of
   `tff_gan.data.round_keys` per client (its id and its round's shuffle seed) instead of a
   dataset. Through `tff.simulation.compose_dataset_computation_with_iterative_process`, the
   worker runs `client_data.dataset(key, work)` for each key, so no client's examples are
