@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
   samples = training.SampleGenerator(models)(state.weights.generator, num_samples, seed)
   # The run's own cached classifier (image tasks), so the values match its metrics.csv.
   task.prepare_evaluation(os.path.join(FLAGS.output_dir, training.CLASSIFIER_DIR))
-  metrics = task.evaluate(samples)
+  metrics = training.evaluate_samples(task, samples, config.conditional)
   if FLAGS.json:
     print(json.dumps({name: json_value(value) for name, value in metrics.items()},
                      allow_nan=False))

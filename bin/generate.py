@@ -13,9 +13,15 @@ its output for `tf.random.stateless_normal([num_samples, noise_dim], seed=[SEED,
 noise bin/train.py evaluates with. Files are written to temporary names and renamed into place
 only once all three are complete.
 
+A class-conditional run (bin/train.py --conditional) exports G(noise, one_hot_labels) with
+two inputs, noise [batch, noise_dim] and one-hot labels [batch, num_classes]; its samples are
+of class --label, or of classes 0, 1, ..., K-1, 0, 1, ... in turn without it, and their
+labels are also written to labels_round_<N>.npy.
+
 Examples:
   python bin/generate.py --output_dir=runs/demo
   python bin/generate.py --output_dir=runs/digits --round=50 --num_samples=16 --seed=3
+  python bin/generate.py --output_dir=runs/cgan --label=7
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ flags.DEFINE_integer('round', None, 'Round whose checkpoint to use (default: the
 flags.DEFINE_integer('num_samples', 64, 'Number of samples to draw.')
 flags.DEFINE_integer('seed', 0, 'Seed of the generator noise; the same seed gives the same '
                      'samples.')
+flags.DEFINE_integer('label', None, 'Conditional runs: the class to generate (default: every '
+                     'class in turn).')
 flags.DEFINE_string('export_dir', None, 'Where the files are written (default: '
                     'OUTPUT_DIR/export; created if needed).')
 
@@ -52,22 +60,31 @@ def main(argv: list[str]) -> int:
       raise export.RunError('--export_dir must not be empty.')
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.output_dir, 'export')
     export.check_writable_dir(export_dir, '--export_dir')
+    export.check_label(config, FLAGS.label)
   except export.RunError as e:
     _cli.usage_error(program, str(e))
 
   _cli.quiet_tensorflow()
   import numpy as np  # noqa: PLC0415
 
-  from tff_gan import training  # noqa: PLC0415
+  from tff_gan import conditional, training  # noqa: PLC0415
 
   try:
     task, models, state = export.load_round(FLAGS.output_dir, config, round_num)
     generator_weights = state.weights.generator
-    samples = training.SampleGenerator(models)(generator_weights, FLAGS.num_samples,
-                                               FLAGS.seed)
     generator = export.build_generator(models, generator_weights)
+    outputs = {}
+    if config.conditional:
+      samples, labels = export.conditional_samples(generator, task, FLAGS.num_samples,
+                                                   FLAGS.seed, FLAGS.label)
+      generator = conditional.labelled_generator(generator, task.noise_dim, task.num_labels)
+      outputs[os.path.join(export_dir, f'labels_round_{round_num}.npy')] = (
+          lambda path: np.save(path, labels))
+    else:
+      samples = training.SampleGenerator(models)(generator_weights, FLAGS.num_samples,
+                                                 FLAGS.seed)
     os.makedirs(export_dir, exist_ok=True)
-    written = export.write_outputs({
+    written = export.write_outputs(outputs | {
         os.path.join(export_dir, f'samples_round_{round_num}.png'):
             lambda path: task.render(samples, path),
         os.path.join(export_dir, f'samples_round_{round_num}.npy'):
@@ -75,6 +92,8 @@ def main(argv: list[str]) -> int:
         os.path.join(export_dir, f'generator_round_{round_num}.keras'):
             lambda path: generator.save(path),
     })
+  except export.RunError as e:
+    _cli.usage_error(program, str(e))
   except (export.LoadError, OSError) as e:
     print(f'{program}: error: {export.first_line(e)}', file=sys.stderr)
     return 1

@@ -13,6 +13,10 @@ Examples:
       --client_sampling=poisson --dp_noise_multiplier=0.76 --dp_clip=0.1
   python bin/train.py --partition=dirichlet --dirichlet_alpha=0.1 --num_clients=50 \\
       --clients_per_round=10
+  python bin/train.py --task=image_folder --data_dir=/data/hospitals --image_size=32
+  python bin/train.py --task=emnist --data_dir=~/emnist --scheme=dp_fedavg_gan \
+      --clients_per_round=50 --client_sampling=poisson --dp_noise_multiplier=1.0
+  python bin/train.py --task=digits --conditional --model=dcgan --output_dir=runs/cgan
   python bin/train.py --executor=remote --workers=10.0.0.5:8000,10.0.0.6:8000
       (workers started with bin/worker.py --port=8000; see docs/deployment.md)
 """
@@ -28,9 +32,28 @@ from absl import flags
 from tff_gan import config as config_lib
 
 _DEFAULTS = config_lib.TrainConfig()
+# Fields whose default depends on the task: the flags keep the unresolved default ('' or 0),
+# which TrainConfig resolves once --task is known.
+_UNRESOLVED = {name: field.default
+               for name, field in config_lib.TrainConfig.__dataclass_fields__.items()}
 
 flags.DEFINE_string('task', _DEFAULTS.task, 'Task: ring, grid (2-D Gaussian mixtures) or '
-                    'digits (scikit-learn 8x8 digits, embedded).')
+                    'digits (scikit-learn 8x8 digits), all embedded; or, read from your files '
+                    'in --data_dir and split into their natural clients: emnist (federated '
+                    "EMNIST by writer, TFF's emnist_all.sqlite), image_folder (DATA_DIR/"
+                    '<client>/*.png|jpg, one client per folder) or tabular (DATA_DIR/'
+                    '<client>.csv, numeric columns, one client per file). See README, Real '
+                    'data.')
+flags.DEFINE_string('data_dir', _DEFAULTS.data_dir, 'Folder holding the files of --task=emnist, '
+                    'image_folder or tabular. Nothing is ever downloaded.')
+flags.DEFINE_integer('image_size', None, '--task=image_folder: images are resized to this '
+                     'many pixels square (a multiple of 4; default '
+                     f'{config_lib.DEFAULT_IMAGE_SIZE}).')
+flags.DEFINE_bool('only_digits', _DEFAULTS.only_digits, '--task=emnist: the 10 digit classes '
+                  '(3383 writers); --noonly_digits for all 62 classes (3400 writers).')
+flags.DEFINE_bool('conditional', _DEFAULTS.conditional, 'Train a class-conditional GAN (G and D '
+                  'see the class; tasks with classes: ring, grid, digits, emnist). Adds the '
+                  'conditional_accuracy metric; bin/generate.py --label picks the class.')
 flags.DEFINE_string('scheme', _DEFAULTS.scheme, 'Training scheme: fedgan (clients train G and '
                     'D; the server averages both) or dp_fedavg_gan (clients train only D; the '
                     'server trains G against it, never touching client data) or fedsgd '
@@ -38,17 +61,22 @@ flags.DEFINE_string('scheme', _DEFAULTS.scheme, 'Training scheme: fedgan (client
                     'server optimizer takes the step) or centralized (the baseline: the same '
                     'nets and losses trained on the pooled data, each round taking as many '
                     'steps as all sampled clients of a fedgan round do together).')
-flags.DEFINE_string('model', _DEFAULTS.model, 'Network pair: mlp (all tasks) or dcgan '
-                    '(digits).')
+flags.DEFINE_string('model', _UNRESOLVED['model'], 'Network pair: mlp (all tasks) or dcgan '
+                    '(image tasks: digits, emnist, image_folder). Default: dcgan for emnist and '
+                    'image_folder, mlp otherwise.')
 flags.DEFINE_float('model_width', _DEFAULTS.model_width, 'Multiplier on hidden layer sizes.')
-flags.DEFINE_integer('num_clients', _DEFAULTS.num_clients, 'Number of simulated clients.')
+flags.DEFINE_integer('num_clients', _UNRESOLVED['num_clients'], 'Number of clients. Embedded '
+                     'tasks: simulated clients the data is split over (default '
+                     f'{config_lib.DEFAULT_NUM_CLIENTS}). --partition=natural: N of the '
+                     "data's clients drawn at random (seeded), or 0 (default) for all.")
 flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round,
                      'Clients per round: exactly (--client_sampling=fixed) or in expectation '
                      '(poisson).')
 flags.DEFINE_integer('rounds', _DEFAULTS.rounds, 'Number of federated rounds.')
-flags.DEFINE_string('partition', _DEFAULTS.partition, 'How examples are split over clients: '
+flags.DEFINE_string('partition', _UNRESOLVED['partition'], 'How examples are split over clients: '
                     'iid, dirichlet (label skew, see --dirichlet_alpha) or pathological '
-                    '(--labels_per_client labels each).')
+                    '(--labels_per_client labels each); natural: the clients the files come '
+                    'in (default for tasks read from --data_dir; iid otherwise).')
 flags.DEFINE_float('dirichlet_alpha', _DEFAULTS.dirichlet_alpha, 'Dirichlet concentration of '
                    'the dirichlet partition; small values give skewed clients.')
 flags.DEFINE_integer('labels_per_client', _DEFAULTS.labels_per_client, 'Labels (modes or '
@@ -172,8 +200,7 @@ def main(argv: list[str]) -> int:
   from tff_gan import training  # noqa: PLC0415
 
   try:
-    task = tasks.get_task(config.task, seed=config.seed, model=config.model,
-                          width=config.model_width)
+    task = tasks.task_from_config(config)
   except ValueError as e:  # ConfigError, or a task's own argument check.
     _cli.usage_error(program, str(e))
   from tff_gan import contexts  # noqa: PLC0415

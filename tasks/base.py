@@ -1,8 +1,10 @@
 """The interface every task implements: data, GAN networks, evaluation and rendering.
 
-A task bundles one centralized labelled dataset (which `tff_gan.partition` splits into
-simulated clients), the Keras networks of a GAN for it, the metrics that say how good a
-generator's samples are, and a picture of samples for a human to look at.
+A task bundles a dataset, the Keras networks of a GAN for it, the metrics that say how good
+a generator's samples are, and a picture of samples for a human to look at. Embedded tasks
+hold one centralized labelled dataset, which `tff_gan.partition` splits into simulated
+clients; tasks read from files the user provides (`reads_files`) come with their natural
+clients instead (one writer, one folder, one CSV file each: `natural_population`).
 
 Also holds what several tasks share: the fully connected generator and discriminator
 builders and an atomic PNG writer.
@@ -21,14 +23,16 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from tff_gan import conditional, data
 from tff_gan.models import GanModels
 
 
 class Task(abc.ABC):
   """A dataset with a GAN architecture, sample metrics and a renderer.
 
-  Subclasses set the class attributes `name`, `model_choices` and `metric_names`, and fill
-  `examples`, `labels` and `num_labels` in their constructor.
+  Subclasses set the class attributes `name`, `model_choices` and `metric_names`, fill
+  `examples`, `labels`, `num_labels` and `noise_dim` in their constructor (and
+  `client_ids`/`client_indices` when the data has natural clients), and implement `networks`.
 
   Attributes:
     name: Short name the task is registered under in `tasks.TASKS`.
@@ -36,8 +40,13 @@ class Task(abc.ABC):
     metric_names: The keys of the dict `evaluate` returns, in a stable order.
     num_eval_samples: How many generator samples a caller should pass to `evaluate`.
     examples: float32 `[N, *data_shape]`, the whole dataset.
-    labels: int64 `[N]`, a label per example (what `tff_gan.partition` skews clients by).
-    num_labels: Number of distinct label values; labels lie in `range(num_labels)`.
+    labels: int64 `[N]`, a label per example (what `tff_gan.partition` skews clients by and
+      a conditional GAN conditions on); all 0 for unlabelled data.
+    num_labels: Number of distinct label values; labels lie in `range(num_labels)`. 0 for
+      unlabelled data.
+    noise_dim: Length of the generator's noise vector.
+    client_ids: Names of the natural clients (writers, folders, files), or None.
+    client_indices: For each natural client, the indices of its examples in `examples`.
     seed: Seed the task's data was drawn with.
     model: Name of the architecture `gan_models` builds.
     width: Multiplier of every hidden layer's units or filters.
@@ -47,10 +56,14 @@ class Task(abc.ABC):
   model_choices: ClassVar[tuple[str, ...]] = ('mlp',)
   metric_names: ClassVar[tuple[str, ...]] = ()
   num_eval_samples: int = 2500
+  reads_files: ClassVar[bool] = False  # Whether the task reads the user's files (data_dir).
 
   examples: np.ndarray
   labels: np.ndarray
   num_labels: int
+  noise_dim: int
+  client_ids: list[str] | None = None
+  client_indices: list[np.ndarray] | None = None
 
   def __init__(self, *, seed: int = 0, model: str = 'mlp', width: float = 1.0):
     """Validates and stores the arguments common to all tasks.
@@ -84,9 +97,67 @@ class Task(abc.ABC):
     """`units` hidden units or filters multiplied by `width`, rounded, at least 1."""
     return max(1, round(units * self.width))
 
+  @property
+  def labelled(self) -> bool:
+    """Whether examples have classes (so a conditional GAN can be trained)."""
+    return self.num_labels > 1
+
   @abc.abstractmethod
-  def gan_models(self) -> GanModels:
-    """The generator and discriminator factories of the architecture `model`."""
+  def networks(self, generator_input_dim: int, discriminator_input_shape: tuple[int, ...]):
+    """`(generator_fn, discriminator_fn)` of the architecture `model`.
+
+    The generator maps `[B, generator_input_dim]` to `[B, *data_shape]`; the discriminator
+    maps `[B, *discriminator_input_shape]` to logits `[B, 1]`. An unconditional GAN asks for
+    `(noise_dim, data_shape)`; a conditional one for larger inputs (`tff_gan.conditional`).
+    """
+
+  def gan_models(self, conditional_gan: bool = False) -> GanModels:
+    """The generator and discriminator of `model`, class-conditional if asked.
+
+    Raises:
+      ValueError: For a conditional GAN on a task without classes.
+    """
+    if not conditional_gan:
+      generator_fn, discriminator_fn = self.networks(self.noise_dim, self.data_shape)
+      return GanModels(generator_fn, discriminator_fn, self.noise_dim, self.data_shape)
+    if not self.labelled:
+      raise ValueError(f"task '{self.name}' has no classes to condition on; drop "
+                       '--conditional.')
+    return conditional.conditional_models(self.networks, self.noise_dim, self.data_shape,
+                                          self.num_labels)
+
+  def training_examples(self, conditional_gan: bool = False) -> np.ndarray:
+    """`examples`, packed with their classes for a conditional GAN (`tff_gan.conditional`)."""
+    if not conditional_gan:
+      return self.examples
+    return conditional.pack(self.examples, self.labels, self.num_labels)
+
+  @property
+  def has_natural_clients(self) -> bool:
+    """Whether the data comes split into clients (writers, folders, files)."""
+    return self.client_indices is not None
+
+  def natural_population(self, conditional_gan: bool = False) -> data.ClientData:
+    """The data's own clients: client `k` is `client_ids[k]`.
+
+    Tasks whose examples are in memory split them by `client_indices`; tasks too large for
+    that (EMNIST) override this to read each client's examples on the executor.
+
+    Raises:
+      ValueError: If the task's data has no natural clients.
+    """
+    if not self.has_natural_clients:
+      raise ValueError(f"task '{self.name}' has no natural clients; choose --partition=iid, "
+                       'dirichlet or pathological.')
+    return data.ClientPopulation(self.training_examples(conditional_gan), self.client_indices)
+
+  def predict_labels(self, samples: np.ndarray) -> np.ndarray:
+    """The class a task's own judge (a classifier, the nearest mode) sees in each sample.
+
+    Used to score a conditional generator: the fraction of samples recognized as the class
+    they were generated for.
+    """
+    raise NotImplementedError(f"task '{self.name}' cannot tell the class of a sample.")
 
   def generate_examples(self, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Fresh examples `[n, *data_shape]` of the given int64 labels `[n]`, in TF (stateless).
@@ -205,3 +276,77 @@ def mlp_discriminator(data_shape: tuple[int, ...], hidden_units: tuple[int, ...]
     layers += [tf.keras.layers.Dense(units), tf.keras.layers.LeakyReLU(0.2)]
   layers.append(tf.keras.layers.Dense(1))
   return tf.keras.Sequential(layers, name='discriminator')
+
+
+def dcgan_generator(noise_dim: int, image_shape: tuple[int, ...], base_filters: int,
+                    upsampling_filters: int) -> tf.keras.Model:
+  """A small DCGAN generator without batch norm (which federated averaging does not suit).
+
+  Noise `[B, noise_dim]` -> Dense to (H/4)x(W/4)x`base_filters` -> LeakyReLU(0.2) ->
+  ConvT `upsampling_filters` (4x4, stride 2) -> LeakyReLU(0.2) -> ConvT C (4x4, stride 2) ->
+  tanh, giving images `[B, *image_shape]`; H and W must be multiples of 4.
+  """
+  height, width, channels = image_shape
+  if height % 4 or width % 4:
+    raise ValueError(f'image sides must be multiples of 4, got {height}x{width}.')
+  return tf.keras.Sequential(
+      [
+          tf.keras.Input(shape=(noise_dim,)),
+          tf.keras.layers.Dense(height // 4 * width // 4 * base_filters),
+          tf.keras.layers.LeakyReLU(0.2),
+          tf.keras.layers.Reshape((height // 4, width // 4, base_filters)),
+          tf.keras.layers.Conv2DTranspose(upsampling_filters, 4, strides=2, padding='same'),
+          tf.keras.layers.LeakyReLU(0.2),
+          tf.keras.layers.Conv2DTranspose(channels, 4, strides=2, padding='same'),
+          tf.keras.layers.Activation('tanh'),
+      ],
+      name='generator',
+  )
+
+
+def dcgan_discriminator(input_shape: tuple[int, ...], first_filters: int,
+                        second_filters: int) -> tf.keras.Model:
+  """Images `[B, *input_shape]` -> Conv `first_filters` (3x3, stride 2) -> LeakyReLU(0.2) ->
+  Conv `second_filters` (3x3, stride 2) -> LeakyReLU(0.2) -> Flatten -> Dense 1 (logits)."""
+  return tf.keras.Sequential(
+      [
+          tf.keras.Input(shape=input_shape),
+          tf.keras.layers.Conv2D(first_filters, 3, strides=2, padding='same'),
+          tf.keras.layers.LeakyReLU(0.2),
+          tf.keras.layers.Conv2D(second_filters, 3, strides=2, padding='same'),
+          tf.keras.layers.LeakyReLU(0.2),
+          tf.keras.layers.Flatten(),
+          tf.keras.layers.Dense(1),
+      ],
+      name='discriminator',
+  )
+
+
+GRID_COLUMNS = 8
+MAX_GRID_IMAGES = 64
+_CELL_PADDING = 2
+_PADDING_GRAY = 128
+
+
+def write_image_grid(images: np.ndarray, path: str, *, upscale: int = 1) -> None:
+  """Writes the first 64 images `[M, H, W, C]` (C = 1 or 3, values in [-1, 1]) as a PNG grid.
+
+  Up to 8 columns; pixels map linearly from [-1, 1] to [0, 255] (clipped, NaN as 0); each
+  image is upscaled `upscale` times (nearest neighbour); cells are separated by 2 mid-gray
+  pixels.
+  """
+  images = np.asarray(images, np.float64)[:MAX_GRID_IMAGES]
+  levels = np.clip(np.nan_to_num((images + 1) * 127.5), 0, 255).round().astype(np.uint8)
+  levels = levels.repeat(upscale, axis=1).repeat(upscale, axis=2)
+  num_images, height, width, channels = levels.shape
+  num_columns = min(GRID_COLUMNS, num_images)
+  num_rows = math.ceil(num_images / num_columns)
+  cell_height, cell_width = height + _CELL_PADDING, width + _CELL_PADDING
+  canvas = np.full((num_rows * cell_height + _CELL_PADDING,
+                    num_columns * cell_width + _CELL_PADDING, channels), _PADDING_GRAY, np.uint8)
+  for position, image in enumerate(levels):
+    top = _CELL_PADDING + (position // num_columns) * cell_height
+    left = _CELL_PADDING + (position % num_columns) * cell_width
+    canvas[top : top + height, left : left + width] = image
+  mode = 'L' if channels == 1 else 'RGB'
+  write_png(Image.fromarray(canvas[..., 0] if channels == 1 else canvas, mode=mode), path)

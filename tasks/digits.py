@@ -7,26 +7,18 @@ classes, which `tff_gan.partition` can skew clients by.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import tempfile
 
 import numpy as np
-import tensorflow as tf
-from PIL import Image
 from sklearn.datasets import load_digits
 
 from tasks import base
 from tff_gan import evaluation
-from tff_gan.models import GanModels
 
 _IMAGE_SIDE = 8
 _MAX_PIXEL = 16.0  # load_digits pixels are integers in [0, 16].
-_GRID_COLUMNS = 8
-_MAX_RENDERED_SAMPLES = 64
 _UPSCALE = 4
-_CELL_PADDING = 2
-_PADDING_GRAY = 128
 _HELDOUT_FRACTION = 0.2  # Of the images, kept from the classifier to calibrate the metrics.
 _SPLIT_SEED = 0  # Fixed: the classifier and the reference values do not change with --seed.
 
@@ -79,28 +71,21 @@ class DigitsTask(base.Task):
     self._heldout, self._classifier_split = order[:num_heldout], order[num_heldout:]
     self._classifier = None
 
-  def gan_models(self) -> GanModels:
+  def networks(self, generator_input_dim: int, discriminator_input_shape: tuple[int, ...]):
     """The generator and discriminator of the architecture `model`, scaled by `width`."""
     data_shape = (_IMAGE_SIDE, _IMAGE_SIDE, 1)
     if self.model == 'mlp':
-      generator_fn = functools.partial(
-          base.mlp_generator, self.noise_dim, (self.scaled(256), self.scaled(512)), data_shape
+      return (
+          functools.partial(base.mlp_generator, generator_input_dim,
+                            (self.scaled(256), self.scaled(512)), data_shape),
+          functools.partial(base.mlp_discriminator, discriminator_input_shape,
+                            (self.scaled(512), self.scaled(256))),
       )
-      discriminator_fn = functools.partial(
-          base.mlp_discriminator, data_shape, (self.scaled(512), self.scaled(256))
-      )
-    else:
-      generator_fn = functools.partial(
-          _dcgan_generator, self.noise_dim, self.scaled(128), self.scaled(64)
-      )
-      discriminator_fn = functools.partial(
-          _dcgan_discriminator, self.scaled(64), self.scaled(128)
-      )
-    return GanModels(
-        generator_fn=generator_fn,
-        discriminator_fn=discriminator_fn,
-        noise_dim=self.noise_dim,
-        data_shape=data_shape,
+    return (
+        functools.partial(base.dcgan_generator, generator_input_dim, data_shape,
+                          self.scaled(128), self.scaled(64)),
+        functools.partial(base.dcgan_discriminator, discriminator_input_shape, self.scaled(64),
+                          self.scaled(128)),
     )
 
   def prepare_evaluation(self, cache_dir: str) -> dict[str, float]:
@@ -123,6 +108,13 @@ class DigitsTask(base.Task):
     return evaluation.image_metrics(
         self._classifier, self.examples[self._classifier_split], samples)
 
+  def predict_labels(self, samples: np.ndarray) -> np.ndarray:
+    """The evaluation classifier's digit for each sample."""
+    samples = self._check_samples(samples).astype(np.float32)
+    if self._classifier is None:
+      self.prepare_evaluation(os.path.join(tempfile.gettempdir(), 'tff_gan_classifiers'))
+    return self._classifier.logits(samples).argmax(axis=-1)
+
   def render(self, samples: np.ndarray, path: str) -> None:
     """Writes the first 64 samples as a grid of up to 8 columns to the PNG `path`.
 
@@ -130,52 +122,4 @@ class DigitsTask(base.Task):
     real digits is black and strokes are white. Each digit is upscaled 4x (nearest
     neighbour); cells are separated by 2 mid-gray pixels.
     """
-    samples = self._check_samples(samples)[:_MAX_RENDERED_SAMPLES, :, :, 0]
-    gray_levels = np.clip(np.nan_to_num((samples + 1) * 127.5), 0, 255).round().astype(np.uint8)
-    upscaled = gray_levels.repeat(_UPSCALE, axis=1).repeat(_UPSCALE, axis=2)
-    num_columns = min(_GRID_COLUMNS, len(upscaled))
-    num_rows = math.ceil(len(upscaled) / num_columns)
-    cell = _IMAGE_SIDE * _UPSCALE + _CELL_PADDING
-    canvas = np.full(
-        (num_rows * cell + _CELL_PADDING, num_columns * cell + _CELL_PADDING),
-        _PADDING_GRAY,
-        dtype=np.uint8,
-    )
-    for position, digit in enumerate(upscaled):
-      top = _CELL_PADDING + (position // num_columns) * cell
-      left = _CELL_PADDING + (position % num_columns) * cell
-      canvas[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
-    base.write_png(Image.fromarray(canvas, mode='L'), path)
-
-
-def _dcgan_generator(noise_dim: int, base_filters: int, upsampling_filters: int) -> tf.keras.Model:
-  """Noise `[B, noise_dim]` -> 2x2x`base_filters` -> 4x4x`upsampling_filters` -> 8x8x1 tanh."""
-  return tf.keras.Sequential(
-      [
-          tf.keras.Input(shape=(noise_dim,)),
-          tf.keras.layers.Dense(2 * 2 * base_filters),
-          tf.keras.layers.LeakyReLU(0.2),
-          tf.keras.layers.Reshape((2, 2, base_filters)),
-          tf.keras.layers.Conv2DTranspose(upsampling_filters, 4, strides=2, padding='same'),
-          tf.keras.layers.LeakyReLU(0.2),
-          tf.keras.layers.Conv2DTranspose(1, 4, strides=2, padding='same'),
-          tf.keras.layers.Activation('tanh'),
-      ],
-      name='generator',
-  )
-
-
-def _dcgan_discriminator(first_filters: int, second_filters: int) -> tf.keras.Model:
-  """Images `[B, 8, 8, 1]` -> two stride-2 convolutions -> logits `[B, 1]`."""
-  return tf.keras.Sequential(
-      [
-          tf.keras.Input(shape=(_IMAGE_SIDE, _IMAGE_SIDE, 1)),
-          tf.keras.layers.Conv2D(first_filters, 3, strides=2, padding='same'),
-          tf.keras.layers.LeakyReLU(0.2),
-          tf.keras.layers.Conv2D(second_filters, 3, strides=2, padding='same'),
-          tf.keras.layers.LeakyReLU(0.2),
-          tf.keras.layers.Flatten(),
-          tf.keras.layers.Dense(1),
-      ],
-      name='discriminator',
-  )
+    base.write_image_grid(self._check_samples(samples), path, upscale=_UPSCALE)

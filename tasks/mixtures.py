@@ -17,7 +17,6 @@ import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from tasks import base
-from tff_gan.models import GanModels
 
 _IMAGE_SIZE = 512
 _DOT_COLOR = (30, 30, 30)
@@ -138,22 +137,20 @@ class GaussianMixtureTask(base.Task):
     noise = tf.random.stateless_normal([tf.shape(labels)[0], 2], seed)
     return tf.gather(tf.constant(self.modes, tf.float32), labels) + self.sigma * noise
 
-  def gan_models(self) -> GanModels:
+  def networks(self, generator_input_dim: int, discriminator_input_shape: tuple[int, ...]):
     """MISSION.md's reference nets (Dense 256-512 G, Dense 512-256 D), scaled by `width`."""
-    return GanModels(
-        generator_fn=functools.partial(
-            base.mlp_generator,
-            self.noise_dim,
-            (self.scaled(256), self.scaled(512)),
-            (2,),
-            self.generator_scale,
-        ),
-        discriminator_fn=functools.partial(
-            base.mlp_discriminator, (2,), (self.scaled(512), self.scaled(256))
-        ),
-        noise_dim=self.noise_dim,
-        data_shape=(2,),
+    return (
+        functools.partial(base.mlp_generator, generator_input_dim,
+                          (self.scaled(256), self.scaled(512)), (2,), self.generator_scale),
+        functools.partial(base.mlp_discriminator, discriminator_input_shape,
+                          (self.scaled(512), self.scaled(256))),
     )
+
+  def predict_labels(self, samples: np.ndarray) -> np.ndarray:
+    """The nearest mode of each sample."""
+    samples = self._check_samples(samples)
+    distances = np.linalg.norm(samples[:, None, :] - self.modes[None], axis=-1)
+    return distances.argmin(axis=-1)
 
   def evaluate(self, samples: np.ndarray) -> dict[str, float]:
     """`mode_metrics` of `samples` `[M, 2]` against this task's modes and sigma."""

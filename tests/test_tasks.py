@@ -19,7 +19,16 @@ GRID_MODES = GridTask.modes
 
 
 def test_registry_matches_config_choices():
-  assert tuple(sorted(tasks.TASKS)) == config.TASKS
+  """config spells the task facts out (to check flags before TensorFlow loads): they must be
+  the tasks' own."""
+  assert sorted(tasks.TASKS) == sorted(config.TASKS)
+  for name in config.TASKS:
+    task_class = tasks.task_class(name)
+    assert task_class.name == name
+    assert task_class.reads_files == (name in config.FILE_TASKS)
+    assert config.DEFAULT_MODELS.get(name, 'mlp') == task_class.model_choices[0]
+  for name in ('ring', 'grid', 'digits'):
+    assert tasks.get_task(name).labelled == (name in config.LABELLED_TASKS)
   with pytest.raises(ValueError, match="unknown task 'mnist'"):
     tasks.get_task('mnist')
 

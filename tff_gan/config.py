@@ -13,9 +13,16 @@ import os
 # Choices are spelled out here, not imported from the modules that implement them, so that
 # a command line can be checked in milliseconds, before TensorFlow is imported.
 # tests/test_config.py checks that they match the implementations.
-TASKS = ('digits', 'grid', 'ring')
+TASKS = ('digits', 'grid', 'ring', 'emnist', 'image_folder', 'tabular')
+# Tasks read from the user's files in --data_dir, split into their natural clients.
+FILE_TASKS = ('emnist', 'image_folder', 'tabular')
+LABELLED_TASKS = ('digits', 'grid', 'ring', 'emnist')  # Those a conditional GAN can train on.
+DEFAULT_NUM_CLIENTS = 10
+# The network pair of each task when --model is not given (first of the task's choices).
+DEFAULT_MODELS = {'emnist': 'dcgan', 'image_folder': 'dcgan'}
+DEFAULT_IMAGE_SIZE = 32
 SCHEMES = ('fedgan', 'dp_fedavg_gan', 'fedsgd', 'centralized')
-PARTITIONS = ('iid', 'dirichlet', 'pathological')
+PARTITIONS = ('iid', 'dirichlet', 'pathological', 'natural')
 LOSSES = ('non_saturating', 'wasserstein_gp')
 CLIENT_OPTIMIZERS = ('sgd', 'adam', 'rmsprop')
 SERVER_OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad')
@@ -38,19 +45,28 @@ class TrainConfig:
   """Everything that defines a training run (and is written to `config.json`).
 
   Attributes mirror the flags of `bin/train.py`; see `--help` there for their meaning.
-  `local_steps = 0` means no cap on the batches per round. Differential privacy is on when
+  `local_steps = 0` means no cap on the batches per round. An empty `model` becomes the
+  task's default (`DEFAULT_MODELS`, else `mlp`); an empty `partition` becomes
+  `natural` for tasks read from files (`FILE_TASKS`) and `iid` otherwise; `num_clients = 0`
+  becomes every client of the data under the natural partition and `DEFAULT_NUM_CLIENTS`
+  otherwise (the count is then known only once the data is read: `training.build_population`
+  checks it). Differential privacy is on when
   `dp_noise_multiplier` is set; the other `dp_*` fields are then read (unset ones take
   `DEFAULT_DP_CLIP` and `DEFAULT_DP_DELTA`), and setting them without it is an error.
   """
 
   task: str = 'ring'
+  data_dir: str = ''
+  image_size: int | None = None
+  only_digits: bool = True
+  conditional: bool = False
   scheme: str = 'fedgan'
-  model: str = 'mlp'
+  model: str = ''
   model_width: float = 1.0
-  num_clients: int = 10
+  num_clients: int = 0
   clients_per_round: int = 10
   rounds: int = 300
-  partition: str = 'iid'
+  partition: str = ''
   dirichlet_alpha: float = 0.5
   labels_per_client: int = 2
   examples_per_client: int = 0
@@ -84,9 +100,29 @@ class TrainConfig:
   workers: str = ''
   worker_timeout: float = 30.0
 
+  def __post_init__(self):
+    if not self.model:
+      object.__setattr__(self, 'model', DEFAULT_MODELS.get(self.task, 'mlp'))
+    if not self.partition:
+      object.__setattr__(self, 'partition',
+                         'natural' if self.task in FILE_TASKS else 'iid')
+    if not self.num_clients and self.partition != 'natural':
+      object.__setattr__(self, 'num_clients', DEFAULT_NUM_CLIENTS)
+
+  @property
+  def reads_files(self) -> bool:
+    return self.task in FILE_TASKS
+
+  @property
+  def effective_image_size(self) -> int:
+    return DEFAULT_IMAGE_SIZE if self.image_size is None else self.image_size
+
   def validate(self) -> TrainConfig:
     """Returns `self` if valid; raises `ConfigError` otherwise."""
-    positive = ('num_clients', 'clients_per_round', 'rounds', 'local_epochs', 'batch_size',
+    if self.num_clients < 0 or (self.num_clients == 0 and self.partition != 'natural'):
+      raise ConfigError(f'--num_clients must be positive (or 0: every client of the data, '
+                        f'with --partition=natural), got {self.num_clients}.')
+    positive = ('clients_per_round', 'rounds', 'local_epochs', 'batch_size',
                 'eval_every', 'checkpoint_every', 'num_eval_samples', 'labels_per_client',
                 'server_gen_steps')
     for name in positive:
@@ -109,7 +145,7 @@ class TrainConfig:
     if self.examples_per_client < 0:
       raise ConfigError('--examples_per_client must be 0 (split the task\'s dataset) or '
                         f'positive, got {self.examples_per_client}.')
-    if self.clients_per_round > self.num_clients:
+    if self.num_clients and self.clients_per_round > self.num_clients:
       raise ConfigError(f'--clients_per_round={self.clients_per_round} exceeds '
                         f'--num_clients={self.num_clients}; lower it or add clients.')
     choices = {
@@ -130,10 +166,44 @@ class TrainConfig:
                           f"{', '.join(allowed)}.")
     if not self.output_dir:
       raise ConfigError('--output_dir must not be empty.')
+    self._validate_data()
     self._validate_compression()
     self._validate_dp()
     self._validate_executor()
     return self
+
+  def _validate_data(self) -> None:
+    if self.reads_files and not self.data_dir:
+      raise ConfigError(f'--task={self.task} reads your files: set --data_dir to the folder '
+                        'that holds them (see README, Real data).')
+    if not self.reads_files and self.data_dir:
+      raise ConfigError(f'--data_dir applies to tasks read from files ({", ".join(FILE_TASKS)}); '
+                        f'task {self.task} is embedded: drop --data_dir.')
+    if self.image_size is not None:
+      if self.task != 'image_folder':
+        raise ConfigError('--image_size applies only to --task=image_folder; drop it.')
+      if self.image_size < 8 or self.image_size % 4:
+        raise ConfigError(f'--image_size must be a multiple of 4, at least 8 (the networks '
+                          f'upsample twice by 2), got {self.image_size}.')
+    if not self.only_digits and self.task != 'emnist':
+      raise ConfigError('--noonly_digits applies only to --task=emnist; drop it.')
+    if self.partition == 'natural' and not self.reads_files:
+      raise ConfigError(f'--partition=natural needs data that comes split into clients '
+                        f'({", ".join(FILE_TASKS)}); task {self.task} is split by iid, '
+                        'dirichlet or pathological.')
+    if self.task == 'emnist' and self.partition != 'natural':
+      raise ConfigError('--task=emnist is split by writer, read client by client from the '
+                        f'file: use --partition=natural, not {self.partition}.')
+    if self.task == 'emnist' and self.scheme == 'centralized':
+      raise ConfigError('--scheme=centralized pools all examples in memory, which --task=emnist '
+                        'does not (it reads each writer on the worker); use a federated scheme.')
+    if self.reads_files and self.partition in ('dirichlet', 'pathological') and (
+        self.task not in LABELLED_TASKS):
+      raise ConfigError(f'--partition={self.partition} skews clients by class, and task '
+                        f'{self.task} has no classes; use natural or iid.')
+    if self.conditional and self.task not in LABELLED_TASKS:
+      raise ConfigError(f'--conditional needs a task with classes ({", ".join(LABELLED_TASKS)}); '
+                        f'task {self.task} has none.')
 
   @property
   def worker_addresses(self) -> list[str]:

@@ -24,7 +24,7 @@ import tensorflow as tf
 from tff_gan import partition
 
 
-def _derived_seed(*entropy: int) -> int:
+def derived_seed(*entropy: int) -> int:
   return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0])
 
 
@@ -78,7 +78,7 @@ def round_keys(client_ids, *, round_num: int, seed: int) -> list[np.ndarray]:
   A key is all a client needs to build its round's dataset (`ClientData.dataset`), so the
   keys are what a round sends to the clients instead of the data.
   """
-  return [np.array([client_id, _derived_seed(seed, round_num, client_id)], np.int64)
+  return [np.array([client_id, derived_seed(seed, round_num, client_id)], np.int64)
           for client_id in client_ids]
 
 
@@ -231,6 +231,31 @@ class GeneratedClients(ClientData):
     return self._sample_fn(self.client_labels_tensor(client_id), example_seed)
 
 
+class ClientSubset(ClientData):
+  """Some clients of a population, renumbered 0..n-1 (client `k` is `base` client `ids[k]`)."""
+
+  def __init__(self, base: ClientData, ids):
+    ids = np.asarray(ids, np.int64)
+    if not len(ids) or ids.min() < 0 or ids.max() >= base.num_clients:
+      raise ValueError(f'a subset needs client ids in [0, {base.num_clients}), got {ids}.')
+    self.base, self.ids = base, ids
+
+  @property
+  def num_clients(self) -> int:
+    return len(self.ids)
+
+  @property
+  def client_sizes(self) -> np.ndarray:
+    return self.base.client_sizes[self.ids]
+
+  def client_examples_tensor(self, client_id: tf.Tensor) -> tf.Tensor:
+    return self.base.client_examples_tensor(tf.gather(tf.constant(self.ids), client_id))
+
+  def dataset(self, key: tf.Tensor, work: LocalWork) -> tf.data.Dataset:
+    base_key = tf.stack([tf.gather(tf.constant(self.ids), key[0]), key[1]])
+    return self.base.dataset(base_key, work)
+
+
 def sample_clients(num_clients: int, clients_per_round: int, *, round_num: int, seed: int,
                    method: str = 'fixed') -> np.ndarray:
   """The sorted client ids of round `round_num`.
@@ -248,7 +273,7 @@ def sample_clients(num_clients: int, clients_per_round: int, *, round_num: int, 
   if not 0 < clients_per_round <= num_clients:
     raise ValueError(f'clients_per_round must be in [1, num_clients={num_clients}], got '
                      f'{clients_per_round}.')
-  rng = np.random.default_rng(_derived_seed(seed, round_num, 0x5A3F))
+  rng = np.random.default_rng(derived_seed(seed, round_num, 0x5A3F))
   if method == 'poisson':
     return np.flatnonzero(rng.random(num_clients) < clients_per_round / num_clients)
   if method != 'fixed':
@@ -270,5 +295,5 @@ def surviving_clients(client_ids: np.ndarray, dropout_rate: float, *, round_num:
     raise ValueError(f'dropout_rate must be in [0, 1), got {dropout_rate}.')
   if dropout_rate == 0:
     return np.asarray(client_ids)
-  rng = np.random.default_rng(_derived_seed(seed, round_num, 0xD209))
+  rng = np.random.default_rng(derived_seed(seed, round_num, 0xD209))
   return np.asarray(client_ids)[rng.random(len(client_ids)) >= dropout_rate]

@@ -48,6 +48,42 @@ def check_arguments(output_dir: str, round_num: int | None, num_samples: int | N
     raise RunError(f'--seed must fit in 64 bits, got {seed}.')
 
 
+def check_label(config: config_lib.TrainConfig, label: int | None) -> None:
+  """Raises `RunError` if `--label` is given for an unconditional run or is negative."""
+  if label is None:
+    return
+  if not config.conditional:
+    raise RunError('--label needs a class-conditional run (bin/train.py --conditional); this '
+                   'run is unconditional: drop --label.')
+  if label < 0:
+    raise RunError(f'--label must be a class number (0 or more), got {label}.')
+
+
+def conditional_samples(generator, task, num_samples: int, seed: int,
+                        label: int | None):
+  """`(examples, labels)` numpy arrays from a conditional generator: class `label`, or all
+  classes in turn.
+
+  The noise is `tf.random.stateless_normal([num_samples, task.noise_dim], seed=[seed, 1])`.
+
+  Raises:
+    RunError: If `label` is not one of the task's classes.
+  """
+  import numpy as np  # noqa: PLC0415
+  import tensorflow as tf  # noqa: PLC0415
+
+  from tff_gan import conditional  # noqa: PLC0415
+
+  if label is not None and label >= task.num_labels:
+    raise RunError(f'--label must be below the task\'s {task.num_labels} classes, got {label}.')
+  labels = (np.full(num_samples, label) if label is not None
+            else np.arange(num_samples) % task.num_labels)
+  noise = tf.random.stateless_normal([num_samples, task.noise_dim], seed=[seed, 1])
+  inputs = conditional.generator_input(noise.numpy(), labels, task.num_labels)
+  examples, _ = conditional.unpack(generator(inputs, training=False).numpy(), task.num_labels)
+  return examples, labels.astype(np.int64)
+
+
 def open_run(output_dir: str, round_num: int | None, num_samples: int | None,
              seed: int | None) -> tuple[config_lib.TrainConfig, int]:
   """`(config, round)` of the run in `output_dir` for readers' flags (no TensorFlow needed).
@@ -148,7 +184,7 @@ def load_state(output_dir: str, config: config_lib.TrainConfig, models, round_nu
   Args:
     output_dir: The run's directory.
     config: The run's `TrainConfig` (see `read_config`).
-    models: `task.gan_models()` of the run's task.
+    models: `task.gan_models(config.conditional)` of the run's task.
     round_num: A saved round (see `resolve_round`).
 
   Raises:
@@ -178,9 +214,8 @@ def load_round(output_dir: str, config: config_lib.TrainConfig, round_num: int):
   from tff_gan import contexts, program  # noqa: PLC0415
 
   try:
-    task = tasks.get_task(config.task, seed=config.seed, model=config.model,
-                          width=config.model_width)
-    models = task.gan_models()
+    task = tasks.task_from_config(config)
+    models = task.gan_models(config.conditional)
     return task, models, load_state(output_dir, config, models, round_num)
   except (ValueError, OSError, program.CheckpointError, contexts.WorkerError) as e:
     raise LoadError(first_line(e)) from e

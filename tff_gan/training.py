@@ -36,7 +36,17 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-from tff_gan import aggregators, communication, contexts, data, losses, optimizers, privacy, program
+from tff_gan import (
+  aggregators,
+  communication,
+  conditional,
+  contexts,
+  data,
+  losses,
+  optimizers,
+  privacy,
+  program,
+)
 from tff_gan import config as config_lib
 from tff_gan import process as process_lib
 from tff_gan.models import GanModels
@@ -126,8 +136,8 @@ def build_process(config: config_lib.TrainConfig, models: GanModels):
 class EpsilonLedger:
   """ε spent so far, from the round count and the DP event kept in the server state."""
 
-  def __init__(self, config: config_lib.TrainConfig):
-    self._sampling = privacy.Sampling(config.client_sampling, config.num_clients,
+  def __init__(self, config: config_lib.TrainConfig, num_clients: int):
+    self._sampling = privacy.Sampling(config.client_sampling, num_clients,
                                       config.clients_per_round)
     self._delta = config.effective_dp_delta
     self._accountant = config.dp_accountant
@@ -181,22 +191,43 @@ def centralized_steps(config: config_lib.TrainConfig, task) -> int:
 def build_population(config: config_lib.TrainConfig, task) -> data.ClientData:
   """The clients of a run.
 
-  By default the task's examples are split over `config.num_clients` clients as
-  `config.partition` says; with `--scheme=centralized`, one client holds them all. With
-  `config.examples_per_client`, each client instead draws its own examples on the executor
-  (`data.GeneratedClients`, for tasks that generate data).
+  * `--scheme=centralized`: one client holds all the task's examples.
+  * `--partition=natural`: the data's own clients (writers, folders, files); with
+    `num_clients` N > 0, N of them drawn at random (seeded), else all.
+  * `config.examples_per_client`: each client draws its own examples on the executor
+    (`data.GeneratedClients`, for tasks that generate data).
+  * Otherwise the task's examples are split over `config.num_clients` clients as
+    `config.partition` says.
+
+  With `config.conditional`, every example carries its class (`tff_gan.conditional.pack`).
   """
   if config.scheme == 'centralized':
-    return data.ClientPopulation(task.examples, [np.arange(len(task.examples))])
+    examples = task.training_examples(config.conditional)
+    return data.ClientPopulation(examples, [np.arange(len(examples))])
+  if config.partition == 'natural':
+    population = task.natural_population(config.conditional)
+    if not config.num_clients:
+      return population
+    if config.num_clients > population.num_clients:
+      raise config_lib.ConfigError(
+          f'--num_clients={config.num_clients} exceeds the {population.num_clients} clients '
+          f'in --data_dir {config.data_dir}; lower it, or 0 for all of them.')
+    rng = np.random.default_rng(data.derived_seed(config.seed, 0x5B5))
+    chosen = np.sort(rng.choice(population.num_clients, config.num_clients, replace=False))
+    return data.ClientSubset(population, chosen)
   if config.examples_per_client:
     if not task.generates_data:
       raise config_lib.ConfigError(
           f'--examples_per_client needs a task that generates its examples (ring, grid); '
           f'task {task.name} holds a fixed dataset: drop the flag to split it over clients.')
+    sample_fn = task.generate_examples
+    if config.conditional:
+      def sample_fn(labels, seed):
+        return conditional.pack(task.generate_examples(labels, seed), labels, task.num_labels)
     try:
       return data.GeneratedClients(
           config.num_clients, config.examples_per_client, num_labels=task.num_labels,
-          sample_fn=task.generate_examples, scheme=config.partition,
+          sample_fn=sample_fn, scheme=config.partition,
           dirichlet_alpha=config.dirichlet_alpha, labels_per_client=config.labels_per_client,
           seed=config.seed)
     except ValueError as e:
@@ -215,7 +246,7 @@ def build_population(config: config_lib.TrainConfig, task) -> data.ClientData:
         labels_per_client=config.labels_per_client,
         seed=config.seed,
     )
-    return data.ClientPopulation(task.examples, client_indices)
+    return data.ClientPopulation(task.training_examples(config.conditional), client_indices)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from e
 
@@ -279,8 +310,15 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
     remove_outputs(config.output_dir)
   else:
     config_lib.check_same_run(config)
-  models = task.gan_models()
+  try:
+    models = task.gan_models(config.conditional)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
   population = build_population(config, task)
+  num_clients = population.num_clients
+  if config.clients_per_round > num_clients and config.scheme != 'centralized':
+    raise config_lib.ConfigError(f'--clients_per_round={config.clients_per_round} exceeds the '
+                                 f'{num_clients} clients of the data; lower it.')
   if config.scheme == 'centralized':  # Enough passes over the pooled data for the steps.
     steps = centralized_steps(config, task)
     work = data.LocalWork(batch_size=config.batch_size,
@@ -296,9 +334,9 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
   traffic = communication.round_traffic(process.next)
   round_process = process_lib.with_client_data(process, population, work)
   sample = SampleGenerator(models)
-  ledger = EpsilonLedger(config) if config.dp_enabled else None
+  ledger = EpsilonLedger(config, num_clients) if config.dp_enabled else None
   if ledger is not None:
-    message = privacy.delta_warning(config.effective_dp_delta, config.num_clients)
+    message = privacy.delta_warning(config.effective_dp_delta, num_clients)
     if message:
       logging.warning(message)
 
@@ -307,7 +345,8 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
   samples_dir = os.path.join(config.output_dir, 'samples')
   os.makedirs(samples_dir, exist_ok=True)
   privacy_columns = ('epsilon',) if ledger is not None else ()
-  columns = BASE_COLUMNS + privacy_columns + tuple(task.metric_names)
+  metric_names = tuple(task.metric_names) + (CONDITIONAL_METRICS if config.conditional else ())
+  columns = BASE_COLUMNS + privacy_columns + metric_names
   reference = task.prepare_evaluation(os.path.join(config.output_dir, CLASSIFIER_DIR))
   if reference:
     write_text_atomically(os.path.join(config.output_dir, REFERENCE_FILE),
@@ -334,7 +373,7 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
       if config.scheme == 'centralized':
         client_ids = np.zeros(1, np.int64)
       else:
-        client_ids = data.sample_clients(config.num_clients, config.clients_per_round,
+        client_ids = data.sample_clients(num_clients, config.clients_per_round,
                                          round_num=round_num, seed=config.seed,
                                          method=config.client_sampling)
       completed = data.surviving_clients(client_ids, config.dropout_rate,
@@ -356,15 +395,33 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
       if round_num % config.eval_every == 0 or round_num == config.rounds:
         samples = sample(state.weights.generator, config.num_eval_samples,
                          seed=config.seed + round_num)
-        row.update(task.evaluate(samples))
+        row.update(evaluate_samples(task, samples, config.conditional))
+        if config.conditional:
+          samples, _ = conditional.unpack(samples, task.num_labels)
         task.render(samples, os.path.join(samples_dir, f'round_{round_num:05d}.png'))
       release.release(row, round_num)
       if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
         checkpoints.save(state, round_num)
-      latest_evaluation.update({k: row[k] for k in task.metric_names if k in row})
-      rounds.set_postfix(_progress_fields({**row, **latest_evaluation}, task.metric_names),
+      latest_evaluation.update({k: row[k] for k in metric_names if k in row})
+      rounds.set_postfix(_progress_fields({**row, **latest_evaluation}, metric_names),
                          refresh=False)
   return TrainResult(state=state, last_row=row)
+
+
+CONDITIONAL_METRICS = ('conditional_accuracy',)
+
+
+def evaluate_samples(task, samples: np.ndarray, conditional_gan: bool) -> dict[str, float]:
+  """The task's metrics of generator samples; for a conditional GAN also
+  `conditional_accuracy`: the fraction of samples the task's judge (`task.predict_labels`)
+  assigns to the class they were generated for (1/K for a generator that ignores its class).
+  """
+  if not conditional_gan:
+    return task.evaluate(samples)
+  examples, labels = conditional.unpack(samples, task.num_labels)
+  metrics = task.evaluate(examples)
+  metrics['conditional_accuracy'] = float(np.mean(task.predict_labels(examples) == labels))
+  return metrics
 
 
 def last_released_row(output_dir: str) -> dict[str, Any]:
