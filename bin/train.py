@@ -197,13 +197,15 @@ def main(argv: list[str]) -> int:
 
   _cli.quiet_tensorflow()
   import tasks  # noqa: PLC0415
-  from tff_gan import training  # noqa: PLC0415
+  from tff_gan import contexts, training  # noqa: PLC0415
 
   try:
     task = tasks.task_from_config(config)
-  except ValueError as e:  # ConfigError, or a task's own argument check.
+  except ValueError as e:  # ConfigError, or a task's own check of its arguments or files.
     _cli.usage_error(program, str(e))
-  from tff_gan import contexts  # noqa: PLC0415
+  except contexts.WorkerError as e:  # The worker of a task's federated statistics.
+    print(f'{program}: error: {e}', file=sys.stderr)
+    return 1
   from tff_gan import program as program_lib  # noqa: PLC0415
   try:
     result = training.train(config, task, show_progress=FLAGS.progress,

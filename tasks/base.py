@@ -232,8 +232,10 @@ def mlp_generator(
     hidden_units: tuple[int, ...],
     data_shape: tuple[int, ...],
     output_scale: float = 1.0,
+    bounded: bool = True,
 ) -> tf.keras.Model:
-  """A fully connected generator: ReLU hidden layers, then tanh outputs times `output_scale`.
+  """A fully connected generator: ReLU hidden layers, then tanh outputs times `output_scale`
+  (or, unless `bounded`, a linear output layer).
 
   Args:
     noise_dim: Length of the input noise vector.
@@ -241,6 +243,7 @@ def mlp_generator(
     data_shape: Shape of one output sample; the flat output is reshaped to it.
     output_scale: The tanh output is multiplied by this, so samples lie in
       `[-output_scale, output_scale]`.
+    bounded: False for a linear output (no tanh, no scale), for unbounded data.
 
   Returns:
     A built Keras model mapping `[B, noise_dim]` to `[B, *data_shape]`.
@@ -248,11 +251,10 @@ def mlp_generator(
   layers = [tf.keras.Input(shape=(noise_dim,))]
   for units in hidden_units:
     layers += [tf.keras.layers.Dense(units), tf.keras.layers.ReLU()]
-  layers += [
-      tf.keras.layers.Dense(int(np.prod(data_shape))),
-      tf.keras.layers.Activation('tanh'),
-  ]
-  if output_scale != 1.0:
+  layers.append(tf.keras.layers.Dense(int(np.prod(data_shape))))
+  if bounded:
+    layers.append(tf.keras.layers.Activation('tanh'))
+  if bounded and output_scale != 1.0:
     layers.append(tf.keras.layers.Rescaling(output_scale))
   if len(data_shape) > 1:
     layers.append(tf.keras.layers.Reshape(data_shape))

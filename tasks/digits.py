@@ -65,6 +65,9 @@ class DigitsTask(base.Task):
     pixels = digits.images.reshape(-1, _IMAGE_SIDE, _IMAGE_SIDE, 1)
     self.examples = (pixels / (_MAX_PIXEL / 2) - 1).astype(np.float32)
     self.labels = digits.target.astype(np.int64)
+    # The real images evaluation compares with, kept apart from the training `examples` that
+    # a subclass may change (e.g. a population of writers in `tff_gan.bug_finding`).
+    self.reference_images, self.reference_labels = self.examples, self.labels
     self.num_labels = 10
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(self.examples))
     num_heldout = round(_HELDOUT_FRACTION * len(order))
@@ -91,10 +94,12 @@ class DigitsTask(base.Task):
   def prepare_evaluation(self, cache_dir: str) -> dict[str, float]:
     """Trains (or loads from `cache_dir`) the classifier; returns the held-out real metrics."""
     self._classifier = evaluation.load_or_train_classifier(
-        self.examples[self._classifier_split], self.labels[self._classifier_split],
+        self.reference_images[self._classifier_split],
+        self.reference_labels[self._classifier_split],
         cache_dir=cache_dir, num_classes=self.num_labels)
     return evaluation.real_data_reference(
-        self._classifier, self.examples[self._classifier_split], self.examples[self._heldout])
+        self._classifier, self.reference_images[self._classifier_split],
+        self.reference_images[self._heldout])
 
   def evaluate(self, samples: np.ndarray) -> dict[str, float]:
     """`frechet_distance` and `classifier_score` of `samples` (see the class docstring).
@@ -106,7 +111,7 @@ class DigitsTask(base.Task):
     if self._classifier is None:
       self.prepare_evaluation(os.path.join(tempfile.gettempdir(), 'tff_gan_classifiers'))
     return evaluation.image_metrics(
-        self._classifier, self.examples[self._classifier_split], samples)
+        self._classifier, self.reference_images[self._classifier_split], samples)
 
   def predict_labels(self, samples: np.ndarray) -> np.ndarray:
     """The evaluation classifier's digit for each sample."""

@@ -61,6 +61,18 @@ def pid_alive(pid: int) -> bool:
 
 
 _PIDS_BEFORE_SESSION: set[int] = set()
+# Every process this session starts inherits the mark (workers get a copy of os.environ), so
+# the leak check below ignores workers of other programs running on the machine meanwhile.
+_SESSION_MARK = f'TFF_GAN_TEST_SESSION={os.getpid()}'.encode()
+os.environ['TFF_GAN_TEST_SESSION'] = str(os.getpid())
+
+
+def started_by_this_session(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/environ', 'rb') as f:
+      return _SESSION_MARK in f.read().split(b'\0')
+  except OSError:  # Gone meanwhile, or not ours to inspect.
+    return False
 
 
 def pytest_sessionstart(session):
@@ -70,7 +82,8 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session, exitstatus):
   """Fails the run if any worker started during the session is still alive at its end."""
   contexts.stop_all_workers()
-  leaked = {pid for pid in worker_pids() - _PIDS_BEFORE_SESSION if pid_alive(pid)}
+  leaked = {pid for pid in worker_pids() - _PIDS_BEFORE_SESSION
+            if pid_alive(pid) and started_by_this_session(pid)}
   if leaked:
     print(f'\nERROR: TFF worker processes left running after the tests: {sorted(leaked)}')
     session.exitstatus = pytest.ExitCode.TESTS_FAILED

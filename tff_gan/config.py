@@ -187,10 +187,6 @@ class TrainConfig:
                           f'upsample twice by 2), got {self.image_size}.')
     if not self.only_digits and self.task != 'emnist':
       raise ConfigError('--noonly_digits applies only to --task=emnist; drop it.')
-    if self.partition == 'natural' and not self.reads_files:
-      raise ConfigError(f'--partition=natural needs data that comes split into clients '
-                        f'({", ".join(FILE_TASKS)}); task {self.task} is split by iid, '
-                        'dirichlet or pathological.')
     if self.task == 'emnist' and self.partition != 'natural':
       raise ConfigError('--task=emnist is split by writer, read client by client from the '
                         f'file: use --partition=natural, not {self.partition}.')

@@ -50,8 +50,9 @@ import tensorflow_federated as tff
 from absl import logging
 from tensorflow_federated.python.common_libs import structure
 from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
+from tensorflow_federated.python.core.impl.context_stack import runtime_error_context
 from tensorflow_federated.python.core.impl.execution_contexts import (
-    mergeable_comp_execution_context,
+  mergeable_comp_execution_context,
 )
 from tensorflow_federated.python.core.impl.types import type_conversions
 
@@ -297,6 +298,17 @@ class _NoExecutionContext(tff.framework.SyncContext):
 
 
 tff.framework.set_default_context(_NoExecutionContext())
+
+
+def execution_context_installed() -> bool:
+  """Whether a TFF execution context (ours, or one a caller installed) is current.
+
+  While none is, the current context is this module's placeholder (or TFF's own
+  `RuntimeErrorContext` in a thread whose context stack was never set).
+  """
+  current = tff.framework.get_context_stack().current
+  return not isinstance(current, (_NoExecutionContext,
+                                  runtime_error_context.RuntimeErrorContext))
 
 
 def _raise_system_exit_on_sigterm(signum, frame):

@@ -15,8 +15,9 @@ Writes to `config.output_dir`:
 * `samples/round_NNNNN.png` — the task's rendering of generated samples at each evaluation;
 * `checkpoints/round_N/` — the full state every `checkpoint_every` rounds (see `program`);
 * `tb/` — TensorBoard event files of the metrics;
-* image tasks: `classifier/` (the evaluation classifier, cached: `--overwrite` keeps it) and
-  `real_data_metrics.json` (the task's metrics of held-out real images, for scale);
+* `real_data_metrics.json`: the task's metrics of held-out real data, for scale (tasks with
+  real data), and `classifier/` (the evaluation classifier of digits and emnist, cached:
+  `--overwrite` keeps it);
 * `worker.log` — the local TFF worker's own output (remote workers log where they run).
 """
 
@@ -205,7 +206,10 @@ def build_population(config: config_lib.TrainConfig, task) -> data.ClientData:
     examples = task.training_examples(config.conditional)
     return data.ClientPopulation(examples, [np.arange(len(examples))])
   if config.partition == 'natural':
-    population = task.natural_population(config.conditional)
+    try:
+      population = task.natural_population(config.conditional)
+    except ValueError as e:
+      raise config_lib.ConfigError(str(e)) from e
     if not config.num_clients:
       return population
     if config.num_clients > population.num_clients:

@@ -1,0 +1,431 @@
+"""Federated EMNIST: handwritten digits and letters, one client per writer.
+
+The data is TFF's own federated EMNIST (Caldas et al., 2018, "LEAF"), read with TFF's loader
+`tff.simulation.datasets.emnist.load_data` from the file the user provides; nothing is ever
+downloaded. That loader reads one SQLite file, `DATA_DIR/emnist_all.sqlite`, and would
+otherwise download `DATABASE_URL` and decompress it there; this task checks for the file first
+and raises `EmnistError` (one line: which file goes where, and where to get it) instead.
+
+The file (as TFF's `SqlClientData` reads it) holds two tables:
+
+* `examples(split_name, client_id, serialized_example_proto)`: one row per image; the blob is
+  a `tf.train.Example` with `pixels` (784 floats, a 28x28 image in row-major order) and
+  `label` (one int64: 0-9 digits, 10-35 upper-case, 36-61 lower-case letters);
+* `client_metadata(client_id, split_name, num_examples)`: one row per writer and split.
+
+The splits are `digits_only_train`/`digits_only_test` (3,383 writers, 10 classes) and
+`all_train`/`all_test` (3,400 writers, 62 classes). Every writer has examples in both.
+
+Pixels: TFF's EMNIST pixels lie in [0, 1] with 1.0 the (white) background and 0.0 the ink,
+the inverse of MNIST's convention. This task maps them to `1 - 2 p`, so the background is -1
+and strokes +1, as in `tasks.digits` (black background, white strokes) and the DP-FedAvg-GAN
+paper's preprocessing.
+
+Memory: only the test split is held in memory (`examples`, 128 MB for the digits, 243 MB for
+all 62 classes); it is what generator samples are scored and rendered against. The train
+split stays in the file: `natural_population` reads each writer's examples on the TFF worker,
+with TFF's own SQL dataset, when a round needs them. Workers therefore need the file at the
+same absolute path as the controller (remote workers included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import pathlib
+import sqlite3
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from absl import logging
+from tensorflow_federated.python.simulation.datasets import sql_client_data
+
+from tasks import base
+from tff_gan import conditional, data, evaluation
+
+DATABASE_FILE = 'emnist_all.sqlite'
+DATABASE_URL = 'https://storage.googleapis.com/tff-datasets-public/emnist_all.sqlite.lzma'
+# (train split, test split, number of classes) of the file, as TFF's loader names them.
+_SPLITS = {True: ('digits_only_train', 'digits_only_test', 10),
+           False: ('all_train', 'all_test', 62)}
+_IMAGE_SIDE = 28
+_PARSE_SPEC = {  # The features of TFF's EMNIST protos, as its loader parses them.
+    'pixels': tf.io.FixedLenFeature(shape=(_IMAGE_SIDE, _IMAGE_SIDE), dtype=tf.float32),
+    'label': tf.io.FixedLenFeature(shape=(), dtype=tf.int64),
+}
+_READ_CHUNK = 4096  # Test-split protos parsed at a time.
+# A batch size far beyond any writer's dataset, so one batch holds all of it; tf.data reserves
+# at most 65,536 slots up front, whatever the batch size.
+_ALL_OF_A_WRITER = 1 << 30
+_MIN_TEST_EXAMPLES = 10  # The evaluation needs at least 2 held-out and 2 classifier examples.
+_HELDOUT_FRACTION = 0.2  # Of the test split, kept from the classifier to calibrate the metrics.
+_SPLIT_SEED = 0  # Fixed: the classifier and the reference values do not change with --seed.
+# Passes of the evaluation classifier over its ~33k (digits) or ~62k (all classes) examples:
+# about 80 s or 150 s on 2 cores, once (the weights are cached). Unlike digits' 1,437 images,
+# these are plenty for a few epochs.
+_CLASSIFIER_EPOCHS = 3
+_UPSCALE = 2
+
+
+class EmnistError(ValueError):
+  """The EMNIST file is missing or cannot be read; the message says which file and the fix."""
+
+
+def _to_model_pixels(pixels):
+  """TFF's pixels `[..., 28, 28]` in [0, 1] (1 = background) as `[..., 28, 28, 1]` in [-1, 1]
+  (-1 = background, +1 = ink)."""
+  return (1.0 - 2.0 * pixels)[..., None]
+
+
+class EmnistTask(base.Task):
+  """Federated EMNIST: 28x28x1 images in [-1, 1], one natural client per writer.
+
+  `examples`/`labels` are the test split, in the file's row order; `client_ids` are the train
+  split's writers, sorted as TFF gives them; `natural_population` reads a writer's train
+  examples on the TFF worker.
+
+  Architectures (`model`), hidden sizes and filter counts multiplied by `width`:
+    - `'dcgan'` (default): the DP-FedAvg-GAN paper's EMNIST pair (Augenstein et al., ICLR
+      2020, after TF-GAN's MNIST networks) without its batch norm, which does not mix with
+      federated averaging or DP (statistics of one client's batch, averaged across clients),
+      and without weight decay. G = Dense 1024 -> ReLU -> Dense 7*7*256 -> ReLU -> 7x7x256 ->
+      ConvT 64 (4x4, stride 2) -> ReLU -> ConvT 32 (4x4, stride 2) -> ReLU -> Conv 1 (4x4) ->
+      tanh; D = Conv 64 (4x4, stride 2) -> LeakyReLU(0.2) -> Conv 128 (4x4, stride 2) ->
+      LeakyReLU(0.2) -> Flatten -> Dense 1024 -> LeakyReLU(0.2) -> Dense 1. At full width G
+      has 13.2M and D 6.6M weights (most in the two wide Dense layers), all sent to every
+      client each round; `width` 0.5 cuts that about fourfold.
+    - `'mlp'`: G = Dense 256 -> 512 -> 1024 (ReLU) -> Dense 784 -> tanh -> 28x28x1;
+      D = Flatten -> Dense 1024 -> 512 -> 256 (LeakyReLU(0.2)) -> Dense 1.
+
+  Metrics (`tff_gan.evaluation`), from a small conv classifier trained on a fixed 80% of the
+  test split (cached by `prepare_evaluation`): `frechet_distance` between its penultimate
+  activations of the samples and of that 80% (lower is better) and `classifier_score` of the
+  samples (higher is better, at most `num_labels`). `prepare_evaluation` returns both for
+  the held-out 20% of real test images.
+  """
+
+  name = 'emnist'
+  model_choices = ('dcgan', 'mlp')
+  metric_names = ('frechet_distance', 'classifier_score')
+  reads_files = True
+
+  def __init__(self, *, data_dir: str, only_digits: bool = True, noise_dim: int = 64,
+               seed: int = 0, model: str = 'dcgan', width: float = 1.0):
+    """Opens `data_dir/emnist_all.sqlite` with TFF's loader and reads its test split.
+
+    Args:
+      data_dir: Folder holding `emnist_all.sqlite` (see the module docstring).
+      only_digits: The 10 digit classes (3,383 writers); False for all 62 classes (3,400).
+      noise_dim: Length of the generator's noise vector (64 in the paper).
+      seed: Kept for the common task interface; the data does not depend on it.
+      model: `'dcgan'` or `'mlp'`.
+      width: Multiplier of hidden units and filters.
+
+    Raises:
+      EmnistError: If the file is missing, unreadable, or not TFF's EMNIST database.
+      ValueError: For an invalid `model`, `width` or `noise_dim`.
+    """
+    super().__init__(seed=seed, model=model, width=width)
+    if isinstance(noise_dim, bool) or not isinstance(noise_dim, int | np.integer) or noise_dim < 1:
+      raise ValueError(f'noise_dim must be a positive int, got {noise_dim!r}.')
+    self.noise_dim = int(noise_dim)
+    self.only_digits = bool(only_digits)
+    self._train_split, self._test_split, self.num_labels = _SPLITS[self.only_digits]
+    self.database_path = _database_path(data_dir)
+    train, _ = _load_with_tff(self.database_path, self.only_digits)
+    self._writer_dataset_fn = train.serializable_dataset_fn
+    self.client_ids = list(train.client_ids)
+    unsafe = [writer for writer in self.client_ids if "'" in writer]
+    if unsafe:  # TFF pastes the id into its SQL query.
+      raise EmnistError(f'{self.database_path} has writer ids with a quote ({unsafe[0]!r}), '
+                        f'which TFF cannot query; download the file again from {DATABASE_URL}.')
+    with _connect(self.database_path) as connection:
+      self._client_sizes = _client_sizes(connection, self.database_path, self._train_split,
+                                         self.client_ids)
+      self.examples, self.labels = _read_split(connection, self.database_path,
+                                               self._test_split, self.num_labels)
+      if not _has_client_index(connection):
+        logging.warning(
+            '%s has no index on examples(client_id): reading a writer scans the whole file. '
+            "To speed rounds up, run: sqlite3 %s 'CREATE INDEX examples_client_id ON "
+            "examples(client_id, split_name)'", self.database_path, self.database_path)
+    logging.info('EMNIST: %d train writers (%d examples), %d test examples in memory.',
+                 len(self.client_ids), self._client_sizes.sum(), len(self.examples))
+    order = np.random.default_rng(_SPLIT_SEED).permutation(len(self.examples))
+    num_heldout = round(_HELDOUT_FRACTION * len(order))
+    self._heldout, self._classifier_split = order[:num_heldout], order[num_heldout:]
+    self._classifier = None
+    self._real_activations = None
+
+  @property
+  def has_natural_clients(self) -> bool:
+    """Always: the train split comes split by writer."""
+    return True
+
+  @property
+  def client_sizes(self) -> np.ndarray:
+    """Train examples per writer (`client_ids` order), from the file's metadata."""
+    return self._client_sizes.copy()
+
+  def natural_population(self, conditional_gan: bool = False) -> EmnistWriters:
+    """The train split's writers, each read from the file on the TFF worker.
+
+    Args:
+      conditional_gan: Pack each example with its class (`tff_gan.conditional.pack`).
+    """
+    return EmnistWriters(self._writer_dataset_fn, self.client_ids, self._client_sizes,
+                         num_labels=self.num_labels if conditional_gan else 0)
+
+  def networks(self, generator_input_dim: int, discriminator_input_shape: tuple[int, ...]):
+    """The generator and discriminator of the architecture `model`, scaled by `width`."""
+    data_shape = (_IMAGE_SIDE, _IMAGE_SIDE, 1)
+    if self.model == 'mlp':
+      return (
+          functools.partial(base.mlp_generator, generator_input_dim,
+                            (self.scaled(256), self.scaled(512), self.scaled(1024)), data_shape),
+          functools.partial(base.mlp_discriminator, discriminator_input_shape,
+                            (self.scaled(1024), self.scaled(512), self.scaled(256))),
+      )
+    return (
+        functools.partial(_dcgan_generator, generator_input_dim, self.scaled(1024),
+                          self.scaled(256), (self.scaled(64), self.scaled(32))),
+        functools.partial(_dcgan_discriminator, discriminator_input_shape,
+                          (self.scaled(64), self.scaled(128)), self.scaled(1024)),
+    )
+
+  def prepare_evaluation(self, cache_dir: str) -> dict[str, float]:
+    """Trains (or loads from `cache_dir`) the classifier; returns the held-out real metrics."""
+    self._classifier = evaluation.load_or_train_classifier(
+        self.examples[self._classifier_split], self.labels[self._classifier_split],
+        cache_dir=cache_dir, num_classes=self.num_labels, epochs=_CLASSIFIER_EPOCHS)
+    # The reference set's activations are computed once here, not at every evaluation.
+    self._real_activations = self._classifier.activations(self.examples[self._classifier_split])
+    return self._scores(self.examples[self._heldout])
+
+  def evaluate(self, samples: np.ndarray) -> dict[str, float]:
+    """`frechet_distance` and `classifier_score` of `samples` (see the class docstring).
+
+    Uses the classifier of `prepare_evaluation`; if it was not called, prepares with a cache
+    under the system's temporary directory.
+    """
+    return self._scores(self._check_samples(samples).astype(np.float32))
+
+  def predict_labels(self, samples: np.ndarray) -> np.ndarray:
+    """The evaluation classifier's class of each sample."""
+    samples = self._check_samples(samples).astype(np.float32)
+    self._ensure_classifier()
+    return self._classifier.logits(samples).argmax(axis=-1)
+
+  def render(self, samples: np.ndarray, path: str) -> None:
+    """Writes the first 64 samples as a grid of up to 8 columns to the PNG `path`.
+
+    Pixels map linearly from [-1, 1] to gray levels [0, 255] (clipped): the background of
+    real characters is black and strokes are white. Each image is upscaled 2x (nearest
+    neighbour); cells are separated by 2 mid-gray pixels.
+    """
+    base.write_image_grid(self._check_samples(samples), path, upscale=_UPSCALE)
+
+  def _ensure_classifier(self) -> None:
+    if self._classifier is None:
+      self.prepare_evaluation(os.path.join(tempfile.gettempdir(), 'tff_gan_classifiers'))
+
+  def _scores(self, images: np.ndarray) -> dict[str, float]:
+    """`evaluation.image_metrics` of `images` against the cached reference activations."""
+    self._ensure_classifier()
+    activations, logits = self._classifier.activations_and_logits(images)
+    return {'frechet_distance': evaluation.frechet_distance(self._real_activations, activations),
+            'classifier_score': evaluation.classifier_score(logits)}
+
+
+class EmnistWriters(data.ClientData):
+  """EMNIST writers whose examples TF reads from the SQLite file on the executor.
+
+  Client `k` is writer `client_ids[k]`. Its examples are read by TFF's own per-client SQL
+  dataset (`SqlClientData.serializable_dataset_fn`, which runs a `tf.data` SQL query and
+  parses the protos), so the controller never holds the train split: a round sends each
+  client only its key, and the worker reads the writer's rows when it builds the client's
+  dataset. The base class then shuffles and batches them.
+
+  Args:
+    dataset_fn: TFF's serializable dataset function of the train split: a writer's string id
+      to a dataset of `{'label': int32, 'pixels': float32 [28, 28]}`.
+    client_ids: The writers, in client order.
+    client_sizes: Examples per writer, in client order.
+    num_labels: If positive, examples are packed with their class for a conditional GAN.
+  """
+
+  def __init__(self, dataset_fn, client_ids, client_sizes, *, num_labels: int = 0):
+    if not len(client_ids):
+      raise ValueError('a population needs at least one writer.')
+    self._dataset_fn = dataset_fn
+    self._client_ids = [str(writer) for writer in client_ids]
+    self._client_sizes = np.asarray(client_sizes, np.int64)
+    self._num_labels = num_labels
+
+  @property
+  def num_clients(self) -> int:
+    return len(self._client_ids)
+
+  @property
+  def client_sizes(self) -> np.ndarray:
+    return self._client_sizes.copy()
+
+  def client_examples_tensor(self, client_id: tf.Tensor) -> tf.Tensor:
+    """Writer `client_id`'s train examples `[n, 28, 28, 1]` (packed `[n, 28, 28, 1 + K]`)."""
+    writer = tf.gather(tf.constant(self._client_ids, tf.string), client_id)
+    everything = self._dataset_fn(writer).batch(_ALL_OF_A_WRITER).get_single_element()
+    examples = _to_model_pixels(everything['pixels'])
+    if not self._num_labels:
+      return examples
+    return conditional.pack(examples, everything['label'], self._num_labels)
+
+
+def _database_path(data_dir: str) -> str:
+  """The absolute path of the database in `data_dir`; EmnistError if it is not there."""
+  if not data_dir:
+    raise EmnistError(f'no data_dir given: put {DATABASE_FILE} (from {DATABASE_URL}, '
+                      'decompressed with `xz -d`) in a folder and pass that folder.')
+  directory = os.path.abspath(os.path.expanduser(data_dir))
+  path = os.path.join(directory, DATABASE_FILE)
+  if os.path.isfile(path):
+    return path
+  if os.path.isfile(f'{path}.lzma'):
+    raise EmnistError(f'{path}.lzma is still compressed: run `xz -d {path}.lzma` to get '
+                      f'{DATABASE_FILE} there (nothing is downloaded).')
+  raise EmnistError(f'{DATABASE_FILE} not found in {directory}: download {DATABASE_URL}, '
+                    f'decompress it with `xz -d` and put {DATABASE_FILE} in that folder '
+                    '(nothing is downloaded here).')
+
+
+def _load_with_tff(path: str, only_digits: bool):
+  """TFF's (train, test) `ClientData` of the file at `path`, which exists."""
+  try:
+    return tff.simulation.datasets.emnist.load_data(only_digits=only_digits,
+                                                    cache_dir=os.path.dirname(path))
+  except sqlite3.Error as e:
+    raise EmnistError(f'{path} is not a readable SQLite database ({e}); download it again '
+                      f'from {DATABASE_URL} and decompress it with `xz -d`.') from e
+  except sql_client_data.DatabaseFormatError as e:
+    raise EmnistError(f'{path} lacks the tables of federated EMNIST (examples, '
+                      f'client_metadata); download it again from {DATABASE_URL}.') from e
+  except StopIteration as e:  # TFF's loader peeks at the first writer of each split.
+    train_split, test_split, _ = _SPLITS[only_digits]
+    raise EmnistError(f"{path} has no writers in split '{train_split}' or '{test_split}' "
+                      f'(only_digits={only_digits}); download the full file again from '
+                      f'{DATABASE_URL}.') from e
+
+
+def _connect(path: str) -> contextlib.closing:
+  """A read-only connection to `path`, closed when its `with` block ends."""
+  return contextlib.closing(sqlite3.connect(f'{pathlib.Path(path).as_uri()}?mode=ro', uri=True))
+
+
+def _client_sizes(connection, path: str, split: str, client_ids: list[str]) -> np.ndarray:
+  """Examples per writer of `split`, in `client_ids` order, from `client_metadata`."""
+  try:
+    rows = connection.execute(
+        'SELECT client_id, num_examples FROM client_metadata WHERE split_name = ?',
+        (split,)).fetchall()
+  except sqlite3.Error as e:
+    raise EmnistError(f'{path} has no readable client_metadata.num_examples ({e}); download '
+                      f'it again from {DATABASE_URL}.') from e
+  sizes = dict(rows)
+  missing = [writer for writer in client_ids if not sizes.get(writer, 0) > 0]
+  if missing:
+    raise EmnistError(f"{path} lists no examples of writer {missing[0]!r} in split '{split}' "
+                      f'({len(missing)} such writers); download it again from {DATABASE_URL}.')
+  return np.array([sizes[writer] for writer in client_ids], np.int64)
+
+
+def _read_split(connection, path: str, split: str,
+                num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+  """All examples `[N, 28, 28, 1]` in [-1, 1] and int64 labels `[N]` of `split`, in row order.
+
+  One query over the split, parsed as TFF parses a client's protos; reading the split writer
+  by writer through TFF would run one query per writer.
+  """
+  examples, labels = [], []
+  try:
+    cursor = connection.execute(
+        'SELECT serialized_example_proto FROM examples WHERE split_name = ? ORDER BY rowid',
+        (split,))
+    while rows := cursor.fetchmany(_READ_CHUNK):
+      parsed = tf.io.parse_example(tf.constant([row[0] for row in rows], tf.string),
+                                   _PARSE_SPEC)
+      examples.append(_to_model_pixels(parsed['pixels'].numpy()).astype(np.float32))
+      labels.append(parsed['label'].numpy())
+  except sqlite3.Error as e:
+    raise EmnistError(f"{path}: cannot read split '{split}' ({e}); download it again from "
+                      f'{DATABASE_URL}.') from e
+  except tf.errors.InvalidArgumentError as e:
+    raise EmnistError(f"{path}: the examples of split '{split}' are not EMNIST protos "
+                      f'(28x28 pixels and a label); download it again from {DATABASE_URL}.'
+                      ) from e
+  num_examples = sum(len(chunk) for chunk in labels)
+  if num_examples < _MIN_TEST_EXAMPLES:
+    raise EmnistError(f"{path} has {num_examples} examples in split '{split}', fewer than the "
+                      f'{_MIN_TEST_EXAMPLES} the evaluation needs; use the full file from '
+                      f'{DATABASE_URL}.')
+  labels = np.concatenate(labels).astype(np.int64)
+  if labels.min() < 0 or labels.max() >= num_labels:
+    raise EmnistError(f"{path}: split '{split}' has labels in [{labels.min()}, {labels.max()}]"
+                      f', outside [0, {num_labels}); download it again from {DATABASE_URL}.')
+  return np.concatenate(examples), labels
+
+
+def _has_client_index(connection) -> bool:
+  """Whether an index of `examples` starts with `client_id` (per-writer reads seek, not scan)."""
+  try:
+    for index in connection.execute('PRAGMA index_list(examples)').fetchall():
+      columns = connection.execute(f'PRAGMA index_info("{index[1]}")').fetchall()
+      if columns and columns[0][2] == 'client_id':
+        return True
+  except sqlite3.Error:
+    return False
+  return False
+
+
+def _dcgan_generator(noise_dim: int, hidden_units: int, base_filters: int,
+                     upsampling_filters: tuple[int, int]) -> tf.keras.Model:
+  """Noise -> Dense -> 7x7x`base_filters` -> two stride-2 ConvT -> 28x28x1 tanh (no batch norm)."""
+  layers = tf.keras.layers
+  return tf.keras.Sequential(
+      [
+          tf.keras.Input(shape=(noise_dim,)),
+          layers.Dense(hidden_units),
+          layers.ReLU(),
+          layers.Dense(7 * 7 * base_filters),
+          layers.ReLU(),
+          layers.Reshape((7, 7, base_filters)),
+          layers.Conv2DTranspose(upsampling_filters[0], 4, strides=2, padding='same'),
+          layers.ReLU(),
+          layers.Conv2DTranspose(upsampling_filters[1], 4, strides=2, padding='same'),
+          layers.ReLU(),
+          layers.Conv2D(1, 4, padding='same'),
+          layers.Activation('tanh'),
+      ],
+      name='generator',
+  )
+
+
+def _dcgan_discriminator(input_shape: tuple[int, ...], filters: tuple[int, int],
+                         hidden_units: int) -> tf.keras.Model:
+  """Images `[B, 28, 28, C]` -> two stride-2 convolutions -> Dense -> logits `[B, 1]`."""
+  layers = tf.keras.layers
+  return tf.keras.Sequential(
+      [
+          tf.keras.Input(shape=input_shape),
+          layers.Conv2D(filters[0], 4, strides=2, padding='same'),
+          layers.LeakyReLU(0.2),
+          layers.Conv2D(filters[1], 4, strides=2, padding='same'),
+          layers.LeakyReLU(0.2),
+          layers.Flatten(),
+          layers.Dense(hidden_units),
+          layers.LeakyReLU(0.2),
+          layers.Dense(1),
+      ],
+      name='discriminator',
+  )
