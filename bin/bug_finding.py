@@ -37,7 +37,13 @@ flags.DEFINE_float('dp_noise_multiplier', 1.0, 'Gaussian noise multiplier of DP-
 flags.DEFINE_float('dp_clip', 0.1, 'L2 clip norm of a writer\'s discriminator update.')
 flags.DEFINE_float('dp_delta', 1e-3, 'delta at which epsilon is reported (writer-level).')
 flags.DEFINE_integer('batch_size', 32, 'Client batch size.')
+flags.DEFINE_integer('local_epochs', 1, 'Passes over its data a writer makes per round.')
+flags.DEFINE_float('client_learning_rate', 1e-3, 'Learning rate of the writers\' discriminator '
+                   'optimizer (Adam).')
 flags.DEFINE_integer('server_gen_steps', 2, 'Generator steps the server takes per round.')
+flags.DEFINE_float('generator_learning_rate', 1e-3, 'Learning rate of the server\'s generator '
+                   'optimizer (Adam).')
+flags.DEFINE_string('model', 'mlp', 'Network pair: mlp or dcgan.')
 flags.DEFINE_float('model_width', 1.0, 'Multiplier on hidden layer sizes.')
 flags.DEFINE_integer('eval_every', 50, 'Evaluate and checkpoint every N rounds.')
 flags.DEFINE_integer('seed', 0, 'Seed of the writers, the inversion and the training runs.')

@@ -330,8 +330,8 @@ _CELL_PADDING = 2
 _PADDING_GRAY = 128
 
 
-def write_image_grid(images: np.ndarray, path: str, *, upscale: int = 1) -> None:
-  """Writes the first 64 images `[M, H, W, C]` (C = 1 or 3, values in [-1, 1]) as a PNG grid.
+def image_grid(images: np.ndarray, *, upscale: int = 1) -> np.ndarray:
+  """The first 64 images `[M, H, W, C]` (values in [-1, 1]) as one uint8 grid `[h, w, C]`.
 
   Up to 8 columns; pixels map linearly from [-1, 1] to [0, 255] (clipped, NaN as 0); each
   image is upscaled `upscale` times (nearest neighbour); cells are separated by 2 mid-gray
@@ -350,5 +350,13 @@ def write_image_grid(images: np.ndarray, path: str, *, upscale: int = 1) -> None
     top = _CELL_PADDING + (position // num_columns) * cell_height
     left = _CELL_PADDING + (position % num_columns) * cell_width
     canvas[top : top + height, left : left + width] = image
-  mode = 'L' if channels == 1 else 'RGB'
-  write_png(Image.fromarray(canvas[..., 0] if channels == 1 else canvas, mode=mode), path)
+  return canvas
+
+
+def write_image_grid(images: np.ndarray, path: str, *, upscale: int = 1) -> None:
+  """Writes `image_grid(images, upscale=upscale)` (C = 1 or 3) as a PNG at `path`."""
+  canvas = image_grid(images, upscale=upscale)
+  if canvas.shape[-1] == 1:
+    write_png(Image.fromarray(canvas[..., 0], mode='L'), path)
+  else:
+    write_png(Image.fromarray(canvas, mode='RGB'), path)

@@ -62,6 +62,18 @@ def test_epsilon_grows_with_rounds_and_is_zero_before_any():
   assert values == sorted(values) and values[1] > 0
 
 
+@pytest.mark.parametrize('method, accountant', [('fixed', 'rdp'), ('poisson', 'rdp'),
+                                                ('poisson', 'pld')])
+def test_epsilon_curve_equals_a_fresh_accountant_every_round(method, accountant):
+  sampling = privacy.Sampling(method, 75, 10)
+  event = dp_accounting.GaussianDpEvent(1.1)
+  curve = privacy.EpsilonCurve(event, sampling, 1e-3, accountant)
+  assert curve(0) == 0.0
+  for rounds in (1, 7, 200):
+    assert curve(rounds) == pytest.approx(
+        privacy.epsilon(event, sampling, rounds, 1e-3, accountant), rel=1e-9)
+
+
 def test_calibration_inverts_epsilon():
   sampling = privacy.Sampling('poisson', 1000, 10)
   target = privacy.epsilon(dp_accounting.GaussianDpEvent(1.1), sampling, 500, 1e-5)

@@ -32,6 +32,7 @@ import tempfile
 
 import numpy as np
 
+from tasks import base
 from tasks.digits import DigitsTask
 from tff_gan import config as config_lib
 from tff_gan import partition, training
@@ -39,7 +40,6 @@ from tff_gan import partition, training
 SUMMARY_FILE = 'summary.json'
 GRID_FILE = 'bug_finding.png'
 POPULATIONS = ('lowest_accuracy', 'highest_accuracy')
-_GRID_SAMPLES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,8 @@ class ScenarioConfig:
     inverted_fraction: Fraction of writers whose pixels the app update inverts.
     selection_fraction: Fraction of writers in each selected population.
     rounds, clients_per_round, dp_noise_multiplier, dp_clip, dp_delta, batch_size,
-    local_epochs, server_gen_steps, model_width, seed: The DP-FedAvg-GAN runs' settings
+    local_epochs, client_learning_rate, server_gen_steps, generator_learning_rate, model,
+    model_width, seed: The DP-FedAvg-GAN runs' settings
       (see `bin/train.py --help`); `clients_per_round` writers of a population per round.
   """
 
@@ -68,7 +69,10 @@ class ScenarioConfig:
   dp_delta: float = 1e-3
   batch_size: int = 32
   local_epochs: int = 1
+  client_learning_rate: float = 1e-3
   server_gen_steps: int = 2
+  generator_learning_rate: float = 1e-3
+  model: str = 'mlp'
   model_width: float = 1.0
   eval_every: int = 50
   seed: int = 0
@@ -102,7 +106,10 @@ class ScenarioConfig:
         clients_per_round=self.clients_per_round, rounds=self.rounds,
         dp_noise_multiplier=self.dp_noise_multiplier, dp_clip=self.dp_clip,
         dp_delta=self.dp_delta, batch_size=self.batch_size, local_epochs=self.local_epochs,
-        server_gen_steps=self.server_gen_steps, model_width=self.model_width,
+        client_learning_rate=self.client_learning_rate,
+        server_gen_steps=self.server_gen_steps,
+        generator_learning_rate=self.generator_learning_rate, model=self.model,
+        model_width=self.model_width,
         eval_every=self.eval_every, checkpoint_every=self.eval_every,
         num_eval_samples=500, seed=self.seed,
         output_dir=os.path.join(self.output_dir, population))
@@ -211,7 +218,8 @@ def run(config: ScenarioConfig, *, show_progress: bool = True, overwrite: bool =
   samples = {}
   for name in POPULATIONS:
     selected = selections[name]
-    task = WriterPopulationTask(writers, selected, seed=config.seed, width=config.model_width)
+    task = WriterPopulationTask(writers, selected, seed=config.seed, model=config.model,
+                                width=config.model_width)
     result = training.train(config.train_config(name), task, show_progress=show_progress,
                             overwrite=overwrite)
     generated = training.SampleGenerator(task.gan_models())(
@@ -241,9 +249,8 @@ def write_grid(samples: dict[str, np.ndarray], summary: dict, path: str) -> None
   figure, axes = plt.subplots(1, 2, figsize=(10, 5.6))
   for axis, name in zip(axes, POPULATIONS, strict=True):
     population = summary['populations'][name]
-    images = np.clip(samples[name][:_GRID_SAMPLES, :, :, 0], -1, 1)
-    rows = [np.concatenate(list(images[i:i + 8]), axis=1) for i in range(0, len(images), 8)]
-    axis.imshow(np.concatenate(rows, axis=0), cmap='gray', vmin=-1, vmax=1)
+    axis.imshow(base.image_grid(samples[name], upscale=4)[..., 0], cmap='gray', vmin=0,
+                vmax=255)
     axis.set_title(f"{name.replace('_', ' ')} writers "
                    f"(deployed accuracy {100 * population['mean_accuracy']:.0f}%)\n"
                    f"DP-FedAvg-GAN, ε = {population['epsilon']:.2f} at δ = "

@@ -24,6 +24,7 @@ import dataclasses
 import attr
 import dp_accounting
 import numpy as np
+from dp_accounting.rdp import rdp_privacy_accountant
 
 SAMPLING_METHODS = ('fixed', 'poisson')
 ACCOUNTANTS = ('rdp', 'pld')
@@ -95,6 +96,38 @@ def epsilon(
   ledger = make_accountant(accountant, sampling)
   ledger.compose(dp_accounting.SelfComposedDpEvent(sampling.sampled(round_event), rounds))
   return float(ledger.get_epsilon(delta))
+
+
+class EpsilonCurve:
+  """ε at `delta` after any number of rounds of one mechanism, cheaply for every round.
+
+  With the RDP accountant, the Rényi divergences of one round are computed once and scaled by
+  the round count (RDP adds up over compositions), so each call costs microseconds instead of
+  the 0.3-0.8 s a fresh accountant spends on a subsampled Gaussian; the values equal
+  `epsilon(...)`'s (a test checks). The PLD accountant has no such shortcut: each call
+  composes afresh.
+  """
+
+  def __init__(self, round_event: dp_accounting.DpEvent, sampling: Sampling, delta: float,
+               accountant: str = 'rdp'):
+    check_delta(delta)
+    self._args = (round_event, sampling)
+    self._delta = delta
+    self._accountant = accountant
+    self._one_round = None
+    if accountant == 'rdp':
+      one_round = make_accountant(accountant, sampling)
+      one_round.compose(sampling.sampled(round_event))
+      # dp_accounting (pinned in pyproject.toml) keeps the orders and their RDP privately.
+      self._orders, self._one_round = one_round._orders, one_round._rdp.copy()  # noqa: SLF001
+
+  def __call__(self, rounds: int) -> float:
+    if rounds == 0:
+      return 0.0
+    if self._one_round is None:
+      return epsilon(*self._args, rounds, self._delta, self._accountant)
+    return float(rdp_privacy_accountant.compute_epsilon(
+        self._orders, rounds * self._one_round, self._delta)[0])
 
 
 def noise_multiplier_for_epsilon(

@@ -142,13 +142,14 @@ class EpsilonLedger:
                                       config.clients_per_round)
     self._delta = config.effective_dp_delta
     self._accountant = config.dp_accountant
-    self._round_event = None
+    self._curve = None
 
   def epsilon(self, state: ServerState) -> float:
-    if self._round_event is None:  # The same mechanism every round: convert it once.
-      self._round_event = privacy.round_event_from_aggregator_state(state.aggregator_state)
-    return privacy.epsilon(self._round_event, self._sampling, int(state.round_num),
-                           self._delta, self._accountant)
+    if self._curve is None:  # The same mechanism every round: account for it once.
+      self._curve = privacy.EpsilonCurve(
+          privacy.round_event_from_aggregator_state(state.aggregator_state), self._sampling,
+          self._delta, self._accountant)
+    return self._curve(int(state.round_num))
 
 
 def round_row(round_num: int, seconds: float, num_clients: int, num_completed: int,
