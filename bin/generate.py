@@ -13,6 +13,9 @@ its output for `tf.random.stateless_normal([num_samples, noise_dim], seed=[SEED,
 noise bin/train.py evaluates with. Files are written to temporary names and renamed into place
 only once all three are complete.
 
+Tabular runs also write samples_round_<N>.csv: the samples in the columns' own units, under
+the header of the training files (the .npy holds them normalized, as the generator emits).
+
 A class-conditional run (bin/train.py --conditional) exports G(noise, one_hot_labels) with
 two inputs, noise [batch, noise_dim] and one-hot labels [batch, num_classes]; its samples are
 of class --label, or of classes 0, 1, ..., K-1, 0, 1, ... in turn without it, and their
@@ -83,6 +86,8 @@ def main(argv: list[str]) -> int:
     else:
       samples = training.SampleGenerator(models)(generator_weights, FLAGS.num_samples,
                                                  FLAGS.seed)
+    for suffix, writer in task.sample_exports(samples).items():
+      outputs[os.path.join(export_dir, f'samples_round_{round_num}.{suffix}')] = writer
     os.makedirs(export_dir, exist_ok=True)
     written = export.write_outputs(outputs | {
         os.path.join(export_dir, f'samples_round_{round_num}.png'):

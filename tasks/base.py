@@ -17,6 +17,7 @@ import math
 import numbers
 import os
 import tempfile
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -189,6 +190,15 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def render(self, samples: np.ndarray, path: str) -> None:
     """Writes a PNG picture of generator samples `[M, *data_shape]` to `path`."""
+
+  def sample_exports(self, samples: np.ndarray) -> dict[str, Callable[[str], None]]:
+    """Extra files `bin/generate.py` writes for `samples`: file suffix -> writer of a path.
+
+    None by default; a task whose samples users want in another form adds it (tabular: a CSV
+    in the columns' own units).
+    """
+    del samples
+    return {}
 
   def _check_samples(self, samples: np.ndarray) -> np.ndarray:
     """Returns `samples` as a float array after checking it is `[M, *data_shape]`, M >= 1."""

@@ -327,6 +327,18 @@ class TabularTask(base.Task):
     """Normalized rows `[M, d]` back in the columns' own units, float64: mean + std · v."""
     return self.mean + self.std * np.asarray(samples, np.float64)
 
+  def sample_exports(self, samples: np.ndarray) -> dict:
+    """`csv`: the samples in the columns' own units, with the real files' header."""
+    rows = self.denormalize(self._check_samples(samples))
+
+    def write_csv(path: str) -> None:
+      with open(path, 'w', newline='') as f:
+        writer = csv.writer(f)
+        writer.writerow(self.column_names)
+        writer.writerows([repr(float(value)) for value in row] for row in rows)
+
+    return {'csv': write_csv}
+
   def prepare_evaluation(self, cache_dir: str) -> dict[str, float]:
     """The metrics of the held-out real rows against the rest (nothing to cache)."""
     del cache_dir

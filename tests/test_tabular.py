@@ -402,6 +402,21 @@ def test_bin_train_on_csv_files(tmp_path):
   assert sorted(os.listdir(output_dir / 'samples')) == ['round_00001.png', 'round_00002.png']
   assert (output_dir / 'real_data_metrics.json').exists()
   assert not workers_logging_to(output_dir / 'worker.log')
+  # bin/generate exports the samples normalized (.npy) and in the columns' units (.csv).
+  result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'bin', 'generate.py'),
+                           f'--output_dir={output_dir}', '--num_samples=16'],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+  assert result.returncode == 0, result.stderr
+  normalized = np.load(output_dir / 'export' / 'samples_round_2.npy')
+  with open(output_dir / 'export' / 'samples_round_2.csv', newline='') as f:
+    exported = list(csv.reader(f))
+  assert exported[0] == ['age', 'weight', 'dose']
+  real = np.loadtxt(tmp_path / 'data' / 'clinic_1.csv', delimiter=',', skiprows=1)
+  for other in ('clinic_2', 'clinic_3'):
+    real = np.vstack([real, np.loadtxt(tmp_path / 'data' / f'{other}.csv', delimiter=',',
+                                       skiprows=1)])
+  np.testing.assert_allclose(np.array(exported[1:], float),
+                             real.mean(axis=0) + real.std(axis=0) * normalized, rtol=1e-5)
 
 
 def test_bin_train_bad_file_exits_2_with_one_line(tmp_path):
