@@ -24,29 +24,43 @@ import sys
 import _cli
 from absl import flags
 
-flags.DEFINE_string('output_dir', 'runs/bug_finding', 'Where the grid, the summary and the two '
-                    'training runs are written.')
-flags.DEFINE_integer('num_writers', 300, 'Simulated writers the 1797 digits are spread over.')
-flags.DEFINE_float('inverted_fraction', 0.5, 'Fraction of writers whose pixels the app update '
-                   'inverts.')
-flags.DEFINE_float('selection_fraction', 0.25, 'Fraction of writers in each selected group '
-                   '(lowest and highest accuracy), at most 0.5.')
-flags.DEFINE_integer('rounds', 200, 'DP-FedAvg-GAN rounds per group.')
-flags.DEFINE_integer('clients_per_round', 10, 'Writers of a group sampled per round.')
-flags.DEFINE_float('dp_noise_multiplier', 1.0, 'Gaussian noise multiplier of DP-FedAvg.')
-flags.DEFINE_float('dp_clip', 0.1, 'L2 clip norm of a writer\'s discriminator update.')
-flags.DEFINE_float('dp_delta', 1e-3, 'delta at which epsilon is reported (writer-level).')
-flags.DEFINE_integer('batch_size', 32, 'Client batch size.')
-flags.DEFINE_integer('local_epochs', 1, 'Passes over its data a writer makes per round.')
-flags.DEFINE_float('client_learning_rate', 1e-3, 'Learning rate of the writers\' discriminator '
-                   'optimizer (Adam).')
-flags.DEFINE_integer('server_gen_steps', 2, 'Generator steps the server takes per round.')
-flags.DEFINE_float('generator_learning_rate', 1e-3, 'Learning rate of the server\'s generator '
-                   'optimizer (Adam).')
-flags.DEFINE_string('model', 'mlp', 'Network pair: mlp or dcgan.')
-flags.DEFINE_float('model_width', 1.0, 'Multiplier on hidden layer sizes.')
-flags.DEFINE_integer('eval_every', 50, 'Evaluate and checkpoint every N rounds.')
-flags.DEFINE_integer('seed', 0, 'Seed of the writers, the inversion and the training runs.')
+from tff_gan import config as config_lib
+
+_DEFAULTS = config_lib.BugFindingConfig()
+
+flags.DEFINE_string('output_dir', _DEFAULTS.output_dir, 'Where the grid, the summary and the '
+                    'two training runs are written.')
+flags.DEFINE_integer('num_writers', _DEFAULTS.num_writers, 'Simulated writers the 1797 digits '
+                     'are spread over.')
+flags.DEFINE_float('inverted_fraction', _DEFAULTS.inverted_fraction, 'Fraction of writers '
+                   'whose pixels the app update inverts.')
+flags.DEFINE_float('selection_fraction', _DEFAULTS.selection_fraction, 'Fraction of writers in '
+                   'each selected group (lowest and highest accuracy), at most 0.5.')
+flags.DEFINE_integer('rounds', _DEFAULTS.rounds, 'DP-FedAvg-GAN rounds per group.')
+flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round, 'Writers of a group '
+                     'sampled per round.')
+flags.DEFINE_float('dp_noise_multiplier', _DEFAULTS.dp_noise_multiplier, 'Gaussian noise '
+                   'multiplier of DP-FedAvg.')
+flags.DEFINE_float('dp_clip', _DEFAULTS.dp_clip, "L2 clip norm of a writer's discriminator "
+                   'update.')
+flags.DEFINE_float('dp_delta', _DEFAULTS.dp_delta, 'delta at which epsilon is reported '
+                   '(writer-level).')
+flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Client batch size.')
+flags.DEFINE_integer('local_epochs', _DEFAULTS.local_epochs, 'Passes over its data a writer '
+                     'makes per round.')
+flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate, "Learning rate of "
+                   "the writers' discriminator optimizer (Adam).")
+flags.DEFINE_integer('server_gen_steps', _DEFAULTS.server_gen_steps, 'Generator steps the '
+                     'server takes per round.')
+flags.DEFINE_float('generator_learning_rate', _DEFAULTS.generator_learning_rate, "Learning "
+                   "rate of the server's generator optimizer (Adam).")
+flags.DEFINE_string('model', _DEFAULTS.model, 'Network pair: dcgan or mlp.')
+flags.DEFINE_float('model_width', _DEFAULTS.model_width, 'Multiplier on hidden layer sizes and '
+                   'filters: small networks, because DP noise grows with the number of weights.')
+flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every, 'Evaluate and checkpoint every N '
+                     'rounds.')
+flags.DEFINE_integer('seed', _DEFAULTS.seed, 'Seed of the writers, the inversion and the '
+                     'training runs.')
 flags.DEFINE_bool('overwrite', False, 'Start both training runs over instead of resuming.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 
@@ -56,17 +70,16 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> int:
   program = os.path.basename(argv[0])
   _cli.parse_flags(argv, __doc__)
+  settings = {name: FLAGS[name].value for name in config_lib.BugFindingConfig.__dataclass_fields__}
+  try:  # Checked before TensorFlow is imported, so a typo costs milliseconds.
+    config = config_lib.BugFindingConfig(**settings).validate()
+    config_lib.check_output_dir_writable(config.output_dir)
+  except config_lib.ConfigError as e:
+    _cli.usage_error(program, str(e))
   _cli.quiet_tensorflow()
-  from tff_gan import (
-    bug_finding,  # noqa: PLC0415 (imports TensorFlow)
-    contexts,  # noqa: PLC0415
-  )
-  from tff_gan import config as config_lib  # noqa: PLC0415
+  from tff_gan import bug_finding, contexts  # noqa: PLC0415 (imports TensorFlow)
 
-  settings = {name: FLAGS[name].value
-              for name in bug_finding.ScenarioConfig.__dataclass_fields__ if name in FLAGS}
   try:
-    config = bug_finding.ScenarioConfig(**settings).validate()
     summary = bug_finding.run(config, show_progress=FLAGS.progress, overwrite=FLAGS.overwrite)
   except config_lib.ConfigError as e:
     _cli.usage_error(program, str(e))

@@ -76,7 +76,15 @@ def test_population_task_holds_the_selected_writers_as_clients(digits):
 ])
 def test_bad_settings_are_refused(changes, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
-    bug_finding.ScenarioConfig(**changes).validate()
+    config_lib.BugFindingConfig(**changes).validate()
+
+
+def test_bin_bug_finding_refuses_bad_flags_before_training(tmp_path):
+  result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'bin', 'bug_finding.py'),
+                           '--selection_fraction=0.7', f'--output_dir={tmp_path}'],
+                          capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+  assert result.returncode == 2 and 'at most 0.5' in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1 and not os.listdir(tmp_path)
 
 
 def test_bin_bug_finding_writes_the_grid_and_the_budget(tmp_path):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -40,79 +41,6 @@ from tff_gan import partition, training
 SUMMARY_FILE = 'summary.json'
 GRID_FILE = 'bug_finding.png'
 POPULATIONS = ('lowest_accuracy', 'highest_accuracy')
-
-
-@dataclasses.dataclass(frozen=True)
-class ScenarioConfig:
-  """The scenario's settings (`bin/bug_finding.py` flags mirror them).
-
-  Attributes:
-    output_dir: Where `summary.json`, `bug_finding.png` and one training run per population
-      (`lowest_accuracy/`, `highest_accuracy/`) are written.
-    num_writers: Simulated writers the digits are spread over.
-    inverted_fraction: Fraction of writers whose pixels the app update inverts.
-    selection_fraction: Fraction of writers in each selected population.
-    rounds, clients_per_round, dp_noise_multiplier, dp_clip, dp_delta, batch_size,
-    local_epochs, client_learning_rate, server_gen_steps, generator_learning_rate, model,
-    model_width, seed: The DP-FedAvg-GAN runs' settings
-      (see `bin/train.py --help`); `clients_per_round` writers of a population per round.
-  """
-
-  output_dir: str = 'runs/bug_finding'
-  num_writers: int = 300
-  inverted_fraction: float = 0.5
-  selection_fraction: float = 0.25
-  rounds: int = 200
-  clients_per_round: int = 10
-  dp_noise_multiplier: float = 1.0
-  dp_clip: float = 0.1
-  dp_delta: float = 1e-3
-  batch_size: int = 32
-  local_epochs: int = 1
-  client_learning_rate: float = 1e-3
-  server_gen_steps: int = 2
-  generator_learning_rate: float = 1e-3
-  model: str = 'mlp'
-  model_width: float = 1.0
-  eval_every: int = 50
-  seed: int = 0
-
-  def validate(self) -> ScenarioConfig:
-    """Returns `self` if valid; raises `config.ConfigError` with one line otherwise."""
-    if self.num_writers < 2:
-      raise config_lib.ConfigError(f'--num_writers must be at least 2, got {self.num_writers}.')
-    for name in ('inverted_fraction', 'selection_fraction'):
-      if not 0 < getattr(self, name) < 1:
-        raise config_lib.ConfigError(f'--{name} must be in (0, 1), got {getattr(self, name)}.')
-    if self.selection_fraction > 0.5:
-      raise config_lib.ConfigError('--selection_fraction must be at most 0.5: the two '
-                                   f'populations do not overlap; got {self.selection_fraction}.')
-    if self.population_size < self.clients_per_round:
-      raise config_lib.ConfigError(
-          f'each population has {self.population_size} writers, fewer than '
-          f'--clients_per_round={self.clients_per_round}; lower it or raise --num_writers or '
-          '--selection_fraction.')
-    self.train_config('lowest_accuracy').validate()
-    return self
-
-  @property
-  def population_size(self) -> int:
-    return max(1, round(self.selection_fraction * self.num_writers))
-
-  def train_config(self, population: str) -> config_lib.TrainConfig:
-    """The `TrainConfig` of the DP-FedAvg-GAN run on one population."""
-    return config_lib.TrainConfig(
-        task='digits', scheme='dp_fedavg_gan', partition='natural', num_clients=0,
-        clients_per_round=self.clients_per_round, rounds=self.rounds,
-        dp_noise_multiplier=self.dp_noise_multiplier, dp_clip=self.dp_clip,
-        dp_delta=self.dp_delta, batch_size=self.batch_size, local_epochs=self.local_epochs,
-        client_learning_rate=self.client_learning_rate,
-        server_gen_steps=self.server_gen_steps,
-        generator_learning_rate=self.generator_learning_rate, model=self.model,
-        model_width=self.model_width,
-        eval_every=self.eval_every, checkpoint_every=self.eval_every,
-        num_eval_samples=500, seed=self.seed,
-        output_dir=os.path.join(self.output_dir, population))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +115,8 @@ def bright_background_fraction(images: np.ndarray) -> float:
   return float(np.mean(border.mean(axis=1) > 0))
 
 
-def run(config: ScenarioConfig, *, show_progress: bool = True, overwrite: bool = False) -> dict:
+def run(config: config_lib.BugFindingConfig, *, show_progress: bool = True,
+        overwrite: bool = False) -> dict:
   """Runs the whole scenario (see the module docstring); returns the summary it writes.
 
   Rerunning with the same settings resumes both training runs from their checkpoints.
@@ -199,7 +128,8 @@ def run(config: ScenarioConfig, *, show_progress: bool = True, overwrite: bool =
   config.validate()
   config_lib.check_output_dir_writable(config.output_dir)
   base_task = DigitsTask(seed=config.seed, width=config.model_width)
-  base_task.prepare_evaluation(os.path.join(config.output_dir, training.CLASSIFIER_DIR))
+  classifier_dir = os.path.join(config.output_dir, training.CLASSIFIER_DIR)
+  base_task.prepare_evaluation(classifier_dir)
   writers = make_writers(base_task, config.num_writers, config.inverted_fraction, config.seed)
   accuracies = writer_accuracies(base_task, writers)
   selections = select_populations(accuracies, config.population_size)
@@ -220,6 +150,9 @@ def run(config: ScenarioConfig, *, show_progress: bool = True, overwrite: bool =
     selected = selections[name]
     task = WriterPopulationTask(writers, selected, seed=config.seed, model=config.model,
                                 width=config.model_width)
+    # Both runs evaluate with the deployed classifier: give them its cached weights.
+    shutil.copytree(classifier_dir, os.path.join(config.output_dir, name,
+                                                 training.CLASSIFIER_DIR), dirs_exist_ok=True)
     result = training.train(config.train_config(name), task, show_progress=show_progress,
                             overwrite=overwrite)
     generated = training.SampleGenerator(task.gan_models())(
