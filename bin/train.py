@@ -167,6 +167,36 @@ flags.DEFINE_string('workers', _DEFAULTS.workers, 'With --executor=remote: host:
 flags.DEFINE_float('worker_timeout', _DEFAULTS.worker_timeout, 'Seconds to wait for a remote '
                    'worker to answer at start, or to come back after a lost connection, before '
                    'the run ends with an error.')
+flags.DEFINE_enum('mode', _DEFAULTS.mode, config_lib.MODES, 'sync: rounds of sampled clients '
+                  'that the server waits for. async: the server keeps '
+                  '--max_concurrent_clients clients at work and updates the model as they '
+                  'report, on a simulated clock (see --async_rule).')
+flags.DEFINE_enum('async_rule', _DEFAULTS.async_rule, config_lib.ASYNC_RULES, '--mode=async: '
+                  'fedbuff (apply the staleness-weighted mean of every --buffer_size reports) or '
+                  'fedasync (apply each report at once, scaled by --fedasync_mixing times its '
+                  'staleness weight).')
+flags.DEFINE_integer('buffer_size', _UNRESOLVED['buffer_size'], 'FedBuff: reports per server '
+                     'step, K (default: --clients_per_round).')
+flags.DEFINE_integer('max_concurrent_clients', _UNRESOLVED['max_concurrent_clients'],
+                     '--mode=async: clients at work at once (default: twice --buffer_size, at '
+                     'most --num_clients).')
+flags.DEFINE_float('staleness_exponent', _DEFAULTS.staleness_exponent, '--mode=async: a in the '
+                   'staleness weight s(tau) = (1 + tau)^-a of a report computed tau model '
+                   'versions ago; 0 weighs every report equally.')
+flags.DEFINE_float('fedasync_mixing', _DEFAULTS.fedasync_mixing, 'FedAsync: alpha; a report '
+                   'moves the model by alpha * s(tau) times its delta.')
+flags.DEFINE_string('client_latency', _UNRESOLVED['client_latency'], 'Simulated duration of a '
+                    "client's work: 'lognormal:MU,SIGMA' (log seconds ~ N(MU, SIGMA^2); "
+                    f'default {config_lib.DEFAULT_ASYNC_LATENCY} with --mode=async). With '
+                    '--mode=sync it adds simulated_time to metrics.csv (a round waits for its '
+                    'slowest client).')
+flags.DEFINE_float('straggler_fraction', _DEFAULTS.straggler_fraction, 'Fraction of clients '
+                   '(fixed per client) that are stragglers.')
+flags.DEFINE_float('straggler_slowdown', _DEFAULTS.straggler_slowdown, 'How many times longer a '
+                   "straggler's work takes.")
+flags.DEFINE_float('client_timeout', _DEFAULTS.client_timeout, 'Simulated seconds the server '
+                   'waits for a client (dropped-out clients never report); 0: the 99.9th '
+                   "percentile of a straggler's time.")
 flags.DEFINE_integer('checkpoint_every', _DEFAULTS.checkpoint_every, 'Save the full training '
                      'state to OUTPUT_DIR/checkpoints every N rounds (and after the last). '
                      'Rerunning the same command resumes from the latest checkpoint and ends '

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 # Choices are spelled out here, not imported from the modules that implement them, so that
@@ -32,6 +33,9 @@ DEFAULT_BITS = 8
 MAX_BITS = 16  # The most tensor_encoding's uniform quantization allows.
 DP_ACCOUNTANTS = ('rdp', 'pld')
 EXECUTORS = ('local', 'remote')
+MODES = ('sync', 'async')
+ASYNC_RULES = ('fedbuff', 'fedasync')
+DEFAULT_ASYNC_LATENCY = 'lognormal:0,0.5'
 DEFAULT_DP_CLIP = 1.0
 DEFAULT_DP_DELTA = 1e-5
 
@@ -99,6 +103,16 @@ class TrainConfig:
   executor: str = 'local'
   workers: str = ''
   worker_timeout: float = 30.0
+  mode: str = 'sync'
+  async_rule: str = 'fedbuff'
+  buffer_size: int = 0
+  max_concurrent_clients: int = 0
+  staleness_exponent: float = 0.5
+  fedasync_mixing: float = 0.5
+  client_latency: str = ''
+  straggler_fraction: float = 0.0
+  straggler_slowdown: float = 10.0
+  client_timeout: float = 0.0
 
   def __post_init__(self):
     if not self.model:
@@ -108,6 +122,15 @@ class TrainConfig:
                          'natural' if self.task in FILE_TASKS else 'iid')
     if not self.num_clients and self.partition != 'natural':
       object.__setattr__(self, 'num_clients', DEFAULT_NUM_CLIENTS)
+    if self.mode == 'async':
+      if not self.client_latency:
+        object.__setattr__(self, 'client_latency', DEFAULT_ASYNC_LATENCY)
+      if not self.buffer_size:
+        object.__setattr__(self, 'buffer_size', self.clients_per_round)
+      if not self.max_concurrent_clients:  # Twice the buffer, so stragglers do not stall it.
+        concurrent = 2 * self.buffer_size
+        object.__setattr__(self, 'max_concurrent_clients',
+                           min(concurrent, self.num_clients) if self.num_clients else concurrent)
 
   @property
   def reads_files(self) -> bool:
@@ -159,6 +182,8 @@ class TrainConfig:
         'aggregator': AGGREGATORS,
         'dp_accountant': DP_ACCOUNTANTS,
         'executor': EXECUTORS,
+        'mode': MODES,
+        'async_rule': ASYNC_RULES,
     }
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
@@ -170,7 +195,64 @@ class TrainConfig:
     self._validate_compression()
     self._validate_dp()
     self._validate_executor()
+    self._validate_timing()
     return self
+
+  @property
+  def latency(self) -> tuple[float, float] | None:
+    """`(mu, sigma)` of `client_latency` ('lognormal:MU,SIGMA'), or None if unset."""
+    if not self.client_latency:
+      return None
+    kind, _, parameters = self.client_latency.partition(':')
+    values = parameters.split(',')
+    try:
+      mu, sigma = (float(v) for v in values) if kind == 'lognormal' else (None, None)
+    except ValueError:
+      mu = sigma = None
+    if mu is None or len(values) != 2 or not (math.isfinite(mu) and math.isfinite(sigma)
+                                              and sigma >= 0):
+      raise ConfigError(f"--client_latency must be 'lognormal:MU,SIGMA' (the log of seconds "
+                        f"is normal with mean MU and std SIGMA >= 0, e.g. {DEFAULT_ASYNC_LATENCY}),"
+                        f" got '{self.client_latency}'.")
+    return mu, sigma
+
+  def _validate_timing(self) -> None:
+    self.latency  # noqa: B018 (parses it, raising ConfigError if malformed)
+    if not 0 <= self.straggler_fraction < 1:
+      raise ConfigError(f'--straggler_fraction must be in [0, 1), got {self.straggler_fraction}.')
+    if not self.straggler_slowdown >= 1:
+      raise ConfigError(f'--straggler_slowdown must be >= 1, got {self.straggler_slowdown}.')
+    if not self.client_timeout >= 0:
+      raise ConfigError(f'--client_timeout must be >= 0 (0: automatic), got '
+                        f'{self.client_timeout}.')
+    if not self.client_latency and (self.straggler_fraction or self.client_timeout):
+      raise ConfigError('--straggler_fraction and --client_timeout need --client_latency (or '
+                        '--mode=async, which defaults it).')
+    if self.mode == 'sync':
+      async_only = {'async_rule': 'fedbuff', 'buffer_size': 0, 'max_concurrent_clients': 0,
+                    'staleness_exponent': 0.5, 'fedasync_mixing': 0.5}
+      for name, neutral in async_only.items():
+        if getattr(self, name) != neutral:
+          raise ConfigError(f'--{name} applies to --mode=async; set that, or drop --{name}.')
+      return
+    if self.scheme == 'centralized':
+      raise ConfigError('--mode=async needs clients; --scheme=centralized has none.')
+    if self.client_sampling != 'fixed':
+      raise ConfigError('--client_sampling has no meaning in --mode=async, where a client is '
+                        'drawn whenever one finishes; drop it.')
+    if self.buffer_size < 1 or self.max_concurrent_clients < 1:
+      raise ConfigError('--buffer_size and --max_concurrent_clients must be positive.')
+    if self.async_rule == 'fedbuff' and self.max_concurrent_clients < self.buffer_size:
+      raise ConfigError(f'--max_concurrent_clients={self.max_concurrent_clients} is below '
+                        f'--buffer_size={self.buffer_size}: the buffer could never fill.')
+    if self.num_clients and self.max_concurrent_clients > self.num_clients:
+      raise ConfigError(f'--max_concurrent_clients={self.max_concurrent_clients} exceeds '
+                        f'--num_clients={self.num_clients}; lower it.')
+    if not self.staleness_exponent >= 0:
+      raise ConfigError(f'--staleness_exponent must be >= 0 (0: no staleness discount), got '
+                        f'{self.staleness_exponent}.')
+    if not 0 < self.fedasync_mixing <= 1:
+      raise ConfigError(f'--fedasync_mixing must be in (0, 1], got {self.fedasync_mixing}.')
 
   def _validate_data(self) -> None:
     if self.reads_files and not self.data_dir:

@@ -68,26 +68,24 @@ def default_aggregator() -> tff.aggregators.WeightedAggregationFactory:
   return tff.aggregators.MeanFactory(no_nan_division=True)
 
 
-def build_process(
-    scheme: SchemeFns,
-    *,
-    data_spec: tf.TensorSpec,
-    aggregator: AggregationFactory | None = None,
-    release_client_metrics: bool = True,
-) -> tff.templates.IterativeProcess:
-  """Composes a scheme's TF bodies into a federated training process.
+@dataclasses.dataclass(frozen=True)
+class _Round:
+  """The TFF building blocks of a round, shared by the synchronous process and the
+  asynchronous computations."""
 
-  Args:
-    scheme: The scheme's `SchemeFns`.
-    data_spec: Spec of one client batch, e.g. `float32[None, 2]`.
-    aggregator: A `tff.aggregators` factory for the client deltas. A weighted factory is
-      given each client's `num_examples` as weight. Defaults to `default_aggregator()`.
-    release_client_metrics: Whether the round's metrics include the clients' aggregated
-      metrics and example count (turn off under differential privacy).
+  initialize: tff.Computation
+  make_broadcast: tff.Computation
+  client_update: tff.Computation
+  server_update: tff.Computation
+  aggregation_process: tff.templates.AggregationProcess
+  weighted: bool
+  state_type: tff.Type
+  data_type: tff.Type
+  client_output_type: tff.Type
 
-  Returns:
-    A `tff.templates.IterativeProcess` with the signatures in the module docstring.
-  """
+
+def _build_round(scheme: SchemeFns, data_spec: tf.TensorSpec,
+                 aggregator: AggregationFactory | None) -> _Round:
   aggregator = aggregator or default_aggregator()
   data_type = tff.SequenceType(tff.TensorType(data_spec.dtype.as_numpy_dtype, data_spec.shape))
 
@@ -135,32 +133,115 @@ def build_process(
         (tff.federated_eval(initial_model_state, tff.SERVER), aggregation_process.initialize()),
     )
 
+  return _Round(initialize=initialize, make_broadcast=make_broadcast,
+                client_update=client_update, server_update=server_update,
+                aggregation_process=aggregation_process, weighted=weighted,
+                state_type=state_type, data_type=data_type,
+                client_output_type=client_output_type)
+
+
+def _aggregate_and_update(parts: _Round, state, outputs, discarded,
+                          release_client_metrics: bool):
+  """The server half of a round, in a federated computation: aggregate, update, metrics."""
+  if parts.weighted:
+    aggregate = parts.aggregation_process.next(
+        state.aggregator_state, outputs.delta, outputs.num_examples
+    )
+  else:
+    aggregate = parts.aggregation_process.next(state.aggregator_state, outputs.delta)
+  server_output = tff.federated_map(
+      parts.server_update, (state, aggregate.result, aggregate.state)
+  )
+  metrics = collections.OrderedDict()
+  if release_client_metrics:
+    metrics['client'] = tff.federated_mean(outputs.metrics, weight=outputs.num_examples)
+    metrics['num_examples'] = tff.federated_sum(outputs.num_examples)
+    metrics['non_finite_clients'] = tff.federated_sum(discarded)
+  metrics['server'] = server_output[1]
+  metrics['aggregator'] = aggregate.measurements
+  return server_output[0], tff.federated_zip(metrics)
+
+
+def build_process(
+    scheme: SchemeFns,
+    *,
+    data_spec: tf.TensorSpec,
+    aggregator: AggregationFactory | None = None,
+    release_client_metrics: bool = True,
+) -> tff.templates.IterativeProcess:
+  """Composes a scheme's TF bodies into a federated training process.
+
+  Args:
+    scheme: The scheme's `SchemeFns`.
+    data_spec: Spec of one client batch, e.g. `float32[None, 2]`.
+    aggregator: A `tff.aggregators` factory for the client deltas. A weighted factory is
+      given each client's `num_examples` as weight. Defaults to `default_aggregator()`.
+    release_client_metrics: Whether the round's metrics include the clients' aggregated
+      metrics and example count (turn off under differential privacy).
+
+  Returns:
+    A `tff.templates.IterativeProcess` with the signatures in the module docstring, whose
+    `async_parts` attribute holds the same round split in halves (`AsyncParts`).
+  """
+  parts = _build_round(scheme, data_spec, aggregator)
+
   @tff.federated_computation(
-      tff.FederatedType(state_type, tff.SERVER), tff.FederatedType(data_type, tff.CLIENTS)
+      tff.FederatedType(parts.state_type, tff.SERVER),
+      tff.FederatedType(parts.data_type, tff.CLIENTS),
   )
   def next_fn(state, client_data):
-    broadcast = tff.federated_broadcast(tff.federated_map(make_broadcast, state))
-    guarded = tff.federated_map(client_update, (client_data, broadcast))
-    outputs, discarded = guarded[0], guarded[1]
-    if weighted:
-      aggregate = aggregation_process.next(
-          state.aggregator_state, outputs.delta, outputs.num_examples
-      )
-    else:
-      aggregate = aggregation_process.next(state.aggregator_state, outputs.delta)
-    server_output = tff.federated_map(
-        server_update, (state, aggregate.result, aggregate.state)
-    )
-    metrics = collections.OrderedDict()
-    if release_client_metrics:
-      metrics['client'] = tff.federated_mean(outputs.metrics, weight=outputs.num_examples)
-      metrics['num_examples'] = tff.federated_sum(outputs.num_examples)
-      metrics['non_finite_clients'] = tff.federated_sum(discarded)
-    metrics['server'] = server_output[1]
-    metrics['aggregator'] = aggregate.measurements
-    return server_output[0], tff.federated_zip(metrics)
+    broadcast = tff.federated_broadcast(tff.federated_map(parts.make_broadcast, state))
+    guarded = tff.federated_map(parts.client_update, (client_data, broadcast))
+    return _aggregate_and_update(parts, state, guarded[0], guarded[1], release_client_metrics)
 
-  return tff.templates.IterativeProcess(initialize_fn=initialize, next_fn=next_fn)
+  process = tff.templates.IterativeProcess(initialize_fn=parts.initialize, next_fn=next_fn)
+  process.async_parts = _build_async_parts(parts, release_client_metrics)
+  return process
+
+
+@dataclasses.dataclass(frozen=True)
+class AsyncParts:
+  """A round split into its client half and its server half, for asynchronous training.
+
+  Attributes:
+    client_work: `(<ServerState@SERVER, {data}@CLIENTS> -> <ClientOutput, int32>@CLIENTS)`:
+      each client's local work from the state's weights and round seed, and whether its
+      output was discarded as non-finite. The outputs come back to the caller per client.
+    server_step: `(<ServerState@SERVER, ClientOutput@CLIENTS, int32@CLIENTS,
+      float32@CLIENTS> -> <ServerState@SERVER, M@SERVER>)`: aggregates the given client
+      outputs, each delta first multiplied by its float32 scale (e.g. a staleness weight),
+      with the process's aggregator (weights: `num_examples`), applies the server update and
+      returns the same metrics `M` as `next`. With every scale 1 and the outputs of
+      `client_work` on the same state, `server_step` is `next`.
+  """
+
+  client_work: tff.Computation
+  server_step: tff.Computation
+
+
+def _build_async_parts(parts: _Round, release_client_metrics: bool) -> AsyncParts:
+  state_at_server = tff.FederatedType(parts.state_type, tff.SERVER)
+
+  @tff.federated_computation(state_at_server, tff.FederatedType(parts.data_type, tff.CLIENTS))
+  def client_work(state, client_data):
+    broadcast = tff.federated_broadcast(tff.federated_map(parts.make_broadcast, state))
+    return tff.federated_map(parts.client_update, (client_data, broadcast))
+
+  @tff.tensorflow.computation(parts.client_output_type, tff.TensorType(np.float32))
+  def scale_delta(output, scale):
+    return output._replace(delta=tf.nest.map_structure(lambda d: d * scale, output.delta))
+
+  @tff.federated_computation(
+      state_at_server,
+      tff.FederatedType(parts.client_output_type, tff.CLIENTS),
+      tff.FederatedType(tff.TensorType(np.int32), tff.CLIENTS),
+      tff.FederatedType(tff.TensorType(np.float32), tff.CLIENTS),
+  )
+  def server_step(state, outputs, discarded, scales):
+    scaled = tff.federated_map(scale_delta, (outputs, scales))
+    return _aggregate_and_update(parts, state, scaled, discarded, release_client_metrics)
+
+  return AsyncParts(client_work=client_work, server_step=server_step)
 
 
 def with_client_data(

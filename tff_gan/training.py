@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from tff_gan import (
   aggregators,
+  async_training,
   communication,
   conditional,
   contexts,
@@ -347,11 +348,15 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
 
   write_text_atomically(os.path.join(config.output_dir, config_lib.CONFIG_FILE),
                         config.to_json() + '\n')
-  samples_dir = os.path.join(config.output_dir, 'samples')
-  os.makedirs(samples_dir, exist_ok=True)
+  os.makedirs(os.path.join(config.output_dir, 'samples'), exist_ok=True)
   privacy_columns = ('epsilon',) if ledger is not None else ()
   metric_names = tuple(task.metric_names) + (CONDITIONAL_METRICS if config.conditional else ())
-  columns = BASE_COLUMNS + privacy_columns + metric_names
+  timing_columns = ()
+  if config.mode == 'async':
+    timing_columns = ASYNC_COLUMNS
+  elif config.client_latency:
+    timing_columns = ('simulated_time',)
+  columns = BASE_COLUMNS + timing_columns + privacy_columns + metric_names
   reference = task.prepare_evaluation(os.path.join(config.output_dir, CLASSIFIER_DIR))
   if reference:
     write_text_atomically(os.path.join(config.output_dir, REFERENCE_FILE),
@@ -373,7 +378,17 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
     rounds = tqdm(range(start_round + 1, config.rounds + 1), desc='rounds', unit='round',
                   initial=start_round, total=config.rounds, disable=not show_progress,
                   dynamic_ncols=True)
-    latest_evaluation: dict[str, Any] = {}  # Shown on the progress bar between evaluations.
+    recorder = RoundRecorder(config, task, sample, ledger, release, checkpoints, rounds,
+                             metric_names)
+    if config.mode == 'async':
+      state, row = async_training.train_async(
+          config, process, population, work, state, start_round=start_round,
+          start_time=float(row.get('simulated_time', 0.0)), recorder=recorder,
+          traffic=traffic)
+      rounds.close()
+      return TrainResult(state=state, last_row=row or recorder.last_row)
+    clock = async_training.ClientClock.from_config(config) if config.latency else None
+    simulated_time = float(row.get('simulated_time', 0.0))
     for round_num in rounds:
       if config.scheme == 'centralized':
         client_ids = np.zeros(1, np.int64)
@@ -395,25 +410,52 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
                       len(completed), metrics, traffic)
       if config.scheme == 'centralized':  # Nothing is communicated.
         row['bytes_down'] = row['bytes_up'] = None
-      if ledger is not None:
-        row['epsilon'] = ledger.epsilon(state)
-      if round_num % config.eval_every == 0 or round_num == config.rounds:
-        samples = sample(state.weights.generator, config.num_eval_samples,
-                         seed=config.seed + round_num)
-        row.update(evaluate_samples(task, samples, config.conditional))
-        if config.conditional:
-          samples, _ = conditional.unpack(samples, task.num_labels)
-        task.render(samples, os.path.join(samples_dir, f'round_{round_num:05d}.png'))
-      release.release(row, round_num)
-      if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
-        checkpoints.save(state, round_num)
-      latest_evaluation.update({k: row[k] for k in metric_names if k in row})
-      rounds.set_postfix(_progress_fields({**row, **latest_evaluation}, metric_names),
-                         refresh=False)
+      if clock is not None:
+        simulated_time += clock.sync_round_seconds(client_ids, completed, round_num)
+        row['simulated_time'] = simulated_time
+      recorder.finish(row, state, round_num)
   return TrainResult(state=state, last_row=row)
 
 
 CONDITIONAL_METRICS = ('conditional_accuracy',)
+ASYNC_COLUMNS = ('simulated_time', 'mean_staleness', 'max_staleness')
+
+
+class RoundRecorder:
+  """Finishes a round's row: ε, evaluation and samples, release, checkpoint, progress bar."""
+
+  def __init__(self, config, task, sample, ledger, release, checkpoints, progress,
+               metric_names):
+    self._config, self._task, self._sample, self._ledger = config, task, sample, ledger
+    self._release, self._checkpoints = release, checkpoints
+    self._progress = progress  # A tqdm bar; the round loop advances it.
+    self._metric_names = metric_names
+    self._samples_dir = os.path.join(config.output_dir, 'samples')
+    self._latest_evaluation: dict[str, Any] = {}  # Shown on the progress bar in between.
+    self.last_row: dict[str, Any] = {}
+
+  def finish(self, row: dict[str, Any], state: ServerState, round_num: int) -> None:
+    config, task = self._config, self._task
+    if self._ledger is not None:
+      row['epsilon'] = self._ledger.epsilon(state)
+    if round_num % config.eval_every == 0 or round_num == config.rounds:
+      samples = self._sample(state.weights.generator, config.num_eval_samples,
+                             seed=config.seed + round_num)
+      row.update(evaluate_samples(task, samples, config.conditional))
+      if config.conditional:
+        samples, _ = conditional.unpack(samples, task.num_labels)
+      task.render(samples, os.path.join(self._samples_dir, f'round_{round_num:05d}.png'))
+    self._release.release(row, round_num)
+    if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
+      self._checkpoints.save(state, round_num)
+    self._latest_evaluation.update({k: row[k] for k in self._metric_names if k in row})
+    self._progress.set_postfix(
+        _progress_fields({**row, **self._latest_evaluation}, self._metric_names), refresh=False)
+    self.last_row = row
+
+  def advance(self) -> None:
+    """Moves the progress bar one round on (for loops that do not iterate over it)."""
+    self._progress.update(1)
 
 
 def evaluate_samples(task, samples: np.ndarray, conditional_gan: bool) -> dict[str, float]:

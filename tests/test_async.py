@@ -1,0 +1,183 @@
+"""Asynchronous training: FedBuff equals FedAvg in the limit, staleness weights, the server
+rule in numpy, the event loop's staleness by hand, lost clients, flags."""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO_ROOT, as_numpy, linear_gan_models
+
+import tasks
+from tff_gan import async_training, optimizers, training
+from tff_gan import config as config_lib
+from tff_gan.schemes import fedgan
+from tff_gan.state import ClientOutput, GanWeights
+
+TINY = dict(task='ring', model_width=0.0625, local_steps=2, batch_size=16, eval_every=3,
+            num_eval_samples=200)
+
+
+def read_rows(output_dir):
+  with open(os.path.join(output_dir, 'metrics.csv'), newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def train(tmp_path_factory, name, **settings):
+  config = config_lib.TrainConfig(**{**TINY, **settings},
+                                  output_dir=str(tmp_path_factory.mktemp(name)))
+  task = tasks.task_from_config(config)
+  result = training.train(config, task, show_progress=False)
+  return result, read_rows(config.output_dir)
+
+
+def test_staleness_weights_follow_the_formula():
+  taus = np.array([0, 1, 3, 10])
+  np.testing.assert_allclose(async_training.staleness_weight(taus, 0.5),
+                             [1, 1 / math.sqrt(2), 0.5, 1 / math.sqrt(11)])
+  np.testing.assert_array_equal(async_training.staleness_weight(taus, 0.0), np.ones(4))
+  assert async_training.staleness_weight(4, 1.0) == pytest.approx(0.2)
+
+
+@pytest.fixture(scope='module')
+def sync_and_fedbuff(tmp_path_factory):
+  common = dict(num_clients=4, clients_per_round=4, rounds=3)
+  sync = train(tmp_path_factory, 'sync', **common)
+  fedbuff = train(tmp_path_factory, 'fedbuff', **common, mode='async', buffer_size=4,
+                  max_concurrent_clients=4, staleness_exponent=0.0,
+                  client_latency='lognormal:0.5,0')
+  return sync, fedbuff
+
+
+def test_fedbuff_without_latency_variance_is_synchronous_fedavg(sync_and_fedbuff):
+  (sync, sync_rows), (fedbuff, fedbuff_rows) = sync_and_fedbuff
+  for ours, theirs in zip(tf.nest.flatten(as_numpy(fedbuff.state.weights)),
+                          tf.nest.flatten(as_numpy(sync.state.weights)), strict=True):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+  for column in ('d_loss', 'g_loss', 'num_examples', 'modes_captured'):
+    assert [float(r[column] or 'nan') for r in fedbuff_rows] == pytest.approx(
+        [float(r[column] or 'nan') for r in sync_rows], rel=1e-5, nan_ok=True)
+  # Every client takes e^0.5 s and none is stale.
+  assert [float(r['simulated_time']) for r in fedbuff_rows] == pytest.approx(
+      [k * math.exp(0.5) for k in (1, 2, 3)])
+  assert {r['max_staleness'] for r in fedbuff_rows} == {'0'}
+
+
+@pytest.fixture(scope='module')
+def linear_process():
+  process = fedgan.build_fedgan_process(
+      linear_gan_models(), client_optimizer=optimizers.build_optimizer('sgd', 0.05), seed=2)
+  return process
+
+
+def test_server_step_applies_the_weighted_scaled_mean(tff_context, linear_process):
+  """FedBuff's rule in numpy: w ← w + Σ n_i s_i Δ_i / Σ n_i (SGD at learning rate 1)."""
+  del tff_context
+  state = linear_process.initialize()
+  rng = np.random.default_rng(0)
+  weights = as_numpy(state.weights)
+
+  def random_delta():
+    return GanWeights(*[[rng.normal(size=w.shape).astype(np.float32) for w in part]
+                        for part in weights])
+
+  deltas = [random_delta() for _ in range(3)]
+  examples = [np.float32(n) for n in (10, 30, 60)]
+  scales = async_training.staleness_weight([0, 2, 5], 0.5).astype(np.float32)
+  outputs = [ClientOutput(delta=d, num_examples=n,
+                          metrics={'discriminator_loss': np.float32(1),
+                                   'generator_loss': np.float32(1)})
+             for d, n in zip(deltas, examples, strict=True)]
+  new_state, metrics = linear_process.async_parts.server_step(
+      state, outputs, [np.int32(0)] * 3, list(scales))
+  total = sum(examples)
+  for part in ('generator', 'discriminator'):
+    for index, before in enumerate(getattr(weights, part)):
+      expected = before + sum(n * s * getattr(d, part)[index] for d, n, s in
+                              zip(deltas, examples, scales, strict=True)) / total
+      np.testing.assert_allclose(getattr(new_state.weights, part)[index], expected, rtol=1e-5,
+                                 atol=1e-6)
+  assert int(new_state.round_num) == 1 and metrics['num_examples'] == total
+
+
+def fast_and_slow_seed():
+  """A seed under which, of 2 clients with straggler fraction 0.5, exactly client 1 is slow."""
+  for seed in range(100):
+    clock = async_training.ClientClock(0.0, 0.0, 0.5, 3.0, 100.0, seed)
+    if list(clock.is_straggler([0, 1])) == [False, True]:
+      return seed
+  raise AssertionError('no such seed below 100')
+
+
+def test_event_loop_staleness_by_hand(tmp_path_factory):
+  """Client 0 takes 1 s, client 1 takes 3 s; K = 1, both always at work.
+
+  t=1: 0 reports (from v0, at v0): τ=0 → v1, 0 sent v1.  t=2: 0 reports (v1 at v1): τ=0 → v2.
+  t=3: 1 reports (from v0, at v2): τ=2 → v3; then 0 (from v2, at v3): τ=1 → v4.
+  """
+  _, rows = train(tmp_path_factory, 'by_hand', num_clients=2, clients_per_round=2, rounds=4,
+                  mode='async', buffer_size=1, max_concurrent_clients=2,
+                  client_latency='lognormal:0,0', straggler_fraction=0.5,
+                  straggler_slowdown=3.0, seed=fast_and_slow_seed())
+  assert [int(r['max_staleness']) for r in rows] == [0, 0, 2, 1]
+  assert [float(r['simulated_time']) for r in rows] == pytest.approx([1, 2, 3, 3])
+
+
+def test_clients_that_never_report_do_not_stall_the_server(tmp_path_factory):
+  _, rows = train(tmp_path_factory, 'lost', num_clients=8, clients_per_round=4, rounds=6,
+                  mode='async', dropout_rate=0.5, client_latency='lognormal:0,0.2',
+                  client_timeout=5.0)
+  assert [int(r['round']) for r in rows] == [1, 2, 3, 4, 5, 6]
+  # Half the clients never report, so the buffer fills only after timeouts freed their slots.
+  times = [float(r['simulated_time']) for r in rows]
+  assert times == sorted(times) and times[-1] > 5.0
+
+
+def test_fedasync_applies_each_report_and_dp_accounts_per_step(tmp_path_factory):
+  _, rows = train(tmp_path_factory, 'fedasync', num_clients=6, clients_per_round=3, rounds=4,
+                  mode='async', async_rule='fedasync', max_concurrent_clients=3,
+                  scheme='dp_fedavg_gan', dp_noise_multiplier=1.0, dp_clip=0.1)
+  assert [int(r['clients']) for r in rows] == [1, 1, 1, 1]
+  epsilons = [float(r['epsilon']) for r in rows]
+  assert epsilons == sorted(epsilons) and epsilons[0] > 0
+
+
+def test_sync_rounds_report_their_simulated_time(tmp_path_factory):
+  config = dict(num_clients=4, clients_per_round=2, rounds=3, client_latency='lognormal:0,0',
+                straggler_fraction=0.5, straggler_slowdown=4.0, seed=1)
+  _, rows = train(tmp_path_factory, 'sync_time', **config)
+  clock = async_training.ClientClock.from_config(config_lib.TrainConfig(**config))
+  expected, elapsed = [], 0.0
+  from tff_gan import data
+  for round_num in (1, 2, 3):
+    sampled = data.sample_clients(4, 2, round_num=round_num, seed=1)
+    elapsed += 4.0 if clock.is_straggler(sampled).any() else 1.0  # The slowest decides.
+    expected.append(elapsed)
+  assert [float(r['simulated_time']) for r in rows] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--buffer_size=5',), 'applies to --mode=async'),
+    (('--mode=async', '--scheme=centralized'), 'needs clients'),
+    (('--mode=async', '--client_latency=normal:1,2'), "'lognormal:MU,SIGMA'"),
+    (('--mode=async', '--client_sampling=poisson'), 'no meaning in --mode=async'),
+    (('--mode=async', '--buffer_size=8', '--max_concurrent_clients=4'), 'could never fill'),
+    (('--straggler_fraction=0.2',), 'need --client_latency'),
+])
+def test_flag_checks(tmp_path, args, message):
+  result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'bin', 'train.py'), *args,
+                           f'--output_dir={tmp_path}'], capture_output=True, text=True,
+                          timeout=60, cwd=REPO_ROOT)
+  assert result.returncode == 2 and message in result.stderr, result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_async_defaults_resolve_from_the_round_settings():
+  config = config_lib.TrainConfig(mode='async', num_clients=50, clients_per_round=8)
+  assert (config.buffer_size, config.max_concurrent_clients) == (8, 16)
+  assert config.client_latency == config_lib.DEFAULT_ASYNC_LATENCY
+  assert config_lib.TrainConfig().client_latency == ''
