@@ -1,8 +1,8 @@
 """Simulated time to 8/8 modes on `ring` with stragglers: synchronous FedAvg against FedBuff.
 
-100 clients; 20% of them are stragglers whose work takes 10x longer; a client's work takes
-exp(N(0, 0.5²)) simulated seconds otherwise. Both runs use the same seed, data split,
-networks and client work:
+100 clients of 200 examples (8 local epochs in batches of 128); 20% of them are stragglers
+whose work takes 10x longer; a client's work takes exp(N(0, 0.5²)) simulated seconds
+otherwise. Both runs use the same seed, data split, networks and client work:
 
 * sync: rounds of `--clients_per_round` (10) sampled clients; a round lasts as long as its
   slowest client, so most rounds wait for a straggler;
@@ -12,7 +12,7 @@ networks and client work:
 Each run is stopped at its first evaluation with all 8 modes captured; the table gives the
 simulated seconds and the server steps it took, and the ratio sync / FedBuff.
 
-Usage: python bench/async_vs_sync.py [--eval_every=5] [--max_rounds=400] [--seed=0]
+Usage: python bench/async_vs_sync.py [--eval_every=10] [--max_rounds=400] [--seed=0]
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
 import procs  # noqa: E402
 from absl import flags  # noqa: E402
 
-flags.DEFINE_integer('eval_every', 5, 'Evaluate every this many server steps.')
+flags.DEFINE_integer('eval_every', 10, 'Evaluate every this many server steps.')
 flags.DEFINE_integer('max_rounds', 400, 'Give up after this many server steps.')
 flags.DEFINE_integer('seed', 0, 'Seed of both runs.')
 FLAGS = flags.FLAGS
 
-COMMON = ['--task=ring', '--num_clients=100', '--clients_per_round=10',
+COMMON = ['--task=ring', '--num_clients=100', '--clients_per_round=10', '--local_epochs=8',
           '--client_latency=lognormal:0,0.5', '--straggler_fraction=0.2',
           '--straggler_slowdown=10']
 RUNS = {
