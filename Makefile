@@ -27,4 +27,4 @@ bench: venv
 	$(VENV_PYTHON) bench/dp_overhead.py
 
 lint: venv
-	$(VENV_PYTHON) -m ruff check tff_gan tasks bin tests bench
+	$(VENV_PYTHON) -m ruff check tff_gan tasks bin tests bench tutorials

@@ -174,12 +174,12 @@ def run(config: config_lib.BugFindingConfig, *, show_progress: bool = True,
 
 def write_grid(samples: dict[str, np.ndarray], summary: dict, path: str) -> None:
   """Writes the two generators' samples side by side, titled with accuracy and ε, as a PNG."""
-  import matplotlib  # noqa: PLC0415
+  # A bare Figure (no pyplot) needs no GUI backend and leaves the caller's backend alone:
+  # matplotlib.use('Agg') would stop a notebook's later plots from showing.
+  from matplotlib.figure import Figure  # noqa: PLC0415
 
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # noqa: PLC0415
-
-  figure, axes = plt.subplots(1, 2, figsize=(10, 5.6))
+  figure = Figure(figsize=(10, 5.6))
+  axes = figure.subplots(1, 2)
   for axis, name in zip(axes, POPULATIONS, strict=True):
     population = summary['populations'][name]
     axis.imshow(base.image_grid(samples[name], upscale=4)[..., 0], cmap='gray', vmin=0,
@@ -198,6 +198,5 @@ def write_grid(samples: dict[str, np.ndarray], summary: dict, path: str) -> None
     os.chmod(temporary, 0o644)
     os.replace(temporary, path)
   finally:
-    plt.close(figure)
     if os.path.exists(temporary):
       os.remove(temporary)

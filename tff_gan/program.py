@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,20 @@ __all__ = ['CHECKPOINT_DIR', 'CheckpointError', 'Checkpoints', 'MetricsRelease',
 CHECKPOINT_DIR = 'checkpoints'
 TENSORBOARD_DIR = 'tb'
 _PREFIX = 'round_'
+
+
+def _run(coroutine):
+  """Runs `coroutine` to completion and returns its result, even inside a running event loop.
+
+  Notebook kernels (Jupyter, Colab) execute cells inside a running asyncio loop, where
+  `asyncio.run` refuses to start; there the coroutine runs on a fresh loop in a helper thread.
+  """
+  try:
+    asyncio.get_running_loop()
+  except RuntimeError:
+    return asyncio.run(coroutine)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    return pool.submit(asyncio.run, coroutine).result()
 
 
 class CheckpointError(Exception):
@@ -61,7 +76,7 @@ class Checkpoints:
 
   def rounds(self) -> list[int]:
     """The rounds saved, oldest first."""
-    return asyncio.run(self._manager.get_versions()) or []
+    return _run(self._manager.get_versions()) or []
 
   def latest_round(self) -> int | None:
     rounds = self.rounds()
@@ -71,7 +86,7 @@ class Checkpoints:
     return os.path.join(self.root, f'{_PREFIX}{round_num}')
 
   def save(self, state, round_num: int) -> None:
-    asyncio.run(self._manager.save(state, round_num))
+    _run(self._manager.save(state, round_num))
 
   def load(self, round_num: int, template):
     """The state saved at `round_num`, in the structure of `template` (e.g. the initial state).
@@ -82,7 +97,7 @@ class Checkpoints:
     """
     path = self.path(round_num)
     try:
-      state = asyncio.run(self._manager.load(round_num, template))
+      state = _run(self._manager.load(round_num, template))
       _check_like(state, template)
     except Exception as e:  # noqa: BLE001  (TF raises many kinds for a damaged SavedModel)
       raise CheckpointError(
@@ -131,7 +146,7 @@ class MetricsRelease:
                            self._tensorboard.release(numbers, round_num),
                            self._logging.release(numbers, round_num))
 
-    asyncio.run(release_all())
+    _run(release_all())
 
 
 def _is_number(value) -> bool:

@@ -1,0 +1,156 @@
+"""The Colab tutorials (tutorials/*.ipynb) run top to bottom with smoke settings.
+
+Each notebook runs in a fresh Jupyter kernel (nbclient) with `TFF_GAN_TUTORIAL_SMOKE=1`
+(a few tiny rounds) and `TFF_GAN_TUTORIAL_OUTPUT` pointing into the test's temp dir, so the
+tests can read what the notebook wrote. A cell that raises fails the test, naming the cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+
+import dp_accounting
+import nbclient
+import nbformat
+import pytest
+from conftest import REPO_ROOT, pid_alive, started_by_this_session, worker_pids
+
+from tff_gan import privacy
+
+TUTORIALS = os.path.join(REPO_ROOT, 'tutorials')
+NOTEBOOKS = ('quickstart', 'privacy', 'remote_workers')
+
+
+def read_notebook(name: str) -> nbformat.NotebookNode:
+  return nbformat.read(os.path.join(TUTORIALS, f'{name}.ipynb'), as_version=4)
+
+
+def read_rows(path):
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def worker_programs() -> set[int]:
+  """Pids of running `bin/worker.py` programs (each wraps a TFF worker)."""
+  found = subprocess.run(['pgrep', '-f', os.path.join('bin', 'worker.py')],
+                         capture_output=True, text=True, check=False)
+  return {int(pid) for pid in found.stdout.split()}
+
+
+@pytest.fixture
+def no_worker_survives():
+  """Fails the test if the notebook left a TFF worker or a bin/worker.py running.
+
+  Survivors are killed (by pid) before the failure is reported, so they do not outlive the
+  test session either.
+  """
+  before = worker_pids() | worker_programs()
+  yield
+  leaked = {pid for pid in (worker_pids() | worker_programs()) - before
+            if pid_alive(pid) and started_by_this_session(pid)}
+  for pid in leaked:
+    os.kill(pid, signal.SIGKILL)
+  assert not leaked, f'the notebook left worker processes running: {sorted(leaked)}'
+
+
+def execute(name: str, output_dir, monkeypatch) -> nbformat.NotebookNode:
+  """Runs tutorials/<name>.ipynb with smoke settings in a new kernel; returns it executed."""
+  monkeypatch.setenv('TFF_GAN_TUTORIAL_SMOKE', '1')  # Read by the kernel, started below.
+  monkeypatch.setenv('TFF_GAN_TUTORIAL_OUTPUT', str(output_dir))
+  notebook = read_notebook(name)
+  client = nbclient.NotebookClient(
+      notebook, timeout=600, kernel_name='python3', interrupt_on_timeout=True,
+      resources={'metadata': {'path': REPO_ROOT}})
+  client.execute()  # Raises CellExecutionError, with the cell and its traceback, on an error.
+  errors = [output for cell in notebook.cells if cell.cell_type == 'code'
+            for output in cell.outputs if output.output_type == 'error']
+  assert not errors, errors
+  return notebook
+
+
+def images_shown(notebook) -> int:
+  return sum('image/png' in output.get('data', {}) for cell in notebook.cells
+             if cell.cell_type == 'code' for output in cell.outputs)
+
+
+def printed(notebook) -> str:
+  return ''.join(output.text for cell in notebook.cells if cell.cell_type == 'code'
+                 for output in cell.outputs
+                 if output.output_type == 'stream' and output.name == 'stdout')
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_committed_notebooks_have_no_outputs_and_start_with_the_install_cell(name):
+  notebook = read_notebook(name)
+  nbformat.validate(notebook)
+  code = [cell for cell in notebook.cells if cell.cell_type == 'code']
+  assert all(not cell.outputs and cell.execution_count is None for cell in code), (
+      f'{name}.ipynb holds outputs; clear them (they are produced in CI).')
+  assert "find_spec('tff_gan')" in code[0].source and 'TFF_GAN_REPO' in code[0].source
+  assert "os.environ.get('TFF_GAN_TUTORIAL_SMOKE') == '1'" in code[1].source
+
+
+def test_quickstart(tmp_path, monkeypatch, no_worker_survives):
+  notebook = execute('quickstart', tmp_path, monkeypatch)
+  config = json.loads((tmp_path / 'config.json').read_text())
+  assert (config['task'], config['model'], config['rounds']) == ('digits', 'dcgan', 3)
+  rows = read_rows(tmp_path / 'metrics.csv')
+  assert [int(row['round']) for row in rows] == [1, 2, 3]
+  for name in ('frechet_distance', 'classifier_score'):
+    assert math.isfinite(float(rows[-1][name]))
+  assert (tmp_path / 'samples' / 'round_00003.png').exists()
+  # The data and the splits, the metric curves, real next to generated, the samples PNGs.
+  assert images_shown(notebook) == 4
+  assert '3 rounds in metrics.csv' in printed(notebook)
+
+
+def test_privacy(tmp_path, monkeypatch, no_worker_survives):
+  notebook = execute('privacy', tmp_path, monkeypatch)
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  populations = summary['populations']
+  lowest, highest = populations['lowest_accuracy'], populations['highest_accuracy']
+  # Inverted writers are those the deployed classifier fails on, and the lowest-accuracy group.
+  assert summary['mean_accuracy']['inverted'] < 0.2
+  assert summary['mean_accuracy']['clean'] > 0.9
+  assert lowest['inverted_writers'] == len(lowest['writers'])
+  assert highest['inverted_writers'] == 0
+  run = json.loads((tmp_path / 'lowest_accuracy' / 'config.json').read_text())
+  expected = privacy.epsilon(
+      dp_accounting.GaussianDpEvent(run['dp_noise_multiplier']),
+      privacy.Sampling('fixed', len(lowest['writers']), run['clients_per_round']),
+      run['rounds'], run['dp_delta'])
+  for population in (lowest, highest):
+    assert math.isfinite(population['epsilon']) and population['epsilon'] > 0
+    assert math.isclose(population['epsilon'], expected, rel_tol=1e-5)  # z stored as float32.
+    assert 0 <= population['bright_background_fraction'] <= 1
+  assert (tmp_path / 'bug_finding.png').stat().st_size > 0
+  # Writers' digits, the accuracy histogram, the ε curves, bug_finding.png, the bright bars.
+  assert images_shown(notebook) == 5, 'a plot did not show (is the inline backend still on?)'
+  assert f"the run reports ε = {lowest['epsilon']:.4f}" in printed(notebook)
+
+
+def test_remote_workers(tmp_path, monkeypatch, no_worker_survives):
+  notebook = execute('remote_workers', tmp_path, monkeypatch)
+  local = read_rows(tmp_path / 'local' / 'metrics.csv')
+  remote = read_rows(tmp_path / 'remote' / 'metrics.csv')
+  assert len(local) == len(remote) == 3
+  for want, got in zip(local, remote, strict=True):
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+      if name != 'round_seconds' and got[name] != value:  # Two workers: merged in another order.
+        assert math.isclose(float(got[name]), float(value), rel_tol=1e-4), (name, got, want)
+  logs = sorted(tmp_path.glob('worker_*.log'))
+  assert len(logs) == 2
+  for log in logs:
+    assert 'ExecutorService started' in log.read_text()
+  output = printed(notebook)
+  assert output.count('listening on port') == 2
+  assert output.count("exited with status 0: ['worker.py: stopped.']") == 2
+  assert 'same clients, examples and bytes in all 3 rounds: True' in output
+  assert 'the two runs agree within 1e-4 in all 3 rounds' in output
+  assert images_shown(notebook) == 2  # The differences per round, the round times.
