@@ -14,9 +14,12 @@ Examples:
   python bin/train.py --partition=dirichlet --dirichlet_alpha=0.1 --num_clients=50 \\
       --clients_per_round=10
   python bin/train.py --task=image_folder --data_dir=/data/hospitals --image_size=32
-  python bin/train.py --task=emnist --data_dir=~/emnist --scheme=dp_fedavg_gan \
-      --clients_per_round=50 --client_sampling=poisson --dp_noise_multiplier=1.0
+  python bin/train.py --task=emnist --data_dir=~/emnist --model_width=0.25 \\
+      --scheme=dp_fedavg_gan --clients_per_round=50 --client_sampling=poisson \\
+      --dp_noise_multiplier=1.0
   python bin/train.py --task=digits --conditional --model=dcgan --output_dir=runs/cgan
+  python bin/train.py --mode=async --num_clients=100 --buffer_size=10 \\
+      --max_concurrent_clients=20 --straggler_fraction=0.2 --output_dir=runs/fedbuff
   python bin/train.py --executor=remote --workers=10.0.0.5:8000,10.0.0.6:8000
       (workers started with bin/worker.py --port=8000; see docs/deployment.md)
 """

@@ -115,6 +115,8 @@ class TrainConfig:
   client_timeout: float = 0.0
 
   def __post_init__(self):
+    if self.data_dir.startswith('~'):  # --data_dir=~/x reaches us unexpanded by the shell.
+      object.__setattr__(self, 'data_dir', os.path.expanduser(self.data_dir))
     if not self.model:
       object.__setattr__(self, 'model', DEFAULT_MODELS.get(self.task, 'mlp'))
     if not self.partition:
