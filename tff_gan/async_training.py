@@ -52,6 +52,7 @@ import numpy as np
 import tensorflow_federated as tff
 from absl import logging
 
+from tff_gan import config as config_lib
 from tff_gan import data
 
 _CHOICE_SALT = 0xA5C
@@ -149,6 +150,9 @@ def train_async(config, process, population: data.ClientData, work: data.LocalWo
 
   Returns:
     `(state, last_row)`.
+
+  Raises:
+    config.ConfigError: If the buffer is larger than the population.
   """
   client_work = _client_work_on_keys(process, population, work)
   server_step = process.async_parts.server_step
@@ -156,8 +160,8 @@ def train_async(config, process, population: data.ClientData, work: data.LocalWo
   num_clients = population.num_clients
   capacity = min(config.max_concurrent_clients, num_clients)
   if config.async_rule == 'fedbuff' and capacity < config.buffer_size:
-    raise ValueError(f'--buffer_size={config.buffer_size} exceeds the {num_clients} clients; '
-                     'lower it.')
+    raise config_lib.ConfigError(f'--buffer_size={config.buffer_size} exceeds the {num_clients} '
+                                 'clients of the data; lower it.')
   version, now = start_round, start_time
   in_flight: dict[int, _Task] = {}
   events: list[tuple[float, int, str, int]] = []  # (time, sequence, kind, client id)
