@@ -7,13 +7,14 @@ import os
 import subprocess
 import sys
 
+import dp_accounting
 import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import REPO_ROOT, as_numpy, linear_gan_models
 
 import tasks
-from tff_gan import async_training, optimizers, training
+from tff_gan import async_training, optimizers, privacy, training
 from tff_gan import config as config_lib
 from tff_gan.schemes import fedgan
 from tff_gan.state import ClientOutput, GanWeights
@@ -142,8 +143,11 @@ def test_fedasync_applies_each_report_and_dp_accounts_per_step(tmp_path_factory)
                   mode='async', async_rule='fedasync', max_concurrent_clients=3,
                   scheme='dp_fedavg_gan', dp_noise_multiplier=1.0, dp_clip=0.1)
   assert [int(r['clients']) for r in rows] == [1, 1, 1, 1]
-  epsilons = [float(r['epsilon']) for r in rows]
-  assert epsilons == sorted(epsilons) and epsilons[0] > 0
+  # Each step is one DP aggregation of one client drawn from the 6.
+  sampling = privacy.Sampling('fixed', 6, 1)
+  assert [float(r['epsilon']) for r in rows] == pytest.approx(
+      [privacy.epsilon(dp_accounting.GaussianDpEvent(1.0), sampling, step, 1e-5)
+       for step in (1, 2, 3, 4)], rel=1e-5)
 
 
 def test_sync_rounds_report_their_simulated_time(tmp_path_factory):

@@ -135,6 +135,14 @@ class TrainConfig:
                            min(concurrent, self.num_clients) if self.num_clients else concurrent)
 
   @property
+  def clients_per_aggregation(self) -> int:
+    """Client updates each server update aggregates: a round's clients, a FedBuff buffer's,
+    or one (FedAsync). The DP aggregator divides by it, and ε is accounted over it."""
+    if self.mode == 'sync':
+      return self.clients_per_round
+    return self.buffer_size if self.async_rule == 'fedbuff' else 1
+
+  @property
   def reads_files(self) -> bool:
     return self.task in FILE_TASKS
 

@@ -98,7 +98,7 @@ def build_aggregator(config: config_lib.TrainConfig):
   try:
     return aggregators.dp_aggregator(
         noise_multiplier=config.dp_noise_multiplier,
-        clients_per_round=config.clients_per_round,
+        clients_per_round=config.clients_per_aggregation,
         clip=config.effective_dp_clip,
         adaptive_clip_quantile=config.dp_adaptive_clip_quantile,
     )
@@ -140,7 +140,7 @@ class EpsilonLedger:
 
   def __init__(self, config: config_lib.TrainConfig, num_clients: int):
     self._sampling = privacy.Sampling(config.client_sampling, num_clients,
-                                      config.clients_per_round)
+                                      config.clients_per_aggregation)
     self._delta = config.effective_dp_delta
     self._accountant = config.dp_accountant
     self._curve = None
