@@ -13,6 +13,7 @@ builders and an atomic PNG writer.
 from __future__ import annotations
 
 import abc
+import io
 import math
 import numbers
 import os
@@ -235,6 +236,19 @@ def write_png(image: Image.Image, path: str | os.PathLike[str]) -> None:
     if os.path.exists(temp_path):
       os.remove(temp_path)
     raise
+
+
+def write_figure(figure, path: str | os.PathLike[str]) -> None:
+  """Saves a matplotlib `Figure` as a PNG at `path` atomically (through `write_png`).
+
+  Use a bare `matplotlib.figure.Figure`, not pyplot: it needs no GUI backend and leaves the
+  caller's (e.g. a notebook's inline) backend alone.
+  """
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format='png')
+  buffer.seek(0)
+  with Image.open(buffer) as image:
+    write_png(image.convert('RGB'), path)
 
 
 def mlp_generator(

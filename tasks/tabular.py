@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import math
 
 import numpy as np
-from PIL import Image
 
 from tasks import base
 from tff_gan import federated_stats
@@ -247,8 +245,4 @@ class TabularTask(base.Task):
       else:
         ax.tick_params(labelsize=7)
     correlation_figure.colorbar(image, ax=ax, shrink=0.8)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format='png')
-    buffer.seek(0)
-    with Image.open(buffer) as image_file:
-      base.write_png(image_file.convert('RGB'), path)
+    base.write_figure(figure, path)

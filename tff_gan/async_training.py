@@ -54,6 +54,7 @@ from absl import logging
 
 from tff_gan import config as config_lib
 from tff_gan import data
+from tff_gan import process as process_lib
 
 _CHOICE_SALT = 0xA5C
 _STRAGGLER_SALT = 0x5716
@@ -126,10 +127,8 @@ class _Task:
 
 def _client_work_on_keys(process, population: data.ClientData, work: data.LocalWork):
   """The process's client half, taking each client's dataset key instead of its data."""
-  dataset_computation = tff.tensorflow.computation(
-      lambda key: population.dataset(key, work), tff.TensorType(np.int64, [2]))
   return tff.simulation.compose_dataset_computation_with_computation(
-      dataset_computation, process.async_parts.client_work)
+      process_lib.keyed_dataset_computation(population, work), process.async_parts.client_work)
 
 
 def train_async(config, process, population: data.ClientData, work: data.LocalWork, state, *,
@@ -229,7 +228,7 @@ def train_async(config, process, population: data.ClientData, work: data.LocalWo
         [np.float32(scale) for scale in scales])
     version += 1
     dispatches_at_version = 0
-    from tff_gan import training  # noqa: PLC0415 (training imports this module lazily)
+    from tff_gan import training  # noqa: PLC0415 (training imports this module at its top)
 
     row = training.round_row(version, time.perf_counter() - wall_start, len(buffer),
                              len(buffer), metrics, traffic)

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
@@ -174,11 +173,10 @@ def run(config: config_lib.BugFindingConfig, *, show_progress: bool = True,
 
 def write_grid(samples: dict[str, np.ndarray], summary: dict, path: str) -> None:
   """Writes the two generators' samples side by side, titled with accuracy and ε, as a PNG."""
-  # A bare Figure (no pyplot) needs no GUI backend and leaves the caller's backend alone:
-  # matplotlib.use('Agg') would stop a notebook's later plots from showing.
+  # A bare Figure, not pyplot: matplotlib.use('Agg') would stop a notebook's later plots.
   from matplotlib.figure import Figure  # noqa: PLC0415
 
-  figure = Figure(figsize=(10, 5.6))
+  figure = Figure(figsize=(10, 5.6), dpi=100)
   axes = figure.subplots(1, 2)
   for axis, name in zip(axes, POPULATIONS, strict=True):
     population = summary['populations'][name]
@@ -190,13 +188,4 @@ def write_grid(samples: dict[str, np.ndarray], summary: dict, path: str) -> None
                    f"{population['delta']:g}", fontsize=10)
     axis.axis('off')
   figure.tight_layout()
-  directory = os.path.dirname(os.path.abspath(path))
-  descriptor, temporary = tempfile.mkstemp(dir=directory, suffix='.png')
-  os.close(descriptor)
-  try:
-    figure.savefig(temporary, dpi=100)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
+  base.write_figure(figure, path)

@@ -260,7 +260,11 @@ def with_client_data(
     client_data: A `tff_gan.data.ClientData`.
     work: The clients' `tff_gan.data.LocalWork`.
   """
-  dataset_computation = tff.tensorflow.computation(
-      lambda key: client_data.dataset(key, work), tff.TensorType(np.int64, [2]))
   return tff.simulation.compose_dataset_computation_with_iterative_process(
-      dataset_computation, process)
+      keyed_dataset_computation(client_data, work), process)
+
+
+def keyed_dataset_computation(client_data, work) -> tff.Computation:
+  """`(int64[2] -> {data}*)`: a client's round dataset built on the executor from its key."""
+  return tff.tensorflow.computation(
+      lambda key: client_data.dataset(key, work), tff.TensorType(np.int64, [2]))

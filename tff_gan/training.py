@@ -381,12 +381,12 @@ def train(config: config_lib.TrainConfig, task, *, show_progress: bool = True,
     recorder = RoundRecorder(config, task, sample, ledger, release, checkpoints, rounds,
                              metric_names)
     if config.mode == 'async':
-      state, row = async_training.train_async(
+      state, async_row = async_training.train_async(
           config, process, population, work, state, start_round=start_round,
           start_time=float(row.get('simulated_time', 0.0)), recorder=recorder,
           traffic=traffic)
       rounds.close()
-      return TrainResult(state=state, last_row=row or recorder.last_row)
+      return TrainResult(state=state, last_row=async_row or row)
     clock = async_training.ClientClock.from_config(config) if config.latency else None
     simulated_time = float(row.get('simulated_time', 0.0))
     for round_num in rounds:
@@ -432,7 +432,6 @@ class RoundRecorder:
     self._metric_names = metric_names
     self._samples_dir = os.path.join(config.output_dir, 'samples')
     self._latest_evaluation: dict[str, Any] = {}  # Shown on the progress bar in between.
-    self.last_row: dict[str, Any] = {}
 
   def finish(self, row: dict[str, Any], state: ServerState, round_num: int) -> None:
     config, task = self._config, self._task
@@ -451,7 +450,6 @@ class RoundRecorder:
     self._latest_evaluation.update({k: row[k] for k in self._metric_names if k in row})
     self._progress.set_postfix(
         _progress_fields({**row, **self._latest_evaluation}, self._metric_names), refresh=False)
-    self.last_row = row
 
   def advance(self) -> None:
     """Moves the progress bar one round on (for loops that do not iterate over it)."""
