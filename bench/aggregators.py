@@ -2,7 +2,7 @@
 
 Trains FedGAN once per aggregator (same seed, clients and schedule; only `--aggregator`
 differs), reads each run's `metrics.csv`, and prints a Markdown table: payload bytes per round
-down and up (from the types the round sends: see `tff_gan/communication.py`), upload as a
+down and up (from the types the round sends: see `tff_gan/algorithms/communication.py`), upload as a
 fraction of `mean`'s, and the modes captured and high-quality fraction at the last round.
 
 Usage: python bench/aggregators.py [--rounds=300] [--aggregators=mean,compressed]
@@ -43,8 +43,8 @@ def main(argv):
   _cli.parse_flags(argv, __doc__)
   _cli.quiet_tensorflow()
   import tasks  # noqa: PLC0415
-  from tff_gan import config as config_lib  # noqa: PLC0415
-  from tff_gan import training  # noqa: PLC0415
+  from tff_gan.run import config as config_lib  # noqa: PLC0415
+  from tff_gan.run import training  # noqa: PLC0415
 
   results = []
   for spec in FLAGS.aggregators:

@@ -21,7 +21,7 @@ from concurrent import futures
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-from tff_gan import config as config_lib  # noqa: E402  (no TensorFlow import)
+from tff_gan import choices  # noqa: E402 (no TensorFlow import)
 
 TINY = ['--rounds=2', '--eval_every=2', '--model_width=0.125', '--num_clients=4',
         '--clients_per_round=3', '--local_steps=2', '--batch_size=16', '--num_eval_samples=200',
@@ -51,9 +51,9 @@ def main(argv):
       print(__doc__)
       return 0 if arg in ('-h', '--help') else 2
   # `centralized` has no server optimizer or aggregator of its own: it runs once, as is.
-  federated = [scheme for scheme in config_lib.SCHEMES if scheme != 'centralized']
-  combinations = list(itertools.product(federated, config_lib.SERVER_OPTIMIZERS,
-                                        config_lib.AGGREGATORS))
+  federated = [scheme for scheme in choices.SCHEMES if scheme != 'centralized']
+  combinations = list(itertools.product(federated, choices.SERVER_OPTIMIZERS,
+                                        choices.AGGREGATORS))
   combinations.append(('centralized', 'sgd', 'mean'))
   failures = 0
   with futures.ThreadPoolExecutor(parallel) as pool:
@@ -65,8 +65,8 @@ def main(argv):
       print(f'{name}: {status} [{seconds:.0f} s]', flush=True)
   print(f'{len(combinations) - failures} of {len(combinations)} combinations ran '
         f'(schemes: {", ".join(federated)}, plus centralized; server optimizers: '
-        f'{", ".join(config_lib.SERVER_OPTIMIZERS)}; aggregators: '
-        f'{", ".join(config_lib.AGGREGATORS)}).')
+        f'{", ".join(choices.SERVER_OPTIMIZERS)}; aggregators: '
+        f'{", ".join(choices.AGGREGATORS)}).')
   return 1 if failures else 0
 
 

@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from tff_gan.run import rundir
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
 from absl import flags  # noqa: E402
@@ -35,8 +37,8 @@ def main(argv):
   _cli.parse_flags(argv, __doc__)
   _cli.quiet_tensorflow()
   import tasks  # noqa: PLC0415
-  from tff_gan import config as config_lib  # noqa: PLC0415
-  from tff_gan import training  # noqa: PLC0415
+  from tff_gan.run import config as config_lib  # noqa: PLC0415
+  from tff_gan.run import training  # noqa: PLC0415
 
   runs = {
       'FedGAN, IID': dict(scheme='fedgan', partition='iid'),
@@ -56,7 +58,7 @@ def main(argv):
     seconds = time.perf_counter() - start
     with open(os.path.join(output_dir, 'metrics.csv'), newline='') as f:
       evaluated = [row for row in csv.DictReader(f) if row['frechet_distance']]
-    with open(os.path.join(output_dir, training.REFERENCE_FILE)) as f:
+    with open(os.path.join(output_dir, rundir.REFERENCE_FILE)) as f:
       reference = json.load(f)
     results.append((name, evaluated, seconds, reference))
     print(f'{name}: done in {seconds:.0f} s', flush=True)

@@ -14,6 +14,9 @@ import statistics
 import sys
 import time
 
+from tff_gan.clients import sampling
+from tff_gan.run import schemes
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
 from absl import flags  # noqa: E402
@@ -33,8 +36,9 @@ def main(argv):
   import dataclasses  # noqa: PLC0415
 
   import tasks  # noqa: PLC0415
-  from tff_gan import config as config_lib  # noqa: PLC0415
-  from tff_gan import contexts, data, training  # noqa: PLC0415
+  from tff_gan.clients import populations as data
+  from tff_gan.run import config as config_lib  # noqa: PLC0415
+  from tff_gan.runtime import contexts  # noqa: PLC0415
 
   plain = config_lib.TrainConfig(
       scheme=FLAGS.scheme, num_clients=FLAGS.num_clients,
@@ -44,15 +48,15 @@ def main(argv):
       plain, dp_noise_multiplier=1.0, dp_clip=0.1,
       dp_adaptive_clip_quantile=0.5 if FLAGS.adaptive else None).validate()
   task = tasks.get_task(plain.task)
-  population = training.build_population(plain, task)
+  population = schemes.build_population(plain, task)
   work = data.LocalWork(batch_size=plain.batch_size, local_steps=plain.local_steps)
-  processes = {name: training.build_process(config, task.gan_models())
+  processes = {name: schemes.build_process(config, task.gan_models())
                for name, config in (('plain', plain), ('dp', private))}
   times = {name: [] for name in processes}
   with contexts.local_cpp_context():
     states = {name: process.initialize() for name, process in processes.items()}
     for round_num in range(FLAGS.rounds + 1):
-      client_ids = data.sample_clients(plain.num_clients, plain.clients_per_round,
+      client_ids = sampling.sample_clients(plain.num_clients, plain.clients_per_round,
                                        round_num=round_num, seed=0)
       for name, process in processes.items():
         datasets = population.round_datasets(client_ids, work, round_num=round_num, seed=0)

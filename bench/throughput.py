@@ -11,7 +11,7 @@ For each task (`ring` with the MLP pair, `digits` with the DCGAN pair), 10 clien
 * the same round as a straightforward plain-TF loop in one process: per client, set the
   weights, then for each batch call a `tf.function` train step with Keras Adam optimizers;
 * the same round as a fused plain-TF loop: per client one `tf.function` running
-  `tff_gan.tf_fns.fedgan_client_update` over the whole dataset (the client work TFF runs).
+  `tff_gan.core.client_work.fedgan_client_update` over the whole dataset (the client work TFF runs).
 
 Rounds alternate between the three sides, so machine noise hits them alike.
 
@@ -25,6 +25,9 @@ import os
 import statistics
 import sys
 import time
+
+from tff_gan.core import client_work
+from tff_gan.run import schemes
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
@@ -62,7 +65,10 @@ def matmul_peak_flops(tf, size: int = 1024, chain: int = 10, repeats: int = 5) -
 
 def step_flops(tf, models, optimizer, batch_size: int) -> float:
   """FLOPs of one client step, counted by TF's profiler on the step's graph."""
-  from tff_gan import losses, tf_fns  # noqa: PLC0415
+  from tff_gan.core import (
+    losses,  # noqa: PLC0415
+    tf_fns,
+  )
 
   generator, discriminator = models.generator_fn(), models.discriminator_fn()
   generator_state = tf_fns.initialize_optimizer(optimizer, generator.trainable_variables)
@@ -147,11 +153,15 @@ def measure(task_name: str, peak: float) -> list[str]:
   import tensorflow as tf  # noqa: PLC0415
 
   import tasks  # noqa: PLC0415
-  from tff_gan import config as config_lib  # noqa: PLC0415
-  from tff_gan import contexts, data, losses, optimizers, tf_fns, training  # noqa: PLC0415
-  from tff_gan import process as process_lib  # noqa: PLC0415
-  from tff_gan.schemes import fedgan  # noqa: PLC0415
-  from tff_gan.state import GanWeights, ServerBroadcast  # noqa: PLC0415
+  from tff_gan.algorithms import (
+    fedgan,  # noqa: PLC0415
+    optimizers,
+  )
+  from tff_gan.clients import populations as data
+  from tff_gan.core import losses
+  from tff_gan.core.state import GanWeights, ServerBroadcast  # noqa: PLC0415
+  from tff_gan.run import config as config_lib  # noqa: PLC0415
+  from tff_gan.runtime import contexts  # noqa: PLC0415
 
   config = config_lib.TrainConfig(
       task=task_name, model=MODELS[task_name], num_clients=FLAGS.clients,
@@ -159,7 +169,7 @@ def measure(task_name: str, peak: float) -> list[str]:
       batch_size=FLAGS.batch_size).validate()
   task = tasks.get_task(config.task, seed=config.seed, model=config.model)
   models = task.gan_models()
-  population = training.build_population(config, task)
+  population = schemes.build_population(config, task)
   steps_examples = FLAGS.local_steps * FLAGS.batch_size  # Enough epochs for full batches.
   work = data.LocalWork(batch_size=FLAGS.batch_size,
                         local_epochs=math.ceil(steps_examples / population.client_sizes.min()),
@@ -168,10 +178,10 @@ def measure(task_name: str, peak: float) -> list[str]:
   flops_per_round = (step_flops(tf, models, optimizer, FLAGS.batch_size)
                      * FLAGS.clients * FLAGS.local_steps)
   process = fedgan.build_fedgan_process(models, client_optimizer=optimizer, seed=config.seed)
-  keyed_process = process_lib.with_client_data(process, population, work)
+  keyed_process = process.with_client_data(population, work)
 
   generator, discriminator = models.generator_fn(), models.discriminator_fn()
-  fused_update = tf.function(lambda dataset, broadcast: tf_fns.fedgan_client_update(
+  fused_update = tf.function(lambda dataset, broadcast: client_work.fedgan_client_update(
       dataset, broadcast, generator=generator, discriminator=discriminator,
       loss=losses.NON_SATURATING, generator_optimizer=optimizer,
       discriminator_optimizer=optimizer, noise_dim=models.noise_dim))

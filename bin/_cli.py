@@ -49,7 +49,38 @@ def parse_flags(argv: list[str], doc: str) -> list[str]:
 
 
 def quiet_tensorflow() -> None:
-  """Imports TensorFlow with its Python logger limited to errors."""
+  """Imports TensorFlow with its Python logger limited to errors, and TFF with no context.
+
+  TFF's default execution context would start a worker nobody stops; from here on, only the
+  contexts of `tff_gan.runtime.contexts` run computations.
+  """
   import tensorflow as tf  # noqa: PLC0415 (after the environment is set)
 
+  from tff_gan.runtime import contexts  # noqa: PLC0415
+
   tf.get_logger().setLevel('ERROR')
+  contexts.refuse_unowned_execution()
+
+
+class LoadError(Exception):
+  """A saved round cannot be loaded; the message is one line."""
+
+
+def load_round(output_dir: str, config, round_num: int):
+  """`(task, models, generator_weights)` of the run in `output_dir` at the saved `round_num`.
+
+  Imports TensorFlow. Raises `LoadError` with the first line of what went wrong (a task this
+  version cannot build, a damaged checkpoint, a TFF worker that would not start, an OS error).
+  """
+  import tasks  # noqa: PLC0415 (imports TensorFlow)
+  from tff_gan.algorithms.composition import GanProcess  # noqa: PLC0415
+  from tff_gan.run import export, persistence, rundir  # noqa: PLC0415
+  from tff_gan.runtime.workers import WorkerError  # noqa: PLC0415
+
+  try:
+    task = tasks.task_from_config(config)
+    models = task.gan_models(config.conditional)
+    state = export.load_state(output_dir, config, models, round_num)
+  except (ValueError, OSError, persistence.CheckpointError, WorkerError) as e:
+    raise LoadError(rundir.first_line(e)) from e
+  return task, models, GanProcess.generator_weights(state)

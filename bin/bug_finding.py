@@ -4,7 +4,7 @@ An app update inverts the pixels of some writers' digits; a classifier deployed 
 update fails on them. Without looking at anyone's data, the writers with the lowest and the
 highest accuracy are selected, a differentially private federated GAN is trained on each
 group, and their samples are shown side by side: the inversion appears in one and not in the
-other. See tff_gan/bug_finding.py and tutorials/privacy.ipynb.
+other. See experiments/bug_finding.py and tutorials/privacy.ipynb.
 
 Writes to --output_dir: bug_finding.png (the side-by-side grid, titled with each run's
 epsilon), summary.json (writers, accuracies, epsilon, the fraction of bright-background
@@ -24,9 +24,11 @@ import sys
 import _cli
 from absl import flags
 
-from tff_gan import config as config_lib
+from experiments.bug_finding_config import BugFindingConfig
+from tff_gan.run import rundir
+from tff_gan.run.config import ConfigError
 
-_DEFAULTS = config_lib.BugFindingConfig()
+_DEFAULTS = BugFindingConfig()
 
 flags.DEFINE_string('output_dir', _DEFAULTS.output_dir, 'Where the grid, the summary and the '
                     'two training runs are written.')
@@ -70,20 +72,21 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> int:
   program = os.path.basename(argv[0])
   _cli.parse_flags(argv, __doc__)
-  settings = {name: FLAGS[name].value for name in config_lib.BugFindingConfig.__dataclass_fields__}
+  settings = {name: FLAGS[name].value for name in BugFindingConfig.__dataclass_fields__}
   try:  # Checked before TensorFlow is imported, so a typo costs milliseconds.
-    config = config_lib.BugFindingConfig(**settings).validate()
-    config_lib.check_output_dir_writable(config.output_dir)
-  except config_lib.ConfigError as e:
+    config = BugFindingConfig(**settings).validate()
+    rundir.check_output_dir_writable(config.output_dir)
+  except ConfigError as e:
     _cli.usage_error(program, str(e))
   _cli.quiet_tensorflow()
-  from tff_gan import bug_finding, contexts  # noqa: PLC0415 (imports TensorFlow)
+  from experiments import bug_finding  # noqa: PLC0415 (imports TensorFlow)
+  from tff_gan.runtime import workers as worker_lib
 
   try:
     summary = bug_finding.run(config, show_progress=FLAGS.progress, overwrite=FLAGS.overwrite)
-  except config_lib.ConfigError as e:
+  except ConfigError as e:
     _cli.usage_error(program, str(e))
-  except contexts.WorkerError as e:
+  except worker_lib.WorkerError as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
   for name, population in summary['populations'].items():

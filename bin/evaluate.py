@@ -21,7 +21,7 @@ import sys
 import _cli
 from absl import flags
 
-from tff_gan import export
+from tff_gan.run import rundir
 
 flags.DEFINE_string('output_dir', None, 'Directory of a bin/train.py run (holds config.json '
                     'and checkpoints/).')
@@ -57,25 +57,25 @@ def main(argv: list[str]) -> int:
   program = os.path.basename(argv[0])
   _cli.parse_flags(argv, __doc__)
   try:  # Checked before TensorFlow is imported, so a typo costs milliseconds.
-    config, round_num = export.open_run(FLAGS.output_dir, FLAGS.round, FLAGS.num_samples,
+    config, round_num = rundir.open_run(FLAGS.output_dir, FLAGS.round, FLAGS.num_samples,
                                         FLAGS.seed)
-  except export.RunError as e:
+  except rundir.RunError as e:
     _cli.usage_error(program, str(e))
   num_samples = config.num_eval_samples if FLAGS.num_samples is None else FLAGS.num_samples
   seed = config.seed + round_num if FLAGS.seed is None else FLAGS.seed
 
   _cli.quiet_tensorflow()
-  from tff_gan import training  # noqa: PLC0415
+  from tff_gan.run import export, recorder  # noqa: PLC0415
 
   try:
-    task, models, state = export.load_round(FLAGS.output_dir, config, round_num)
-  except export.LoadError as e:
+    task, models, generator_weights = _cli.load_round(FLAGS.output_dir, config, round_num)
+  except _cli.LoadError as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
-  samples = training.SampleGenerator(models)(state.weights.generator, num_samples, seed)
+  samples = export.SampleGenerator(models)(generator_weights, num_samples, seed)
   # The run's own cached classifier (image tasks), so the values match its metrics.csv.
-  task.prepare_evaluation(os.path.join(FLAGS.output_dir, training.CLASSIFIER_DIR))
-  metrics = training.evaluate_samples(task, samples, config.conditional)
+  task.prepare_evaluation(os.path.join(FLAGS.output_dir, rundir.CLASSIFIER_DIR))
+  metrics = recorder.evaluate_samples(task, samples, config.conditional)
   if FLAGS.json:
     print(json.dumps({name: json_value(value) for name, value in metrics.items()},
                      allow_nan=False))

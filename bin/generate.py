@@ -35,7 +35,7 @@ import sys
 import _cli
 from absl import flags
 
-from tff_gan import export
+from tff_gan.run import rundir
 
 flags.DEFINE_string('output_dir', None, 'Directory of a bin/train.py run (holds config.json '
                     'and checkpoints/).')
@@ -57,24 +57,25 @@ def main(argv: list[str]) -> int:
   program = os.path.basename(argv[0])
   _cli.parse_flags(argv, __doc__)
   try:  # Checked before TensorFlow is imported, so a typo costs milliseconds.
-    config, round_num = export.open_run(FLAGS.output_dir, FLAGS.round, FLAGS.num_samples,
+    config, round_num = rundir.open_run(FLAGS.output_dir, FLAGS.round, FLAGS.num_samples,
                                         FLAGS.seed)
     if FLAGS.export_dir == '':
-      raise export.RunError('--export_dir must not be empty.')
+      raise rundir.RunError('--export_dir must not be empty.')
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.output_dir, 'export')
-    export.check_writable_dir(export_dir, '--export_dir')
-    export.check_label(config, FLAGS.label)
-  except export.RunError as e:
+    rundir.check_writable_dir(export_dir, '--export_dir')
+    rundir.check_label(config, FLAGS.label)
+  except rundir.RunError as e:
     _cli.usage_error(program, str(e))
 
   _cli.quiet_tensorflow()
   import numpy as np  # noqa: PLC0415
 
-  from tff_gan import conditional, training  # noqa: PLC0415
+  from tff_gan import files  # noqa: PLC0415
+  from tff_gan.core import conditional  # noqa: PLC0415
+  from tff_gan.run import export  # noqa: PLC0415
 
   try:
-    task, models, state = export.load_round(FLAGS.output_dir, config, round_num)
-    generator_weights = state.weights.generator
+    task, models, generator_weights = _cli.load_round(FLAGS.output_dir, config, round_num)
     generator = export.build_generator(models, generator_weights)
     outputs = {}
     if config.conditional:
@@ -84,12 +85,12 @@ def main(argv: list[str]) -> int:
       outputs[os.path.join(export_dir, f'labels_round_{round_num}.npy')] = (
           lambda path: np.save(path, labels))
     else:
-      samples = training.SampleGenerator(models)(generator_weights, FLAGS.num_samples,
-                                                 FLAGS.seed)
+      samples = export.SampleGenerator(models)(generator_weights, FLAGS.num_samples,
+                                               FLAGS.seed)
     for suffix, writer in task.sample_exports(samples).items():
       outputs[os.path.join(export_dir, f'samples_round_{round_num}.{suffix}')] = writer
     os.makedirs(export_dir, exist_ok=True)
-    written = export.write_outputs(outputs | {
+    written = files.write_outputs(outputs | {
         os.path.join(export_dir, f'samples_round_{round_num}.png'):
             lambda path: task.render(samples, path),
         os.path.join(export_dir, f'samples_round_{round_num}.npy'):
@@ -97,10 +98,10 @@ def main(argv: list[str]) -> int:
         os.path.join(export_dir, f'generator_round_{round_num}.keras'):
             lambda path: generator.save(path),
     })
-  except export.RunError as e:
+  except rundir.RunError as e:
     _cli.usage_error(program, str(e))
-  except (export.LoadError, OSError) as e:
-    print(f'{program}: error: {export.first_line(e)}', file=sys.stderr)
+  except (_cli.LoadError, OSError) as e:
+    print(f'{program}: error: {rundir.first_line(e)}', file=sys.stderr)
     return 1
   for path in written:
     print(f'{program}: wrote {path}')

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
   if (FLAGS.noise_multiplier is None) == (FLAGS.target_epsilon is None):
     _cli.usage_error(program, 'give exactly one of --noise_multiplier (to get epsilon) and '
                      '--target_epsilon (to get the noise multiplier).')
-  from tff_gan import privacy  # noqa: PLC0415
+  from tff_gan.privacy import accounting as privacy  # noqa: PLC0415
 
   try:
     sampling = privacy.Sampling(FLAGS.sampling, FLAGS.num_clients, FLAGS.clients_per_round)

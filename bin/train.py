@@ -32,7 +32,9 @@ import sys
 import _cli
 from absl import flags
 
-from tff_gan import config as config_lib
+from tff_gan import choices
+from tff_gan.run import config as config_lib
+from tff_gan.run import rundir
 
 _DEFAULTS = config_lib.TrainConfig()
 # Fields whose default depends on the task: the flags keep the unresolved default ('' or 0),
@@ -51,7 +53,7 @@ flags.DEFINE_string('data_dir', _DEFAULTS.data_dir, 'Folder holding the files of
                     'image_folder or tabular. Nothing is ever downloaded.')
 flags.DEFINE_integer('image_size', None, '--task=image_folder: images are resized to this '
                      'many pixels square (a multiple of 4; default '
-                     f'{config_lib.DEFAULT_IMAGE_SIZE}).')
+                     f'{choices.DEFAULT_IMAGE_SIZE}).')
 flags.DEFINE_bool('only_digits', _DEFAULTS.only_digits, '--task=emnist: the 10 digit classes '
                   '(3383 writers); --noonly_digits for all 62 classes (3400 writers).')
 flags.DEFINE_bool('conditional', _DEFAULTS.conditional, 'Train a class-conditional GAN (G and D '
@@ -70,7 +72,7 @@ flags.DEFINE_string('model', _UNRESOLVED['model'], 'Network pair: mlp (all tasks
 flags.DEFINE_float('model_width', _DEFAULTS.model_width, 'Multiplier on hidden layer sizes.')
 flags.DEFINE_integer('num_clients', _UNRESOLVED['num_clients'], 'Number of clients. Embedded '
                      'tasks: simulated clients the data is split over (default '
-                     f'{config_lib.DEFAULT_NUM_CLIENTS}). --partition=natural: N of the '
+                     f'{choices.DEFAULT_NUM_CLIENTS}). --partition=natural: N of the '
                      "data's clients drawn at random (seeded), or 0 (default) for all.")
 flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round,
                      'Clients per round: exactly (--client_sampling=fixed) or in expectation '
@@ -95,16 +97,16 @@ flags.DEFINE_integer('local_steps', _DEFAULTS.local_steps, 'Cap on local steps (
                      'round; 0 means no cap. Each step updates D, then G.')
 flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Client batch size.')
 flags.DEFINE_string('client_optimizer', _DEFAULTS.client_optimizer, 'Client optimizer of both '
-                    'networks, fresh every round: ' + ', '.join(config_lib.CLIENT_OPTIMIZERS) +
+                    'networks, fresh every round: ' + ', '.join(choices.CLIENT_OPTIMIZERS) +
                     ' (adam uses beta1=0.5).')
 flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate,
                    'Client learning rate.')
 flags.DEFINE_string('server_optimizer', _DEFAULTS.server_optimizer, 'Server optimizer applied '
-                    'to the averaged deltas: ' + ', '.join(config_lib.SERVER_OPTIMIZERS) +
+                    'to the averaged deltas: ' + ', '.join(choices.SERVER_OPTIMIZERS) +
                     '; sgd with learning rate 1 is FedAvg.')
 flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate,
                    'Server learning rate.')
-flags.DEFINE_string('loss', _DEFAULTS.loss, 'GAN loss: ' + ', '.join(config_lib.LOSSES) +
+flags.DEFINE_string('loss', _DEFAULTS.loss, 'GAN loss: ' + ', '.join(choices.LOSSES) +
                     '.')
 flags.DEFINE_float('proximal_mu', _DEFAULTS.proximal_mu, 'FedProx: adds (mu/2)*||w - '
                    'w_global||^2 to the local objective of every network trained on clients; '
@@ -121,7 +123,7 @@ flags.DEFINE_string('aggregator', _DEFAULTS.aggregator, 'How client updates are 
                     'bits with stochastic rounding, so runs are not bitwise reproducible). '
                     'Differential privacy brings its own aggregator.')
 flags.DEFINE_integer('bits', None, '--aggregator=compressed: bits per quantized value, 1 to '
-                     f'{config_lib.MAX_BITS} (default {config_lib.DEFAULT_BITS}).')
+                     f'{choices.MAX_BITS} (default {choices.DEFAULT_BITS}).')
 flags.DEFINE_bool('hadamard', _DEFAULTS.hadamard, '--aggregator=compressed: rotate each tensor '
                   'by a randomized Hadamard transform before quantizing (narrower ranges, '
                   'padded to a power of 2).')
@@ -144,13 +146,13 @@ flags.DEFINE_float('dp_noise_multiplier', None, 'Turns on differential privacy (
                    '--dp_clip and Gaussian noise of std noise_multiplier*clip is added to the '
                    'sum. Client losses are then not released.')
 flags.DEFINE_float('dp_clip', None, f'L2 clip norm of a client update (default '
-                   f'{config_lib.DEFAULT_DP_CLIP}); with --dp_adaptive_clip_quantile, its '
+                   f'{choices.DEFAULT_DP_CLIP}); with --dp_adaptive_clip_quantile, its '
                    'initial value.')
 flags.DEFINE_float('dp_adaptive_clip_quantile', None, 'Adapt the clip norm toward this '
                    'quantile of client update norms, in (0, 1); the noised quantile estimate '
                    'is accounted for. Needs more than 10*noise_multiplier clients per round.')
 flags.DEFINE_float('dp_delta', None, f'delta at which epsilon is reported (default '
-                   f'{config_lib.DEFAULT_DP_DELTA:g}); keep it well below 1/num_clients.')
+                   f'{choices.DEFAULT_DP_DELTA:g}); keep it well below 1/num_clients.')
 flags.DEFINE_string('dp_accountant', _DEFAULTS.dp_accountant, 'Privacy accountant: rdp (Renyi '
                     'DP) or pld (privacy loss distributions; needs --client_sampling=poisson).')
 flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every, 'Evaluate and write samples every N '
@@ -161,7 +163,7 @@ flags.DEFINE_integer('seed', _DEFAULTS.seed, 'Seed of initial weights, partition
                      'sampling, shuffling and noise: the same seed repeats a run exactly.')
 flags.DEFINE_string('output_dir', _DEFAULTS.output_dir, 'Where config.json, metrics.csv, '
                     'samples/, checkpoints/, tb/ (TensorBoard) and worker.log are written.')
-flags.DEFINE_enum('executor', _DEFAULTS.executor, config_lib.EXECUTORS, 'local: a TFF worker '
+flags.DEFINE_enum('executor', _DEFAULTS.executor, choices.EXECUTORS, 'local: a TFF worker '
                   'process on this machine, started and stopped by this program. remote: the '
                   'TFF workers at --workers (see docs/deployment.md).')
 flags.DEFINE_string('workers', _DEFAULTS.workers, 'With --executor=remote: host:port of each '
@@ -170,11 +172,11 @@ flags.DEFINE_string('workers', _DEFAULTS.workers, 'With --executor=remote: host:
 flags.DEFINE_float('worker_timeout', _DEFAULTS.worker_timeout, 'Seconds to wait for a remote '
                    'worker to answer at start, or to come back after a lost connection, before '
                    'the run ends with an error.')
-flags.DEFINE_enum('mode', _DEFAULTS.mode, config_lib.MODES, 'sync: rounds of sampled clients '
+flags.DEFINE_enum('mode', _DEFAULTS.mode, choices.MODES, 'sync: rounds of sampled clients '
                   'that the server waits for. async: the server keeps '
                   '--max_concurrent_clients clients at work and updates the model as they '
                   'report, on a simulated clock (see --async_rule).')
-flags.DEFINE_enum('async_rule', _DEFAULTS.async_rule, config_lib.ASYNC_RULES, '--mode=async: '
+flags.DEFINE_enum('async_rule', _DEFAULTS.async_rule, choices.ASYNC_RULES, '--mode=async: '
                   'fedbuff (apply the staleness-weighted mean of every --buffer_size reports) or '
                   'fedasync (apply each report at once, scaled by --fedasync_mixing times its '
                   'staleness weight).')
@@ -190,7 +192,7 @@ flags.DEFINE_float('fedasync_mixing', _DEFAULTS.fedasync_mixing, 'FedAsync: alph
                    'moves the model by alpha * s(tau) times its delta.')
 flags.DEFINE_string('client_latency', _UNRESOLVED['client_latency'], 'Simulated duration of a '
                     "client's work: 'lognormal:MU,SIGMA' (log seconds ~ N(MU, SIGMA^2); "
-                    f'default {config_lib.DEFAULT_ASYNC_LATENCY} with --mode=async). With '
+                    f'default {choices.DEFAULT_ASYNC_LATENCY} with --mode=async). With '
                     '--mode=sync it adds simulated_time to metrics.csv (a round waits for its '
                     'slowest client).')
 flags.DEFINE_float('straggler_fraction', _DEFAULTS.straggler_fraction, 'Fraction of clients '
@@ -222,30 +224,31 @@ def main(argv: list[str]) -> int:
   _cli.parse_flags(argv, __doc__)
   try:  # Checked before TensorFlow is imported, so a typo costs milliseconds.
     config = config_from_flags().validate()
-    config_lib.check_output_dir_writable(config.output_dir)
+    rundir.check_output_dir_writable(config.output_dir)
     if not FLAGS.overwrite:
-      config_lib.check_same_run(config)
+      rundir.check_same_run(config)
   except config_lib.ConfigError as e:
     _cli.usage_error(program, str(e))
 
   _cli.quiet_tensorflow()
   import tasks  # noqa: PLC0415
-  from tff_gan import contexts, training  # noqa: PLC0415
+  from tff_gan.run import training
+  from tff_gan.runtime import workers as worker_lib
 
   try:
     task = tasks.task_from_config(config)
   except ValueError as e:  # ConfigError, or a task's own check of its arguments or files.
     _cli.usage_error(program, str(e))
-  except contexts.WorkerError as e:  # The worker of a task's federated statistics.
+  except worker_lib.WorkerError as e:  # The worker of a task's federated statistics.
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
-  from tff_gan import program as program_lib  # noqa: PLC0415
+  from tff_gan.run import persistence  # noqa: PLC0415
   try:
     result = training.train(config, task, show_progress=FLAGS.progress,
                             overwrite=FLAGS.overwrite)
   except config_lib.ConfigError as e:
     _cli.usage_error(program, str(e))
-  except (program_lib.CheckpointError, contexts.WorkerError) as e:
+  except (persistence.CheckpointError, worker_lib.WorkerError) as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
   summary = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'

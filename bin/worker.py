@@ -65,12 +65,12 @@ def main(argv: list[str]) -> int:
     return 1
 
   _cli.quiet_tensorflow()
-  from tff_gan import contexts  # noqa: PLC0415
+  from tff_gan.runtime import workers as worker_lib
 
-  cores = contexts.available_cores()
-  threads = contexts.WorkerThreads.for_parallel_clients(
+  cores = worker_lib.available_cores()
+  threads = worker_lib.WorkerThreads.for_parallel_clients(
       FLAGS.max_concurrent_computation_calls or cores, cores)
-  worker = contexts.LocalWorker(log_path=FLAGS.log_file or None, threads=threads,
+  worker = worker_lib.LocalWorker(log_path=FLAGS.log_file or None, threads=threads,
                                 port=FLAGS.port)
   stop = []
   for signum in (signal.SIGINT, signal.SIGTERM):
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
       time.sleep(0.2)
-  except contexts.WorkerError as e:
+  except worker_lib.WorkerError as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
   finally:

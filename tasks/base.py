@@ -2,7 +2,7 @@
 
 A task bundles a dataset, the Keras networks of a GAN for it, the metrics that say how good
 a generator's samples are, and a picture of samples for a human to look at. Embedded tasks
-hold one centralized labelled dataset, which `tff_gan.partition` splits into simulated
+hold one centralized labelled dataset, which `tff_gan.clients.partition` splits into simulated
 clients; tasks read from files the user provides (`reads_files`) come with their natural
 clients instead (one writer, one folder, one CSV file each: `natural_population`).
 
@@ -17,7 +17,6 @@ import io
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -25,8 +24,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tff_gan import conditional, data
-from tff_gan.models import GanModels
+from tff_gan import files
+from tff_gan.clients import populations as data
+from tff_gan.core import conditional
+from tff_gan.core.models import GanModels
 
 
 class Task(abc.ABC):
@@ -42,7 +43,7 @@ class Task(abc.ABC):
     metric_names: The keys of the dict `evaluate` returns, in a stable order.
     num_eval_samples: How many generator samples a caller should pass to `evaluate`.
     examples: float32 `[N, *data_shape]`, the whole dataset.
-    labels: int64 `[N]`, a label per example (what `tff_gan.partition` skews clients by and
+    labels: int64 `[N]`, a label per example (what `tff_gan.clients.partition` skews clients by and
       a conditional GAN conditions on); all 0 for unlabelled data.
     num_labels: Number of distinct label values; labels lie in `range(num_labels)`. 0 for
       unlabelled data.
@@ -110,7 +111,7 @@ class Task(abc.ABC):
 
     The generator maps `[B, generator_input_dim]` to `[B, *data_shape]`; the discriminator
     maps `[B, *discriminator_input_shape]` to logits `[B, 1]`. An unconditional GAN asks for
-    `(noise_dim, data_shape)`; a conditional one for larger inputs (`tff_gan.conditional`).
+    `(noise_dim, data_shape)`; a conditional one for larger inputs (`tff_gan.core.conditional`).
     """
 
   def gan_models(self, conditional_gan: bool = False) -> GanModels:
@@ -129,7 +130,7 @@ class Task(abc.ABC):
                                           self.num_labels)
 
   def training_examples(self, conditional_gan: bool = False) -> np.ndarray:
-    """`examples`, packed with their classes for a conditional GAN (`tff_gan.conditional`)."""
+    """`examples`, packed with their classes for a conditional GAN (`tff_gan.core.conditional`)."""
     if not conditional_gan:
       return self.examples
     return conditional.pack(self.examples, self.labels, self.num_labels)
@@ -165,8 +166,8 @@ class Task(abc.ABC):
     """Fresh examples `[n, *data_shape]` of the given int64 labels `[n]`, in TF (stateless).
 
     Tasks whose data has a known generative recipe implement this, so that clients can draw
-    their own examples on the executor (`tff_gan.data.GeneratedClients`); `generates_data`
-    says whether a task does.
+    their own examples on the executor (`tff_gan.clients.populations.GeneratedClients`);
+    `generates_data` says whether a task does.
     """
     raise NotImplementedError(f"task '{self.name}' holds a fixed dataset and draws no examples.")
 
@@ -219,23 +220,8 @@ class Task(abc.ABC):
 
 
 def write_png(image: Image.Image, path: str | os.PathLike[str]) -> None:
-  """Saves `image` as a PNG at `path` atomically: readers never see a half-written file.
-
-  The image is written to a temporary file in the same directory, then renamed over `path`.
-  """
-  directory = os.path.dirname(os.path.abspath(path))
-  file_descriptor, temp_path = tempfile.mkstemp(
-      dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp'
-  )
-  try:
-    with os.fdopen(file_descriptor, 'wb') as temp_file:
-      image.save(temp_file, format='PNG')
-    os.chmod(temp_path, 0o644)  # mkstemp creates files readable by the owner only.
-    os.replace(temp_path, path)
-  except BaseException:
-    if os.path.exists(temp_path):
-      os.remove(temp_path)
-    raise
+  """Saves `image` as a PNG at `path` atomically (`tff_gan.files`)."""
+  files.write_outputs({os.fspath(path): lambda temporary: image.save(temporary, format='PNG')})
 
 
 def write_figure(figure, path: str | os.PathLike[str]) -> None:

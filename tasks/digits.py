@@ -1,7 +1,7 @@
 """Handwritten digits: scikit-learn's 8x8 `load_digits`, small enough for CPU-only tests.
 
 The 1797 images ship inside scikit-learn, so nothing is downloaded. Labels are the digit
-classes, which `tff_gan.partition` can skew clients by.
+classes, which `tff_gan.clients.partition` can skew clients by.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import tempfile
 import numpy as np
 from sklearn.datasets import load_digits
 
-from tasks import base
-from tff_gan import evaluation
+from tasks import base, evaluation
 
 _IMAGE_SIDE = 8
 _MAX_PIXEL = 16.0  # load_digits pixels are integers in [0, 16].
@@ -35,7 +34,7 @@ class DigitsTask(base.Task):
       stride 2) -> LeakyReLU(0.2) -> Flatten -> Dense 1.
   Hidden sizes and filter counts are multiplied by `width`.
 
-  Metrics (`tff_gan.evaluation`), from a small conv classifier trained on a fixed 80% split of
+  Metrics (`tasks.evaluation`), from a small conv classifier trained on a fixed 80% split of
   the images (cached by `prepare_evaluation`): `frechet_distance` between the classifier's
   penultimate activations of the samples and of that split (lower is better), and
   `classifier_score` exp(E KL(p(y|x) || p(y))) of the samples (higher is better, at most 10).
@@ -66,7 +65,7 @@ class DigitsTask(base.Task):
     self.examples = (pixels / (_MAX_PIXEL / 2) - 1).astype(np.float32)
     self.labels = digits.target.astype(np.int64)
     # The real images evaluation compares with, kept apart from the training `examples` that
-    # a subclass may change (e.g. a population of writers in `tff_gan.bug_finding`).
+    # a subclass may change (e.g. a population of writers in `experiments.bug_finding`).
     self.reference_images, self.reference_labels = self.examples, self.labels
     self.num_labels = 10
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(self.examples))

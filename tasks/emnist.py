@@ -30,37 +30,23 @@ same absolute path as the controller (remote workers included).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import pathlib
-import sqlite3
 import tempfile
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_federated as tff
 from absl import logging
-from tensorflow_federated.python.simulation.datasets import sql_client_data
 
-from tasks import base
-from tff_gan import conditional, data, evaluation
+from tasks import base, evaluation
+from tasks.readers import emnist_sqlite
+from tasks.readers.emnist_sqlite import DATABASE_URL, EmnistError
+from tff_gan.clients import populations as data
+from tff_gan.core import conditional
 
-DATABASE_FILE = 'emnist_all.sqlite'
-DATABASE_URL = 'https://storage.googleapis.com/tff-datasets-public/emnist_all.sqlite.lzma'
-# (train split, test split, number of classes) of the file, as TFF's loader names them.
-_SPLITS = {True: ('digits_only_train', 'digits_only_test', 10),
-           False: ('all_train', 'all_test', 62)}
-_IMAGE_SIDE = 28
-_PARSE_SPEC = {  # The features of TFF's EMNIST protos, as its loader parses them.
-    'pixels': tf.io.FixedLenFeature(shape=(_IMAGE_SIDE, _IMAGE_SIDE), dtype=tf.float32),
-    'label': tf.io.FixedLenFeature(shape=(), dtype=tf.int64),
-}
-_READ_CHUNK = 4096  # Test-split protos parsed at a time.
 # A batch size far beyond any writer's dataset, so one batch holds all of it; tf.data reserves
 # at most 65,536 slots up front, whatever the batch size.
 _ALL_OF_A_WRITER = 1 << 30
-_MIN_TEST_EXAMPLES = 10  # The evaluation needs at least 2 held-out and 2 classifier examples.
 _HELDOUT_FRACTION = 0.2  # Of the test split, kept from the classifier to calibrate the metrics.
 _SPLIT_SEED = 0  # Fixed: the classifier and the reference values do not change with --seed.
 # Passes of the evaluation classifier over its ~33k (digits) or ~62k (all classes) examples:
@@ -68,16 +54,6 @@ _SPLIT_SEED = 0  # Fixed: the classifier and the reference values do not change 
 # these are plenty for a few epochs.
 _CLASSIFIER_EPOCHS = 3
 _UPSCALE = 2
-
-
-class EmnistError(ValueError):
-  """The EMNIST file is missing or cannot be read; the message says which file and the fix."""
-
-
-def _to_model_pixels(pixels):
-  """TFF's pixels `[..., 28, 28]` in [0, 1] (1 = background) as `[..., 28, 28, 1]` in [-1, 1]
-  (-1 = background, +1 = ink)."""
-  return (1.0 - 2.0 * pixels)[..., None]
 
 
 class EmnistTask(base.Task):
@@ -100,7 +76,7 @@ class EmnistTask(base.Task):
     - `'mlp'`: G = Dense 256 -> 512 -> 1024 (ReLU) -> Dense 784 -> tanh -> 28x28x1;
       D = Flatten -> Dense 1024 -> 512 -> 256 (LeakyReLU(0.2)) -> Dense 1.
 
-  Metrics (`tff_gan.evaluation`), from a small conv classifier trained on a fixed 80% of the
+  Metrics (`tasks.evaluation`), from a small conv classifier trained on a fixed 80% of the
   test split (cached by `prepare_evaluation`): `frechet_distance` between its penultimate
   activations of the samples and of that 80% (lower is better) and `classifier_score` of the
   samples (higher is better, at most `num_labels`). `prepare_evaluation` returns both for
@@ -133,21 +109,21 @@ class EmnistTask(base.Task):
       raise ValueError(f'noise_dim must be a positive int, got {noise_dim!r}.')
     self.noise_dim = int(noise_dim)
     self.only_digits = bool(only_digits)
-    self._train_split, self._test_split, self.num_labels = _SPLITS[self.only_digits]
-    self.database_path = _database_path(data_dir)
-    train, _ = _load_with_tff(self.database_path, self.only_digits)
+    self._train_split, self._test_split, self.num_labels = emnist_sqlite.SPLITS[self.only_digits]
+    self.database_path = emnist_sqlite.database_path(data_dir)
+    train, _ = emnist_sqlite.load_with_tff(self.database_path, self.only_digits)
     self._writer_dataset_fn = train.serializable_dataset_fn
     self.client_ids = list(train.client_ids)
     unsafe = [writer for writer in self.client_ids if "'" in writer]
     if unsafe:  # TFF pastes the id into its SQL query.
       raise EmnistError(f'{self.database_path} has writer ids with a quote ({unsafe[0]!r}), '
                         f'which TFF cannot query; download the file again from {DATABASE_URL}.')
-    with _connect(self.database_path) as connection:
-      self._client_sizes = _client_sizes(connection, self.database_path, self._train_split,
-                                         self.client_ids)
-      self.examples, self.labels = _read_split(connection, self.database_path,
-                                               self._test_split, self.num_labels)
-      if not _has_client_index(connection):
+    with emnist_sqlite.connect(self.database_path) as connection:
+      self._client_sizes = emnist_sqlite.client_sizes(
+          connection, self.database_path, self._train_split, self.client_ids)
+      self.examples, self.labels = emnist_sqlite.read_split(
+          connection, self.database_path, self._test_split, self.num_labels)
+      if not emnist_sqlite.has_client_index(connection):
         logging.warning(
             '%s has no index on examples(client_id): reading a writer scans the whole file. '
             "To speed rounds up, run: sqlite3 %s 'CREATE INDEX examples_client_id ON "
@@ -174,14 +150,14 @@ class EmnistTask(base.Task):
     """The train split's writers, each read from the file on the TFF worker.
 
     Args:
-      conditional_gan: Pack each example with its class (`tff_gan.conditional.pack`).
+      conditional_gan: Pack each example with its class (`tff_gan.core.conditional.pack`).
     """
     return EmnistWriters(self._writer_dataset_fn, self.client_ids, self._client_sizes,
                          num_labels=self.num_labels if conditional_gan else 0)
 
   def networks(self, generator_input_dim: int, discriminator_input_shape: tuple[int, ...]):
     """The generator and discriminator of the architecture `model`, scaled by `width`."""
-    data_shape = (_IMAGE_SIDE, _IMAGE_SIDE, 1)
+    data_shape = (emnist_sqlite.IMAGE_SIDE, emnist_sqlite.IMAGE_SIDE, 1)
     if self.model == 'mlp':
       return (
           functools.partial(base.mlp_generator, generator_input_dim,
@@ -277,115 +253,10 @@ class EmnistWriters(data.ClientData):
     """Writer `client_id`'s train examples `[n, 28, 28, 1]` (packed `[n, 28, 28, 1 + K]`)."""
     writer = tf.gather(tf.constant(self._client_ids, tf.string), client_id)
     everything = self._dataset_fn(writer).batch(_ALL_OF_A_WRITER).get_single_element()
-    examples = _to_model_pixels(everything['pixels'])
+    examples = emnist_sqlite.to_model_pixels(everything['pixels'])
     if not self._num_labels:
       return examples
     return conditional.pack(examples, everything['label'], self._num_labels)
-
-
-def _database_path(data_dir: str) -> str:
-  """The absolute path of the database in `data_dir`; EmnistError if it is not there."""
-  if not data_dir:
-    raise EmnistError(f'no data_dir given: put {DATABASE_FILE} (from {DATABASE_URL}, '
-                      'decompressed with `xz -d`) in a folder and pass that folder.')
-  directory = os.path.abspath(os.path.expanduser(data_dir))
-  path = os.path.join(directory, DATABASE_FILE)
-  if os.path.isfile(path):
-    return path
-  if os.path.isfile(f'{path}.lzma'):
-    raise EmnistError(f'{path}.lzma is still compressed: run `xz -d {path}.lzma` to get '
-                      f'{DATABASE_FILE} there (nothing is downloaded).')
-  raise EmnistError(f'{DATABASE_FILE} not found in {directory}: download {DATABASE_URL}, '
-                    f'decompress it with `xz -d` and put {DATABASE_FILE} in that folder '
-                    '(nothing is downloaded here).')
-
-
-def _load_with_tff(path: str, only_digits: bool):
-  """TFF's (train, test) `ClientData` of the file at `path`, which exists."""
-  try:
-    return tff.simulation.datasets.emnist.load_data(only_digits=only_digits,
-                                                    cache_dir=os.path.dirname(path))
-  except sqlite3.Error as e:
-    raise EmnistError(f'{path} is not a readable SQLite database ({e}); download it again '
-                      f'from {DATABASE_URL} and decompress it with `xz -d`.') from e
-  except sql_client_data.DatabaseFormatError as e:
-    raise EmnistError(f'{path} lacks the tables of federated EMNIST (examples, '
-                      f'client_metadata); download it again from {DATABASE_URL}.') from e
-  except StopIteration as e:  # TFF's loader peeks at the first writer of each split.
-    train_split, test_split, _ = _SPLITS[only_digits]
-    raise EmnistError(f"{path} has no writers in split '{train_split}' or '{test_split}' "
-                      f'(only_digits={only_digits}); download the full file again from '
-                      f'{DATABASE_URL}.') from e
-
-
-def _connect(path: str) -> contextlib.closing:
-  """A read-only connection to `path`, closed when its `with` block ends."""
-  return contextlib.closing(sqlite3.connect(f'{pathlib.Path(path).as_uri()}?mode=ro', uri=True))
-
-
-def _client_sizes(connection, path: str, split: str, client_ids: list[str]) -> np.ndarray:
-  """Examples per writer of `split`, in `client_ids` order, from `client_metadata`."""
-  try:
-    rows = connection.execute(
-        'SELECT client_id, num_examples FROM client_metadata WHERE split_name = ?',
-        (split,)).fetchall()
-  except sqlite3.Error as e:
-    raise EmnistError(f'{path} has no readable client_metadata.num_examples ({e}); download '
-                      f'it again from {DATABASE_URL}.') from e
-  sizes = dict(rows)
-  missing = [writer for writer in client_ids if not sizes.get(writer, 0) > 0]
-  if missing:
-    raise EmnistError(f"{path} lists no examples of writer {missing[0]!r} in split '{split}' "
-                      f'({len(missing)} such writers); download it again from {DATABASE_URL}.')
-  return np.array([sizes[writer] for writer in client_ids], np.int64)
-
-
-def _read_split(connection, path: str, split: str,
-                num_labels: int) -> tuple[np.ndarray, np.ndarray]:
-  """All examples `[N, 28, 28, 1]` in [-1, 1] and int64 labels `[N]` of `split`, in row order.
-
-  One query over the split, parsed as TFF parses a client's protos; reading the split writer
-  by writer through TFF would run one query per writer.
-  """
-  examples, labels = [], []
-  try:
-    cursor = connection.execute(
-        'SELECT serialized_example_proto FROM examples WHERE split_name = ? ORDER BY rowid',
-        (split,))
-    while rows := cursor.fetchmany(_READ_CHUNK):
-      parsed = tf.io.parse_example(tf.constant([row[0] for row in rows], tf.string),
-                                   _PARSE_SPEC)
-      examples.append(_to_model_pixels(parsed['pixels'].numpy()).astype(np.float32))
-      labels.append(parsed['label'].numpy())
-  except sqlite3.Error as e:
-    raise EmnistError(f"{path}: cannot read split '{split}' ({e}); download it again from "
-                      f'{DATABASE_URL}.') from e
-  except tf.errors.InvalidArgumentError as e:
-    raise EmnistError(f"{path}: the examples of split '{split}' are not EMNIST protos "
-                      f'(28x28 pixels and a label); download it again from {DATABASE_URL}.'
-                      ) from e
-  num_examples = sum(len(chunk) for chunk in labels)
-  if num_examples < _MIN_TEST_EXAMPLES:
-    raise EmnistError(f"{path} has {num_examples} examples in split '{split}', fewer than the "
-                      f'{_MIN_TEST_EXAMPLES} the evaluation needs; use the full file from '
-                      f'{DATABASE_URL}.')
-  labels = np.concatenate(labels).astype(np.int64)
-  if labels.min() < 0 or labels.max() >= num_labels:
-    raise EmnistError(f"{path}: split '{split}' has labels in [{labels.min()}, {labels.max()}]"
-                      f', outside [0, {num_labels}); download it again from {DATABASE_URL}.')
-  return np.concatenate(examples), labels
-
-
-def _has_client_index(connection) -> bool:
-  """Whether an index of `examples` starts with `client_id` (per-writer reads seek, not scan)."""
-  try:
-    for index in connection.execute('PRAGMA index_list(examples)').fetchall():
-      columns = connection.execute(f'PRAGMA index_info("{index[1]}")').fetchall()
-      if columns and columns[0][2] == 'client_id':
-        return True
-  except sqlite3.Error:
-    return False
-  return False
 
 
 def _dcgan_generator(noise_dim: int, hidden_units: int, base_filters: int,

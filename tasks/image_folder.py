@@ -1,7 +1,7 @@
 """Your own images, one folder per client: `DATA_DIR/<client_id>/*.png|jpg`.
 
 Each sub-folder is one client (one hospital, one device), read by
-`tff_gan.image_folder.load_image_folder`: grayscale or RGB, resized to `image_size` square,
+`tasks.readers.image_folder.load_image_folder`: grayscale or RGB, resized to `image_size` square,
 scaled to [-1, 1]. There are no classes, so the metrics compare generated and real images
 directly, in pixel space.
 """
@@ -12,9 +12,8 @@ import functools
 
 import numpy as np
 
-from tasks import base
-from tff_gan import evaluation
-from tff_gan.image_folder import load_image_folder
+from tasks import base, evaluation
+from tasks.readers.image_folder import load_image_folder
 
 _POOLED_SIDE = 8  # Images are average-pooled to at most 8x8 for the Fréchet distance.
 _HELDOUT_FRACTION = 0.2

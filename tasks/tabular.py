@@ -8,10 +8,10 @@
 
 Every `*.csv` file in `root` is one client, named by the file's stem (hidden files are
 ignored). Columns are normalized to zero mean and unit standard deviation with statistics
-that a TFF computation forms from per-client sums (`tff_gan.federated_stats`): no client's
+that a TFF computation forms from per-client sums (`tasks.federated_stats`): no client's
 rows are pooled to compute them. The generator then learns the normalized table.
 
-The files are read by `tff_gan.csv_folder`: every problem with them is a `TabularError`
+The files are read by `tasks.readers.csv_folder`: every problem with them is a `TabularError`
 whose one-line message names the file (and the line and column) and the fix.
 """
 
@@ -23,9 +23,8 @@ import math
 
 import numpy as np
 
-from tasks import base
-from tff_gan import federated_stats
-from tff_gan.csv_folder import TabularError, load_csv_clients
+from tasks import base, federated_stats
+from tasks.readers.csv_folder import TabularError, load_csv_clients
 
 __all__ = ['TabularError', 'TabularTask', 'correlation_matrix', 'tabular_metrics']
 

@@ -11,15 +11,18 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tff_gan import contexts  # noqa: E402
-from tff_gan.models import GanModels  # noqa: E402
+from tff_gan.core.models import GanModels  # noqa: E402
+from tff_gan.runtime import contexts  # noqa: E402
+from tff_gan.runtime import workers as worker_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# No computation may start a TFF worker the tests do not own (see runtime.contexts).
+contexts.refuse_unowned_execution()
 
 
 def worker_pids() -> set[int]:
   """Pids of every running TFF `worker_binary` on this machine."""
-  found = subprocess.run(['pgrep', '-f', contexts.WORKER_BINARY], capture_output=True,
+  found = subprocess.run(['pgrep', '-f', worker_lib.WORKER_BINARY], capture_output=True,
                          text=True, check=False)
   return {int(pid) for pid in found.stdout.split()}
 
@@ -81,7 +84,7 @@ def pytest_sessionstart(session):
 
 def pytest_sessionfinish(session, exitstatus):
   """Fails the run if any worker started during the session is still alive at its end."""
-  contexts.stop_all_workers()
+  worker_lib.stop_all_workers()
   leaked = {pid for pid in worker_pids() - _PIDS_BEFORE_SESSION
             if pid_alive(pid) and started_by_this_session(pid)}
   if leaked:

@@ -28,7 +28,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_gan import aggregators, communication
+from tff_gan.algorithms import aggregators, communication
 
 BIG, SMALL = 1000, 5  # Elements per tensor: BIG ≥ MIN_QUANTIZED_ELEMENTS > SMALL.
 WEIGHTS = [3.0, 11.0, 7.0, 25.0]
@@ -207,8 +207,8 @@ def test_fedgan_rounds_with_secure_and_compressed_match_the_mean_round(tff_conte
   """Wired into a whole FedGAN round, both land next to the mean's model (same client work)."""
   from conftest import as_numpy, linear_gan_models
 
-  from tff_gan import data, optimizers
-  from tff_gan.schemes import fedgan
+  from tff_gan.algorithms import fedgan, optimizers
+  from tff_gan.clients import populations as data
   dim = 8  # G's kernel is 8x8 = 64 elements: quantized by `compressed`.
   rng = np.random.default_rng(1)
   arrays = [rng.normal(size=(n, dim)).astype(np.float32) for n in (4, 6, 10)]

@@ -14,10 +14,14 @@ import tensorflow as tf
 from conftest import REPO_ROOT, as_numpy, linear_gan_models
 
 import tasks
-from tff_gan import async_training, optimizers, privacy, training
-from tff_gan import config as config_lib
-from tff_gan.schemes import fedgan
-from tff_gan.state import ClientOutput, GanWeights
+from tff_gan import choices
+from tff_gan.algorithms import fedgan, optimizers
+from tff_gan.clients import sampling
+from tff_gan.clients.clock import ClientClock
+from tff_gan.core.state import ClientOutput, GanWeights
+from tff_gan.privacy import accounting as privacy
+from tff_gan.run import async_training, training
+from tff_gan.run import config as config_lib
 
 TINY = dict(task='ring', model_width=0.0625, local_steps=2, batch_size=16, eval_every=3,
             num_eval_samples=200)
@@ -93,7 +97,7 @@ def test_server_step_applies_the_weighted_scaled_mean(tff_context, linear_proces
                           metrics={'discriminator_loss': np.float32(1),
                                    'generator_loss': np.float32(1)})
              for d, n in zip(deltas, examples, strict=True)]
-  new_state, metrics = linear_process.async_parts.server_step(
+  new_state, metrics = linear_process.server_step(
       state, outputs, [np.int32(0)] * 3, list(scales))
   total = sum(examples)
   for part in ('generator', 'discriminator'):
@@ -108,7 +112,7 @@ def test_server_step_applies_the_weighted_scaled_mean(tff_context, linear_proces
 def fast_and_slow_seed():
   """A seed under which, of 2 clients with straggler fraction 0.5, exactly client 1 is slow."""
   for seed in range(100):
-    clock = async_training.ClientClock(0.0, 0.0, 0.5, 3.0, 100.0, seed)
+    clock = ClientClock(0.0, 0.0, 0.5, 3.0, 100.0, seed)
     if list(clock.is_straggler([0, 1])) == [False, True]:
       return seed
   raise AssertionError('no such seed below 100')
@@ -154,11 +158,10 @@ def test_sync_rounds_report_their_simulated_time(tmp_path_factory):
   config = dict(num_clients=4, clients_per_round=2, rounds=3, client_latency='lognormal:0,0',
                 straggler_fraction=0.5, straggler_slowdown=4.0, seed=1)
   _, rows = train(tmp_path_factory, 'sync_time', **config)
-  clock = async_training.ClientClock.from_config(config_lib.TrainConfig(**config))
+  clock = ClientClock.from_config(config_lib.TrainConfig(**config))
   expected, elapsed = [], 0.0
-  from tff_gan import data
   for round_num in (1, 2, 3):
-    sampled = data.sample_clients(4, 2, round_num=round_num, seed=1)
+    sampled = sampling.sample_clients(4, 2, round_num=round_num, seed=1)
     elapsed += 4.0 if clock.is_straggler(sampled).any() else 1.0  # The slowest decides.
     expected.append(elapsed)
   assert [float(r['simulated_time']) for r in rows] == pytest.approx(expected)
@@ -183,5 +186,5 @@ def test_flag_checks(tmp_path, args, message):
 def test_async_defaults_resolve_from_the_round_settings():
   config = config_lib.TrainConfig(mode='async', num_clients=50, clients_per_round=8)
   assert (config.buffer_size, config.max_concurrent_clients) == (8, 16)
-  assert config.client_latency == config_lib.DEFAULT_ASYNC_LATENCY
+  assert config.client_latency == choices.DEFAULT_ASYNC_LATENCY
   assert config_lib.TrainConfig().client_latency == ''

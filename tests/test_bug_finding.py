@@ -11,9 +11,11 @@ import pytest
 from conftest import REPO_ROOT
 from PIL import Image
 
+from experiments import bug_finding
+from experiments.bug_finding_config import BugFindingConfig
 from tasks.digits import DigitsTask
-from tff_gan import bug_finding, privacy
-from tff_gan import config as config_lib
+from tff_gan.privacy import accounting as privacy
+from tff_gan.run import config as config_lib
 
 
 @pytest.fixture(scope='module')
@@ -76,7 +78,7 @@ def test_population_task_holds_the_selected_writers_as_clients(digits):
 ])
 def test_bad_settings_are_refused(changes, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
-    config_lib.BugFindingConfig(**changes).validate()
+    BugFindingConfig(**changes).validate()
 
 
 def test_bin_bug_finding_refuses_bad_flags_before_training(tmp_path):

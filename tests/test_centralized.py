@@ -6,9 +6,9 @@ import numpy as np
 from test_train_binary import read_rows, run_train
 
 import tasks
-from tff_gan import config as config_lib
-from tff_gan import training
-from tff_gan.partition import partition
+from tff_gan.clients.partition import partition
+from tff_gan.run import config as config_lib
+from tff_gan.run import schemes
 
 
 def test_steps_per_round_equal_the_federated_total():
@@ -18,9 +18,9 @@ def test_steps_per_round_equal_the_federated_total():
   # Independently: the FedGAN partition's client sizes, each client's steps, times clients.
   sizes = [len(i) for i in partition(task.labels, 10, scheme='iid', seed=config.seed)]
   expected = round(np.mean([2 * np.ceil(n / 64) for n in sizes]) * 4)
-  assert training.centralized_steps(config, task) == expected
+  assert schemes.SCHEMES['centralized'].steps_per_round(config, task) == expected
   capped = dataclasses.replace(config, local_steps=5)
-  assert training.centralized_steps(capped, task) == 5 * 4
+  assert schemes.SCHEMES['centralized'].steps_per_round(capped, task) == 5 * 4
 
 
 def test_a_centralized_run_trains_one_pooled_client_for_the_federated_steps(tmp_path):

@@ -6,10 +6,10 @@ import tensorflow as tf
 from conftest import as_numpy, linear_gan_models
 
 import tasks
-from tff_gan import config as config_lib
-from tff_gan import data, optimizers, training
-from tff_gan import process as process_lib
-from tff_gan.schemes import fedgan
+from tff_gan.algorithms import fedgan, optimizers
+from tff_gan.clients import populations as data
+from tff_gan.run import config as config_lib
+from tff_gan.run import schemes
 
 WORK = data.LocalWork(batch_size=4, local_epochs=3, local_steps=5)
 RING = tasks.get_task('ring', seed=0, num_examples=400)
@@ -64,7 +64,7 @@ def test_a_round_from_keys_equals_the_round_from_python_datasets(tff_context, pr
   state = process.initialize()
   from_datasets, metrics = process.next(
       state, clients.round_datasets(ids, WORK, round_num=1, seed=7))
-  keyed = process_lib.with_client_data(process, clients, WORK)
+  keyed = process.with_client_data(clients, WORK)
   from_keys, keyed_metrics = keyed.next(state, data.round_keys(ids, round_num=1, seed=7))
   for got, want in zip(tf.nest.flatten(as_numpy(from_keys.weights)),
                        tf.nest.flatten(as_numpy(from_datasets.weights)), strict=True):
@@ -136,7 +136,7 @@ def test_examples_per_client_is_refused_where_it_means_nothing():
   assert not digits.generates_data and RING.generates_data
   config = config_lib.TrainConfig(task='digits', model='dcgan', examples_per_client=100)
   with pytest.raises(config_lib.ConfigError, match='--examples_per_client needs a task'):
-    training.build_population(config.validate(), digits)
+    schemes.build_population(config.validate(), digits)
   with pytest.raises(config_lib.ConfigError, match='examples_per_client'):
     config_lib.TrainConfig(scheme='centralized', examples_per_client=100).validate()
   with pytest.raises(config_lib.ConfigError, match='examples_per_client must be 0'):
@@ -146,7 +146,7 @@ def test_examples_per_client_is_refused_where_it_means_nothing():
 def test_the_run_population_draws_on_the_run_settings():
   config = config_lib.TrainConfig(num_clients=100_000, examples_per_client=64,
                                   partition='pathological', labels_per_client=1).validate()
-  clients = training.build_population(config, RING)
+  clients = schemes.build_population(config, RING)
   assert clients.num_clients == 100_000
   assert len(set(labels_of(clients, 99_999))) == 1
 
@@ -154,7 +154,7 @@ def test_the_run_population_draws_on_the_run_settings():
 def test_generated_clients_train_on_the_worker(tff_context, process):
   """A round where the worker draws each client's examples from its id alone."""
   clients = generated(num_clients=1_000_000, examples_per_client=30, seed=2)
-  keyed = process_lib.with_client_data(process, clients, WORK)
+  keyed = process.with_client_data(clients, WORK)
   state = process.initialize()
   keys = data.round_keys([5, 999_999], round_num=1, seed=2)
   new_state, metrics = keyed.next(state, keys)

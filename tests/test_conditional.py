@@ -12,8 +12,10 @@ import tensorflow as tf
 from conftest import REPO_ROOT
 
 import tasks
-from tff_gan import conditional, data, training
-from tff_gan import config as config_lib
+from tff_gan.clients import populations as data
+from tff_gan.core import conditional
+from tff_gan.run import config as config_lib
+from tff_gan.run import schemes
 
 TRAIN = os.path.join(REPO_ROOT, 'bin', 'train.py')
 GENERATE = os.path.join(REPO_ROOT, 'bin', 'generate.py')
@@ -84,7 +86,7 @@ def test_labelled_generator_is_the_same_function(ring_models):
 def test_client_datasets_carry_each_examples_class():
   task = tasks.get_task('ring', num_examples=80)
   config = config_lib.TrainConfig(num_clients=4, clients_per_round=4, conditional=True)
-  population = training.build_population(config, task)
+  population = schemes.build_population(config, task)
   key = data.round_keys([2], round_num=1, seed=0)[0]
   batches = list(population.dataset(key, data.LocalWork(batch_size=100)))
   examples, labels = conditional.unpack(batches[0].numpy(), 8)
@@ -96,7 +98,7 @@ def test_generated_clients_carry_classes_too():
   task = tasks.get_task('ring', num_examples=80)
   config = config_lib.TrainConfig(num_clients=4, examples_per_client=50, partition='pathological',
                                   labels_per_client=2, conditional=True)
-  population = training.build_population(config, task)
+  population = schemes.build_population(config, task)
   examples, labels = conditional.unpack(population.client_examples_tensor(1).numpy(), 8)
   np.testing.assert_array_equal(labels, task.predict_labels(examples))
   assert len(set(labels)) == 2

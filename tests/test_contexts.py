@@ -12,7 +12,8 @@ import pytest
 import tensorflow_federated as tff
 from conftest import REPO_ROOT, pid_alive
 
-from tff_gan import contexts
+from tff_gan.runtime import contexts
+from tff_gan.runtime import workers as worker_lib
 
 # A child process that starts a worker, prints its pid, runs one computation, then does
 # what argv[1] says: exit normally, raise, or wait to be signalled.
@@ -21,7 +22,7 @@ CHILD = textwrap.dedent('''
     os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
     import numpy as np
     import tensorflow_federated as tff
-    from tff_gan import contexts
+    from tff_gan.runtime import contexts
 
     @tff.tensorflow.computation(tff.TensorType(np.int32))
     def double(x):
@@ -86,7 +87,7 @@ def test_computations_outside_a_context_fail_clearly():
   code = textwrap.dedent('''
       import numpy as np
       import tensorflow_federated as tff
-      from tff_gan import contexts
+      from tff_gan.runtime import contexts
 
       @tff.tensorflow.computation(tff.TensorType(np.float32))
       def add_one(x):
@@ -129,10 +130,10 @@ def test_worker_gone_after_the_parent_is_signalled(signum):
 
 
 def test_threads_give_each_parallel_client_a_share_of_the_cores():
-  plan = contexts.WorkerThreads.for_parallel_clients
-  assert plan(10, cores=2) == contexts.WorkerThreads(concurrent_calls=2, intra_op_threads=1)
-  assert plan(1, cores=2) == contexts.WorkerThreads(concurrent_calls=1, intra_op_threads=2)
-  assert plan(3, cores=8) == contexts.WorkerThreads(concurrent_calls=3, intra_op_threads=2)
+  plan = worker_lib.WorkerThreads.for_parallel_clients
+  assert plan(10, cores=2) == worker_lib.WorkerThreads(concurrent_calls=2, intra_op_threads=1)
+  assert plan(1, cores=2) == worker_lib.WorkerThreads(concurrent_calls=1, intra_op_threads=2)
+  assert plan(3, cores=8) == worker_lib.WorkerThreads(concurrent_calls=3, intra_op_threads=2)
 
 
 def test_the_worker_runs_with_its_thread_settings(tff_context):
@@ -144,4 +145,4 @@ def test_the_worker_runs_with_its_thread_settings(tff_context):
     environment = f.read().split(b'\0')
   assert f'--max_concurrent_computation_calls={threads.concurrent_calls}'.encode() in arguments
   assert f'TF_NUM_INTRAOP_THREADS={threads.intra_op_threads}'.encode() in environment
-  assert threads == contexts.WorkerThreads.for_parallel_clients(contexts.available_cores())
+  assert threads == worker_lib.WorkerThreads.for_parallel_clients(worker_lib.available_cores())

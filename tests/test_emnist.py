@@ -23,7 +23,8 @@ from PIL import Image
 from tensorflow_federated.python.simulation.datasets import download
 
 from tasks import emnist
-from tff_gan import conditional, data
+from tff_gan.clients import populations as data
+from tff_gan.core import conditional
 
 WRITERS = ('f0000_14', 'f0001_41', 'f0002_03', 'f0003_19')  # Sorted, as TFF lists them.
 TRAIN_SIZES = (5, 6, 7, 4)

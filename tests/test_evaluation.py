@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 from sklearn.datasets import load_digits
 
-from tff_gan import evaluation
+from tasks import evaluation
 
 # A tiny training run for the cache tests: a few hundred images, one epoch.
 TINY = {'epochs': 1, 'batch_size': 64}

@@ -7,9 +7,10 @@ import tensorflow_federated as tff
 from conftest import as_numpy, linear_gan_models
 from test_tf_fns import run_client_update
 
-from tff_gan import data, optimizers, tf_fns
-from tff_gan.schemes import fedgan
-from tff_gan.state import ServerBroadcast, ServerState
+from tff_gan.algorithms import fedgan, optimizers
+from tff_gan.clients import populations as data
+from tff_gan.core import seeds
+from tff_gan.core.state import ServerBroadcast, ServerState
 
 LEARNING_RATE = 0.05
 CLIENT_SIZES = (3, 5, 8)  # Unequal n_k: the FedAvg weights are 3/16, 5/16, 8/16.
@@ -44,7 +45,7 @@ def client_datasets(arrays):
 def reference_fedavg_delta(state, arrays):
   """The n_k-weighted numpy average of the deltas of the plain-TF client update."""
   broadcast = ServerBroadcast(weights=state.weights,
-                              round_seed=tf_fns.round_seed(state.seed, state.round_num))
+                              round_seed=seeds.round_seed(state.seed, state.round_num))
   deltas, weights = [], []
   for dataset in client_datasets(arrays):
     output = run_client_update(linear_gan_models(), dataset, broadcast,
@@ -101,7 +102,7 @@ def test_unweighted_average_would_differ(tff_context, fedavg_process):
   arrays = client_arrays()
   state = fedavg_process.initialize()
   broadcast = ServerBroadcast(weights=state.weights,
-                              round_seed=tf_fns.round_seed(state.seed, state.round_num))
+                              round_seed=seeds.round_seed(state.seed, state.round_num))
   deltas = [as_numpy(run_client_update(linear_gan_models(), ds, broadcast,
                                        learning_rate=LEARNING_RATE).delta)
             for ds in client_datasets(arrays)]

@@ -6,8 +6,8 @@ import tensorflow as tf
 from conftest import linear_gan_models
 from test_tf_fns import sigmoid, step_noise
 
-from tff_gan import optimizers, tf_fns
-from tff_gan.schemes import fedsgd
+from tff_gan.algorithms import fedsgd, optimizers
+from tff_gan.core import seeds
 
 LEARNING_RATE = 0.3
 
@@ -37,7 +37,7 @@ def test_one_client_with_all_data_equals_one_centralized_sgd_step(tff_context, p
   state = process.initialize()
   new_state, metrics = process.next(state, [tf.data.Dataset.from_tensors(real)])
 
-  round_seed = tf_fns.round_seed(state.seed, state.round_num)
+  round_seed = seeds.round_seed(state.seed, state.round_num)
   noise, _ = step_noise(round_seed, 0, tf.constant(real), 3)
   weights = tf.nest.map_structure(lambda x: np.asarray(x, np.float64), state.weights)
   grad_g, grad_d = numpy_gradients(real.astype(np.float64), noise, weights)

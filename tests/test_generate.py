@@ -15,8 +15,11 @@ from PIL import Image
 from test_train_binary import run_train
 
 import tasks
-from tff_gan import config as config_lib
-from tff_gan import contexts, export, program, training
+from tff_gan import files
+from tff_gan.run import config as config_lib
+from tff_gan.run import export, rundir, schemes
+from tff_gan.run import persistence as program
+from tff_gan.runtime import contexts
 
 GENERATE = os.path.join(REPO_ROOT, 'bin', 'generate.py')
 EVALUATE = os.path.join(REPO_ROOT, 'bin', 'evaluate.py')
@@ -59,7 +62,7 @@ def trained(tmp_path_factory):
   truncate_checkpoint(damaged, 2)
   reference = root / 'reference'  # Read in-process by program.Checkpoints (which cleans up).
   shutil.copytree(run_dir, reference)
-  (run_dir / program.CHECKPOINT_DIR / IN_PROGRESS_SAVE).mkdir()
+  (run_dir / rundir.CHECKPOINT_DIR / IN_PROGRESS_SAVE).mkdir()
   return root
 
 
@@ -82,12 +85,12 @@ def reference(trained, launched):
   """The run's task and models, and the generator weights of rounds 1 and 2, read here."""
   del launched  # Started first, so that they run while this loads.
   output_dir = str(trained / 'reference')
-  with open(os.path.join(output_dir, config_lib.CONFIG_FILE)) as f:
+  with open(os.path.join(output_dir, rundir.CONFIG_FILE)) as f:
     config = config_lib.TrainConfig(**json.load(f))
   task = tasks.get_task(config.task, seed=config.seed, model=config.model,
                         width=config.model_width)
   models = task.gan_models()
-  process = training.build_process(config, models)
+  process = schemes.build_process(config, models)
   with contexts.local_cpp_context(log_path=str(trained / 'worker.log')):
     template = process.initialize()
   checkpoints = program.Checkpoints(output_dir)
@@ -130,7 +133,7 @@ def test_npy_holds_the_samples_of_the_checkpoint_weights(trained, results, refer
   _, _, models, weights = reference
   saved = np.load(trained / 'run' / 'export' / 'samples_round_2.npy')
   assert saved.shape == (64, 2) and saved.dtype == np.float32  # Defaults: 64 samples, seed 0.
-  np.testing.assert_array_equal(saved, training.SampleGenerator(models)(weights[2], 64, 0))
+  np.testing.assert_array_equal(saved, export.SampleGenerator(models)(weights[2], 64, 0))
 
 
 def test_keras_file_reloads_and_matches_the_checkpoint_generator(trained, results, reference):
@@ -157,13 +160,13 @@ def test_round_flag_selects_a_saved_round(trained, results, reference):
   assert sorted(os.listdir(export_dir)) == ['generator_round_1.keras', 'samples_round_1.npy',
                                             'samples_round_1.png']
   saved = np.load(export_dir / 'samples_round_1.npy')
-  np.testing.assert_array_equal(saved, training.SampleGenerator(models)(weights[1], 10, 3))
-  assert not np.array_equal(saved, training.SampleGenerator(models)(weights[2], 10, 3))
+  np.testing.assert_array_equal(saved, export.SampleGenerator(models)(weights[1], 10, 3))
+  assert not np.array_equal(saved, export.SampleGenerator(models)(weights[2], 10, 3))
 
 
 def test_a_save_in_progress_is_left_alone(trained, results):
   assert results['latest'].returncode == 0, results['latest'].stderr
-  assert (trained / 'run' / program.CHECKPOINT_DIR / IN_PROGRESS_SAVE).is_dir()
+  assert (trained / 'run' / rundir.CHECKPOINT_DIR / IN_PROGRESS_SAVE).is_dir()
 
 
 def test_damaged_checkpoint_gives_one_line_and_exit_1(trained, results):
@@ -216,12 +219,12 @@ def test_missing_directory_gives_one_line(tmp_path):
 
 
 def test_run_without_checkpoints_says_train_first(trained, tmp_path):
-  shutil.copy(trained / 'run' / config_lib.CONFIG_FILE, tmp_path)
+  shutil.copy(trained / 'run' / rundir.CONFIG_FILE, tmp_path)
   result = run(GENERATE, f'--output_dir={tmp_path}')
   assert result.returncode == 2
   line = one_error_line(result, 'generate.py')
   assert line.endswith(f'no checkpoint in {tmp_path / "checkpoints"}; train first.')
-  assert sorted(os.listdir(tmp_path)) == [config_lib.CONFIG_FILE]  # Nothing created.
+  assert sorted(os.listdir(tmp_path)) == [rundir.CONFIG_FILE]  # Nothing created.
 
 
 @pytest.mark.parametrize('args, message', [
@@ -247,8 +250,7 @@ def test_no_config_json_gives_one_line(tmp_path):
 
 
 def test_saved_rounds_reads_the_directories_program_writes(trained):
-  assert export.CHECKPOINT_DIR == program.CHECKPOINT_DIR
-  assert export.saved_rounds(str(trained / 'run')) == [1, 2]
+  assert rundir.saved_rounds(str(trained / 'run')) == [1, 2]
   assert program.Checkpoints(str(trained / 'reference')).rounds() == [1, 2]
 
 
@@ -274,11 +276,11 @@ def test_outputs_are_written_all_or_nothing(tmp_path):
   writers = {str(tmp_path / 'a.npy'): lambda path: np.save(path, np.zeros(3)),
              str(tmp_path / 'b.keras'): fail}
   with pytest.raises(OSError, match='disk full'):
-    export.write_outputs(writers)
+    files.write_outputs(writers)
   assert sorted(os.listdir(tmp_path)) == ['a.npy']  # No temporary file, no new file.
   assert (tmp_path / 'a.npy').read_text() == 'old'
 
   writers[str(tmp_path / 'b.keras')] = lambda path: open(path, 'w').close()
-  assert export.write_outputs(writers) == list(writers)
+  assert files.write_outputs(writers) == list(writers)
   assert sorted(os.listdir(tmp_path)) == ['a.npy', 'b.keras']
   np.testing.assert_array_equal(np.load(tmp_path / 'a.npy'), np.zeros(3))

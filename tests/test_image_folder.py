@@ -13,9 +13,9 @@ from conftest import REPO_ROOT
 from PIL import Image
 
 import tasks
+from tasks import evaluation
 from tasks.image_folder import ImageFolderTask, image_folder_metrics, pooled
-from tff_gan import evaluation
-from tff_gan.image_folder import ImageFolderError, load_image_folder
+from tasks.readers.image_folder import ImageFolderError, load_image_folder
 
 
 def save(path, mode, size, color, format_=None):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tff_gan import config
-from tff_gan.partition import SCHEMES, partition
+from tff_gan.choices import SPLITS as SCHEMES
+from tff_gan.clients.partition import partition
 
 # 10 labels, 100 examples each, in shuffled order.
 BALANCED_LABELS = np.random.default_rng(123).permutation(np.repeat(np.arange(10), 100))
@@ -26,11 +26,6 @@ def _mean_max_label_fraction(client_indices, labels):
   return np.mean(
       [np.bincount(labels[indices]).max() / indices.size for indices in client_indices]
   )
-
-
-def test_schemes_match_config_choices():
-  """Every --partition but `natural` (the clients the files come in) splits a dataset here."""
-  assert (*SCHEMES, 'natural') == config.PARTITIONS
 
 
 @pytest.mark.parametrize('scheme', SCHEMES)

@@ -17,8 +17,9 @@ from conftest import REPO_ROOT, truncate_checkpoint, workers_logging_to
 from tensorflow_federated.python.program import file_utils
 from test_train_binary import TRAIN, run_train
 
-from tff_gan import config as config_lib
-from tff_gan import program
+from tff_gan.run import config as config_lib
+from tff_gan.run import persistence as program
+from tff_gan.run import rundir
 
 RESUMABLE = ['--rounds=8', '--eval_every=3', '--checkpoint_every=3', '--model_width=0.03125',
              '--num_clients=4', '--clients_per_round=3', '--local_steps=2', '--batch_size=16',
@@ -36,7 +37,7 @@ def without_timing(rows):
 
 
 def saved_leaves(output_dir, round_num):
-  path = os.path.join(output_dir, program.CHECKPOINT_DIR, f'round_{round_num}')
+  path = os.path.join(output_dir, rundir.CHECKPOINT_DIR, f'round_{round_num}')
   return [np.asarray(x) for x in tf.nest.flatten(asyncio.run(file_utils.read_saved_model(path)))]
 
 
@@ -109,7 +110,7 @@ def test_a_corrupt_checkpoint_gives_one_line_and_exit_1(uninterrupted, tmp_path)
 
 def test_other_flags_on_the_same_output_dir_are_refused_naming_them(tmp_path):
   config = config_lib.TrainConfig(output_dir=str(tmp_path), seed=0, batch_size=16)
-  (tmp_path / config_lib.CONFIG_FILE).write_text(config.to_json())
+  (tmp_path / rundir.CONFIG_FILE).write_text(config.to_json())
   result = run_train(f'--output_dir={tmp_path}', '--seed=1', '--batch_size=32', '--rounds=5')
   assert result.returncode == 2
   line, = result.stderr.strip().splitlines()
@@ -119,7 +120,7 @@ def test_other_flags_on_the_same_output_dir_are_refused_naming_them(tmp_path):
 
 def test_overwrite_starts_over(tmp_path):
   (tmp_path / 'metrics.csv').write_text('round,d_loss\n1,9\n2,9\n3,9\n')
-  (tmp_path / config_lib.CONFIG_FILE).write_text(
+  (tmp_path / rundir.CONFIG_FILE).write_text(
       config_lib.TrainConfig(output_dir=str(tmp_path), seed=5).to_json())
   (tmp_path / 'unrelated.txt').write_text('kept')
   result = run_train('--rounds=1', '--model_width=0.03125', '--num_clients=2',
@@ -190,4 +191,4 @@ def test_metrics_release_keeps_our_column_order_and_drops_rows_of_an_earlier_att
   with open(tmp_path / 'metrics.csv', newline='') as f:
     lines = f.read().splitlines()
   assert lines == ['round,zeta,alpha,loss', '1,1,,0.5', '2,20,1.25,nan']
-  assert os.listdir(tmp_path / program.TENSORBOARD_DIR)  # TensorBoard events were written.
+  assert os.listdir(tmp_path / rundir.TENSORBOARD_DIR)  # TensorBoard events were written.

@@ -14,10 +14,14 @@ import tensorflow as tf
 from conftest import REPO_ROOT, as_numpy, linear_gan_models, pid_alive, worker_pids
 from test_train_binary import TINY, TRAIN, read_rows, run_train
 
-from tff_gan import config as config_lib
-from tff_gan import contexts, data, optimizers
-from tff_gan import process as process_lib
-from tff_gan.schemes import fedgan
+from tff_gan.algorithms import fedgan, optimizers
+from tff_gan.clients import populations as data
+from tff_gan.run import config as config_lib
+from tff_gan.run import rundir
+from tff_gan.runtime import contexts
+from tff_gan.runtime import remote as remote_lib
+from tff_gan.runtime import workers as worker_lib
+from tff_gan.runtime.addresses import parse_address
 
 WORKER = os.path.join(REPO_ROOT, 'bin', 'worker.py')
 
@@ -25,7 +29,7 @@ WORKER = os.path.join(REPO_ROOT, 'bin', 'worker.py')
 @pytest.fixture(scope='module')
 def workers():
   """Two TFF workers on free loopback ports, as `bin/worker.py` runs them."""
-  started = [contexts.LocalWorker().start() for _ in range(2)]
+  started = [worker_lib.LocalWorker().start() for _ in range(2)]
   yield started
   for worker in started:
     worker.stop()
@@ -75,7 +79,7 @@ def test_each_worker_runs_part_of_the_clients(tff_context, workers):
   rng = np.random.default_rng(0)
   clients = data.ClientPopulation(rng.normal(size=(40, 2)).astype(np.float32),
                                   np.array_split(np.arange(40), 10))
-  keyed = process_lib.with_client_data(process, clients, data.LocalWork(batch_size=2))
+  keyed = process.with_client_data(clients, data.LocalWork(batch_size=2))
   keys = data.round_keys(np.arange(10), round_num=1, seed=3)
   state = keyed.initialize()
   with contexts.remote_context([f'localhost:{w.port}' for w in workers]) as remote:
@@ -115,7 +119,7 @@ def test_bin_worker_serves_refuses_a_taken_port_and_stops_on_signals(tmp_path, s
     assert f'listening on port {port}' in banner, banner + server.stderr.read()
     worker_pid = int(banner.split('(pid ')[1].split(';')[0])
     assert pid_alive(worker_pid)
-    contexts.RemoteWorker(f'localhost:{port}', timeout_seconds=10).connect().close()
+    remote_lib.RemoteWorker(f'localhost:{port}', timeout_seconds=10).connect().close()
 
     second = subprocess.run([sys.executable, WORKER, f'--port={port}'], capture_output=True,
                             text=True, timeout=60, cwd=REPO_ROOT)
@@ -134,7 +138,7 @@ def test_bin_worker_serves_refuses_a_taken_port_and_stops_on_signals(tmp_path, s
 def test_a_lost_worker_ends_the_run_and_the_same_command_resumes(tmp_path):
   before = worker_pids()
   ports = [portpicker.pick_unused_port() for _ in range(2)]
-  live = [contexts.LocalWorker(port=port).start() for port in ports]
+  live = [worker_lib.LocalWorker(port=port).start() for port in ports]
   command = [sys.executable, TRAIN, *TINY, '--rounds=8', '--checkpoint_every=1',
              '--executor=remote', f'--workers={addresses(live)}', '--worker_timeout=3',
              f'--output_dir={tmp_path}']
@@ -156,7 +160,7 @@ def test_a_lost_worker_ends_the_run_and_the_same_command_resumes(tmp_path):
     rows_before = len(read_rows(tmp_path / 'metrics.csv'))
     assert rows_before < 8
 
-    live[1] = contexts.LocalWorker(port=ports[1]).start()  # The worker is back.
+    live[1] = worker_lib.LocalWorker(port=ports[1]).start()  # The worker is back.
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300,
                              cwd=REPO_ROOT)
     assert resumed.returncode == 0, resumed.stderr
@@ -182,9 +186,9 @@ def test_executor_flags_are_checked(flags, message):
 
 def test_a_run_may_resume_on_other_workers(tmp_path):
   first = config_lib.TrainConfig(output_dir=str(tmp_path)).validate()
-  (tmp_path / config_lib.CONFIG_FILE).write_text(first.to_json())
+  (tmp_path / rundir.CONFIG_FILE).write_text(first.to_json())
   moved = config_lib.TrainConfig(output_dir=str(tmp_path), executor='remote',
                                  workers='[::1]:8000,10.0.0.6:8000', worker_timeout=5)
-  config_lib.check_same_run(moved.validate())  # No error: where it runs is not the run.
+  rundir.check_same_run(moved.validate())  # No error: where it runs is not the run.
   assert moved.worker_addresses == ['[::1]:8000', '10.0.0.6:8000']
-  assert config_lib.parse_address('[::1]:8000') == ('::1', 8000)
+  assert parse_address('[::1]:8000') == ('::1', 8000)

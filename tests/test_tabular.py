@@ -12,8 +12,8 @@ import pytest
 from conftest import REPO_ROOT, pid_alive, worker_pids, workers_logging_to
 from PIL import Image
 
-from tasks import tabular
-from tff_gan import contexts, federated_stats
+from tasks import federated_stats, tabular
+from tff_gan.runtime import contexts
 
 TRAIN = os.path.join(REPO_ROOT, 'bin', 'train.py')
 HEADER = ('x', 'y', 'z')

@@ -12,7 +12,7 @@ from PIL import Image
 
 import tasks
 from tasks.mixtures import GridTask, RingTask, mode_metrics
-from tff_gan import config
+from tff_gan import choices
 
 RING_MODES = RingTask.modes
 GRID_MODES = GridTask.modes
@@ -21,14 +21,14 @@ GRID_MODES = GridTask.modes
 def test_registry_matches_config_choices():
   """config spells the task facts out (to check flags before TensorFlow loads): they must be
   the tasks' own."""
-  assert sorted(tasks.TASKS) == sorted(config.TASKS)
-  for name in config.TASKS:
+  assert sorted(tasks.TASKS) == sorted(choices.TASKS)
+  for name in choices.TASKS:
     task_class = tasks.task_class(name)
     assert task_class.name == name
-    assert task_class.reads_files == (name in config.FILE_TASKS)
-    assert config.DEFAULT_MODELS.get(name, 'mlp') == task_class.model_choices[0]
+    assert task_class.reads_files == (name in choices.FILE_TASKS)
+    assert choices.DEFAULT_MODELS.get(name, 'mlp') == task_class.model_choices[0]
   for name in ('ring', 'grid', 'digits'):
-    assert tasks.get_task(name).labelled == (name in config.LABELLED_TASKS)
+    assert tasks.get_task(name).labelled == (name in choices.LABELLED_TASKS)
   with pytest.raises(ValueError, match="unknown task 'mnist'"):
     tasks.get_task('mnist')
 

@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf
 from conftest import linear_gan_models
 
-from tff_gan import losses, optimizers, tf_fns
-from tff_gan.state import GanWeights, ServerBroadcast
+from tff_gan.algorithms import optimizers
+from tff_gan.core import client_work, losses, seeds, tf_fns
+from tff_gan.core.state import GanWeights, ServerBroadcast
 
 
 def sigmoid(x):
@@ -18,7 +19,7 @@ def run_client_update(models, dataset, broadcast, *, learning_rate, loss=losses.
   """Runs the FedGAN client update in plain TF (no TFF) with client SGD."""
   generator, discriminator = models.generator_fn(), models.discriminator_fn()
   optimizer = optimizers.build_optimizer('sgd', learning_rate)
-  update = tf.function(lambda dataset, b: tf_fns.fedgan_client_update(
+  update = tf.function(lambda dataset, b: client_work.fedgan_client_update(
       dataset, b, generator=generator, discriminator=discriminator, loss=loss,
       generator_optimizer=optimizer, discriminator_optimizer=optimizer,
       noise_dim=models.noise_dim, proximal_mu=proximal_mu))
@@ -78,9 +79,10 @@ def numpy_local_step(real, noise_d, noise_g, weights, learning_rate, wasserstein
 
 
 def step_noise(round_seed, step, batch, noise_dim):
-  seeds = tf.random.experimental.stateless_split(tf_fns.batch_seed(round_seed, step, batch), 3)
-  return (tf_fns.sample_noise(len(batch), noise_dim, seeds[0]).numpy().astype(np.float64),
-          tf_fns.sample_noise(len(batch), noise_dim, seeds[1]).numpy().astype(np.float64))
+  step_seeds = tf.random.experimental.stateless_split(
+      seeds.batch_seed(round_seed, step, batch), 3)
+  return (tf_fns.sample_noise(len(batch), noise_dim, step_seeds[0]).numpy().astype(np.float64),
+          tf_fns.sample_noise(len(batch), noise_dim, step_seeds[1]).numpy().astype(np.float64))
 
 
 @pytest.mark.parametrize('loss, mu', [(losses.NON_SATURATING, 0.0),
@@ -124,10 +126,10 @@ def test_client_update_on_empty_dataset_returns_zero_delta_and_weight():
 def test_clients_with_different_data_draw_different_noise():
   seed = tf.constant([1, 2], tf.int64)
   batch_a, batch_b = tf.zeros([4, 2]), tf.ones([4, 2])
-  assert not np.array_equal(tf_fns.batch_seed(seed, 0, batch_a).numpy(),
-                            tf_fns.batch_seed(seed, 0, batch_b).numpy())
-  np.testing.assert_array_equal(tf_fns.batch_seed(seed, 0, batch_a).numpy(),
-                                tf_fns.batch_seed(seed, 0, tf.zeros([4, 2])).numpy())
+  assert not np.array_equal(seeds.batch_seed(seed, 0, batch_a).numpy(),
+                            seeds.batch_seed(seed, 0, batch_b).numpy())
+  np.testing.assert_array_equal(seeds.batch_seed(seed, 0, batch_a).numpy(),
+                                seeds.batch_seed(seed, 0, tf.zeros([4, 2])).numpy())
 
 
 @pytest.mark.parametrize('learning_rate', [1.0, 0.5])

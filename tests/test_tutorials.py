@@ -20,7 +20,7 @@ import nbformat
 import pytest
 from conftest import REPO_ROOT, pid_alive, started_by_this_session, worker_pids
 
-from tff_gan import privacy
+from tff_gan.privacy import accounting as privacy
 
 TUTORIALS = os.path.join(REPO_ROOT, 'tutorials')
 NOTEBOOKS = ('quickstart', 'privacy', 'remote_workers')

@@ -1,0 +1,73 @@
+"""What every scheme shares: the initial server state and building models in a computation.
+
+Scheme modules define TF bodies that TFF traces into its own graphs; the Keras models those
+bodies use must be built there, on each trace, never captured from outside.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import tensorflow as tf
+
+from tff_gan.core import seeds, tf_fns
+from tff_gan.core.models import GanModels
+from tff_gan.core.state import GanWeights, ServerState
+
+DEFAULT_CLIENT_LEARNING_RATE = 2e-4
+
+
+def _read_weights(model: tf.keras.Model):
+  return [v.read_value() for v in model.trainable_variables]
+
+
+def initial_state_fn(
+    models: GanModels,
+    *,
+    generator_server_optimizer,
+    discriminator_server_optimizer,
+    seed: int,
+):
+  """Returns a TF body building the initial `ServerState` (without aggregator state).
+
+  `seed` fixes the initial weights (see `seeds.keras_initializers_seeded`) as well as every
+  later round's randomness.
+  """
+
+  def initial_state():
+    tf.random.set_seed(seed)
+    with seeds.keras_initializers_seeded(seed):
+      generator = models.generator_fn()
+      discriminator = models.discriminator_fn()
+    generator_weights = _read_weights(generator)
+    discriminator_weights = _read_weights(discriminator)
+    return ServerState(
+        weights=GanWeights(generator=generator_weights, discriminator=discriminator_weights),
+        generator_optimizer_state=tf_fns.initialize_optimizer(
+            generator_server_optimizer, generator.trainable_variables
+        ),
+        discriminator_optimizer_state=tf_fns.initialize_optimizer(
+            discriminator_server_optimizer, discriminator.trainable_variables
+        ),
+        aggregator_state=(),
+        round_num=tf.constant(0, tf.int64),
+        seed=seeds.run_seed(seed),
+    )
+
+  return initial_state
+
+
+def check_proximal_mu(proximal_mu: float) -> None:
+  if not (math.isfinite(proximal_mu) and proximal_mu >= 0):
+    raise ValueError(f'--proximal_mu must be a finite number >= 0, got {proximal_mu}.')
+
+
+def with_fresh_models(fn, models: GanModels, **bound):
+  """`fn` as a `tf.function` bound to a new generator and discriminator built right here.
+
+  Call inside the TFF computation whose graph should own the models; `bound` holds the other
+  construction-time arguments of `fn` (loss, optimizers, ...).
+  """
+  return tf.function(functools.partial(
+      fn, generator=models.generator_fn(), discriminator=models.discriminator_fn(), **bound))

@@ -1,0 +1,111 @@
+"""FedGAN: clients train both networks adversarially; the server averages both.
+
+The server initializes G and D; every sampled client trains D and G on its own data for its
+local steps, starting from the broadcast weights; the server combines the deltas of both
+networks weighted by the number of examples each client trained on (n_k / n) and applies them
+with a server optimizer. With server SGD at learning rate 1 this is FedAvg of both networks
+(Rasouli et al., "FedGAN: Federated Generative Adversarial Networks", 2020).
+"""
+
+from __future__ import annotations
+
+import collections
+
+import tensorflow_federated as tff
+
+from tff_gan.algorithms import common, composition, optimizers
+from tff_gan.core import client_work, tf_fns
+from tff_gan.core import losses as losses_lib
+from tff_gan.core.models import GanModels
+
+
+def build_fedgan_process(
+    models: GanModels,
+    *,
+    loss: losses_lib.GanLoss | None = None,
+    client_optimizer: tff.learning.optimizers.Optimizer | None = None,
+    client_generator_optimizer: tff.learning.optimizers.Optimizer | None = None,
+    server_optimizer: tff.learning.optimizers.Optimizer | None = None,
+    aggregator: composition.AggregationFactory | None = None,
+    release_client_metrics: bool = True,
+    proximal_mu: float = 0.0,
+    seed: int = 0,
+) -> composition.GanProcess:
+  """Builds the FedGAN training process.
+
+  Type signatures:
+
+  * `initialize: ( -> ServerState@SERVER)`
+  * `next: (<ServerState@SERVER, {float32[?,*data_shape]*}@CLIENTS> ->
+    <ServerState@SERVER, M@SERVER>)`
+
+  Each client dataset yields batches; one D step and one G step are taken per batch, so the
+  client's data pipeline (`tff_gan.clients.populations.client_dataset`) sets the local steps
+  or epochs.
+
+  Args:
+    models: The task's `GanModels`.
+    loss: A `GanLoss`; defaults to the non-saturating loss.
+    client_optimizer: Client optimizer of the discriminator, and of the generator unless
+      `client_generator_optimizer` is given; it starts fresh every round. Defaults to
+      Adam(2e-4, β1 = 0.5).
+    client_generator_optimizer: Client optimizer of the generator, if it differs.
+    server_optimizer: Server optimizer applied to each network's aggregated delta (one state
+      per network, kept in `ServerState`). Defaults to SGD with learning rate 1 (FedAvg).
+    aggregator: A `tff.aggregators` factory; defaults to the weighted mean with weights n_k.
+      A differentially private factory (see `tff_gan.algorithms.aggregators`) clips and noises each
+      client's joint (G, D) update.
+    release_client_metrics: Whether round metrics include the clients' mean losses and
+      example count; turn off under differential privacy.
+    proximal_mu: FedProx's μ ≥ 0: both networks' local objectives gain
+      (μ/2)‖w − w_broadcast‖², keeping local updates near the global model on
+      heterogeneous clients. 0 (the default) is FedAvg exactly.
+    seed: Seeds the initial weights and all generator noise.
+
+  Returns:
+    A `composition.GanProcess`.
+  """
+  common.check_proximal_mu(proximal_mu)
+  loss = loss or losses_lib.NON_SATURATING
+  discriminator_optimizer = client_optimizer or optimizers.build_optimizer(
+      'adam', common.DEFAULT_CLIENT_LEARNING_RATE
+  )
+  generator_optimizer = client_generator_optimizer or discriminator_optimizer
+  server_optimizer = server_optimizer or optimizers.build_optimizer('sgd', 1.0)
+
+  def client_update(dataset, broadcast):
+    local_work = common.with_fresh_models(
+        client_work.fedgan_client_update,
+        models,
+        loss=loss,
+        generator_optimizer=generator_optimizer,
+        discriminator_optimizer=discriminator_optimizer,
+        noise_dim=models.noise_dim,
+        proximal_mu=proximal_mu,
+    )
+    return local_work(dataset, broadcast)
+
+  def server_update(state, aggregated_delta, aggregator_state):
+    new_state = tf_fns.server_update(
+        state,
+        aggregated_delta,
+        aggregator_state,
+        generator_optimizer=server_optimizer,
+        discriminator_optimizer=server_optimizer,
+    )
+    return new_state, collections.OrderedDict()
+
+  scheme = composition.SchemeFns(
+      initial_state=common.initial_state_fn(
+          models,
+          generator_server_optimizer=server_optimizer,
+          discriminator_server_optimizer=server_optimizer,
+          seed=seed,
+      ),
+      client_update=client_update,
+      server_update=server_update,
+  )
+  return composition.build_process(scheme, data_spec=models.data_spec(), aggregator=aggregator,
+                               release_client_metrics=release_client_metrics)
+
+

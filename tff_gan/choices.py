@@ -1,0 +1,48 @@
+"""Every choice list and default a run can name, importable before TensorFlow.
+
+The run configuration (`tff_gan.run.config`) checks a command line against these lists in
+milliseconds, and the modules that implement each choice read the same lists (e.g.
+`algorithms.aggregators.build_aggregator` refuses a name not in `AGGREGATORS`), so a choice
+is spelled once. `tests/test_choices.py` checks that every listed choice is implemented.
+"""
+
+from __future__ import annotations
+
+# Tasks (see `tasks.TASKS`).
+TASKS = ('digits', 'grid', 'ring', 'emnist', 'image_folder', 'tabular')
+FILE_TASKS = ('emnist', 'image_folder', 'tabular')  # Read from --data_dir, natural clients.
+LABELLED_TASKS = ('digits', 'grid', 'ring', 'emnist')  # Those a conditional GAN can train on.
+# The network pair of each task when --model is not given (the first of its choices).
+DEFAULT_MODELS = {'emnist': 'dcgan', 'image_folder': 'dcgan'}
+DEFAULT_IMAGE_SIZE = 32
+
+# Training schemes (`tff_gan.run.schemes`).
+SCHEMES = ('fedgan', 'dp_fedavg_gan', 'fedsgd', 'centralized')
+
+# Clients (`tff_gan.clients`).
+DEFAULT_NUM_CLIENTS = 10
+SPLITS = ('iid', 'dirichlet', 'pathological')  # How `clients.partition` splits one dataset.
+PARTITIONS = (*SPLITS, 'natural')  # ... or the clients the data comes in.
+CLIENT_SAMPLING = ('fixed', 'poisson')
+
+# Losses and optimizers (`core.losses`, `algorithms.optimizers`).
+LOSSES = ('non_saturating', 'wasserstein_gp')
+CLIENT_OPTIMIZERS = ('sgd', 'adam', 'rmsprop')
+SERVER_OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad')
+OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad', 'rmsprop')  # Every one built.
+
+# Aggregation (`algorithms.aggregators`).
+AGGREGATORS = ('mean', 'unweighted_mean', 'robust', 'secure', 'compressed')
+DEFAULT_BITS = 8
+MAX_BITS = 16  # The most tensor_encoding's uniform quantization allows.
+
+# Differential privacy (`privacy.accounting`).
+DP_ACCOUNTANTS = ('rdp', 'pld')
+DEFAULT_DP_CLIP = 1.0
+DEFAULT_DP_DELTA = 1e-5
+
+# Execution (`tff_gan.runtime`) and the round loop (`tff_gan.run`).
+EXECUTORS = ('local', 'remote')
+MODES = ('sync', 'async')
+ASYNC_RULES = ('fedbuff', 'fedasync')
+DEFAULT_ASYNC_LATENCY = 'lognormal:0,0.5'

@@ -1,0 +1,1 @@
+"""The simulated clients: populations and their datasets, partitions, sampling, timing."""

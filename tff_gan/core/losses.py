@@ -1,0 +1,96 @@
+"""GAN losses on discriminator outputs (pure TensorFlow, no TFF).
+
+Every loss takes the discriminator's logits, never the models, so the same functions serve
+client-side and server-side training. The only term that needs the discriminator itself, the
+WGAN-GP gradient penalty, is a separate function taking a callable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from tff_gan import choices
+
+
+def _non_saturating_discriminator_loss(real_logits, fake_logits):
+  # -log D(x) - log(1 - D(G(z))) with D = sigmoid(logits), written with softplus.
+  return tf.reduce_mean(tf.nn.softplus(-real_logits)) + tf.reduce_mean(tf.nn.softplus(fake_logits))
+
+
+def _non_saturating_generator_loss(fake_logits):
+  # -log D(G(z)) (Goodfellow et al. 2014, the non-saturating form).
+  return tf.reduce_mean(tf.nn.softplus(-fake_logits))
+
+
+def _wasserstein_discriminator_loss(real_logits, fake_logits):
+  return tf.reduce_mean(fake_logits) - tf.reduce_mean(real_logits)
+
+
+def _wasserstein_generator_loss(fake_logits):
+  return -tf.reduce_mean(fake_logits)
+
+
+@dataclasses.dataclass(frozen=True)
+class GanLoss:
+  """A pair of GAN losses on discriminator logits.
+
+  Attributes:
+    name: The name used on the command line.
+    discriminator_loss: `(real_logits, fake_logits) -> scalar`, minimized by D.
+    generator_loss: `fake_logits -> scalar`, minimized by G.
+    gradient_penalty_weight: Weight λ of the WGAN-GP penalty added to the discriminator
+      loss (0 disables it).
+  """
+
+  name: str
+  discriminator_loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+  generator_loss: Callable[[tf.Tensor], tf.Tensor]
+  gradient_penalty_weight: float = 0.0
+
+
+NON_SATURATING = GanLoss(
+    'non_saturating', _non_saturating_discriminator_loss, _non_saturating_generator_loss
+)
+WASSERSTEIN_GP = GanLoss(
+    'wasserstein_gp',
+    _wasserstein_discriminator_loss,
+    _wasserstein_generator_loss,
+    gradient_penalty_weight=10.0,
+)
+
+LOSSES = {loss.name: loss for loss in (NON_SATURATING, WASSERSTEIN_GP)}
+
+
+def get_loss(name: str) -> GanLoss:
+  """Returns the `GanLoss` called `name`."""
+  if name not in choices.LOSSES:
+    raise ValueError(f"unknown loss '{name}'; choose one of: {', '.join(choices.LOSSES)}")
+  return LOSSES[name]
+
+
+def gradient_penalty(discriminator, real, fake, seed):
+  """WGAN-GP penalty E[(‖∇_x̂ D(x̂)‖₂ − 1)²] on random interpolates (Gulrajani et al. 2017).
+
+  Args:
+    discriminator: A callable mapping a batch of examples to logits.
+    real: A batch of real examples.
+    fake: A batch of generated examples, the same shape as `real`.
+    seed: A stateless-RNG seed, shape `[2]`, for the interpolation coefficients.
+
+  Returns:
+    The scalar penalty.
+  """
+  batch_size = tf.shape(real)[0]
+  coefficient_shape = tf.concat([[batch_size], tf.ones([tf.rank(real) - 1], tf.int32)], 0)
+  alpha = tf.random.stateless_uniform(coefficient_shape, seed=seed)
+  interpolates = real + alpha * (fake - real)
+  with tf.GradientTape() as tape:
+    tape.watch(interpolates)
+    logits = discriminator(interpolates, training=True)
+  gradients = tape.gradient(logits, interpolates)
+  flat = tf.reshape(gradients, [batch_size, -1])
+  norms = tf.sqrt(tf.reduce_sum(tf.square(flat), axis=1) + 1e-12)
+  return tf.reduce_mean(tf.square(norms - 1.0))

@@ -1,0 +1,1 @@
+"""Differential privacy: accounting of ε for DP-FedAvg (`accounting`)."""

@@ -1,0 +1,1 @@
+"""A training run: its configuration, builders, round loops, recorder and run directory."""

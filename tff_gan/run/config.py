@@ -1,0 +1,380 @@
+"""Validated, frozen configuration of a training run (no TensorFlow import).
+
+`bin/train.py` turns its absl flags into a `TrainConfig`; the library never reads flags.
+`validate()` raises `ConfigError` with one line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+from tff_gan.choices import (
+  AGGREGATORS,
+  ASYNC_RULES,
+  CLIENT_OPTIMIZERS,
+  CLIENT_SAMPLING,
+  DEFAULT_ASYNC_LATENCY,
+  DEFAULT_BITS,
+  DEFAULT_DP_CLIP,
+  DEFAULT_DP_DELTA,
+  DEFAULT_IMAGE_SIZE,
+  DEFAULT_MODELS,
+  DEFAULT_NUM_CLIENTS,
+  DP_ACCOUNTANTS,
+  EXECUTORS,
+  FILE_TASKS,
+  LABELLED_TASKS,
+  LOSSES,
+  MAX_BITS,
+  MODES,
+  PARTITIONS,
+  SCHEMES,
+  SERVER_OPTIMIZERS,
+  TASKS,
+)
+from tff_gan.runtime.addresses import parse_address
+
+
+class ConfigError(ValueError):
+  """A configuration value is invalid; the message says which and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything that defines a training run (and is written to `config.json`).
+
+  Attributes mirror the flags of `bin/train.py`; see `--help` there for their meaning.
+  `local_steps = 0` means no cap on the batches per round. An empty `model` becomes the
+  task's default (`DEFAULT_MODELS`, else `mlp`); an empty `partition` becomes
+  `natural` for tasks read from files (`FILE_TASKS`) and `iid` otherwise; `num_clients = 0`
+  becomes every client of the data under the natural partition and `DEFAULT_NUM_CLIENTS`
+  otherwise (the count is then known only once the data is read: `builders.build_population`
+  checks it). Differential privacy is on when
+  `dp_noise_multiplier` is set; the other `dp_*` fields are then read (unset ones take
+  `DEFAULT_DP_CLIP` and `DEFAULT_DP_DELTA`), and setting them without it is an error.
+  """
+
+  task: str = 'ring'
+  data_dir: str = ''
+  image_size: int | None = None
+  only_digits: bool = True
+  conditional: bool = False
+  scheme: str = 'fedgan'
+  model: str = ''
+  model_width: float = 1.0
+  num_clients: int = 0
+  clients_per_round: int = 10
+  rounds: int = 300
+  partition: str = ''
+  dirichlet_alpha: float = 0.5
+  labels_per_client: int = 2
+  examples_per_client: int = 0
+  local_epochs: int = 1
+  local_steps: int = 0
+  batch_size: int = 128
+  client_optimizer: str = 'adam'
+  client_learning_rate: float = 1e-3
+  server_optimizer: str = 'sgd'
+  server_learning_rate: float = 1.0
+  loss: str = 'non_saturating'
+  proximal_mu: float = 0.0
+  aggregator: str = 'mean'
+  bits: int | None = None
+  hadamard: bool = False
+  dropout_rate: float = 0.0
+  server_gen_steps: int = 1
+  generator_learning_rate: float = 1e-3
+  client_sampling: str = 'fixed'
+  dp_noise_multiplier: float | None = None
+  dp_clip: float | None = None
+  dp_adaptive_clip_quantile: float | None = None
+  dp_delta: float | None = None
+  dp_accountant: str = 'rdp'
+  eval_every: int = 10
+  checkpoint_every: int = 10
+  num_eval_samples: int = 2500
+  seed: int = 0
+  output_dir: str = 'runs/demo'
+  executor: str = 'local'
+  workers: str = ''
+  worker_timeout: float = 30.0
+  mode: str = 'sync'
+  async_rule: str = 'fedbuff'
+  buffer_size: int = 0
+  max_concurrent_clients: int = 0
+  staleness_exponent: float = 0.5
+  fedasync_mixing: float = 0.5
+  client_latency: str = ''
+  straggler_fraction: float = 0.0
+  straggler_slowdown: float = 10.0
+  client_timeout: float = 0.0
+
+  def __post_init__(self):
+    if self.data_dir.startswith('~'):  # --data_dir=~/x reaches us unexpanded by the shell.
+      object.__setattr__(self, 'data_dir', os.path.expanduser(self.data_dir))
+    if not self.model:
+      object.__setattr__(self, 'model', DEFAULT_MODELS.get(self.task, 'mlp'))
+    if not self.partition:
+      object.__setattr__(self, 'partition',
+                         'natural' if self.task in FILE_TASKS else 'iid')
+    if not self.num_clients and self.partition != 'natural':
+      object.__setattr__(self, 'num_clients', DEFAULT_NUM_CLIENTS)
+    if self.mode == 'async':
+      if not self.client_latency:
+        object.__setattr__(self, 'client_latency', DEFAULT_ASYNC_LATENCY)
+      if not self.buffer_size:
+        object.__setattr__(self, 'buffer_size', self.clients_per_round)
+      if not self.max_concurrent_clients:  # Twice the buffer, so stragglers do not stall it.
+        concurrent = 2 * self.buffer_size
+        object.__setattr__(self, 'max_concurrent_clients',
+                           min(concurrent, self.num_clients) if self.num_clients else concurrent)
+
+  @property
+  def clients_per_aggregation(self) -> int:
+    """Client updates each server update aggregates: a round's clients, a FedBuff buffer's,
+    or one (FedAsync). The DP aggregator divides by it, and ε is accounted over it."""
+    if self.mode == 'sync':
+      return self.clients_per_round
+    return self.buffer_size if self.async_rule == 'fedbuff' else 1
+
+  @property
+  def reads_files(self) -> bool:
+    return self.task in FILE_TASKS
+
+  @property
+  def effective_image_size(self) -> int:
+    return DEFAULT_IMAGE_SIZE if self.image_size is None else self.image_size
+
+  def validate(self) -> TrainConfig:
+    """Returns `self` if valid; raises `ConfigError` otherwise."""
+    if self.num_clients < 0 or (self.num_clients == 0 and self.partition != 'natural'):
+      raise ConfigError(f'--num_clients must be positive (or 0: every client of the data, '
+                        f'with --partition=natural), got {self.num_clients}.')
+    positive = ('clients_per_round', 'rounds', 'local_epochs', 'batch_size',
+                'eval_every', 'checkpoint_every', 'num_eval_samples', 'labels_per_client',
+                'server_gen_steps')
+    for name in positive:
+      if getattr(self, name) <= 0:
+        raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
+    for name in ('client_learning_rate', 'server_learning_rate', 'generator_learning_rate',
+                 'dirichlet_alpha', 'model_width'):
+      if not getattr(self, name) > 0:
+        raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
+    if not 0 <= self.dropout_rate < 1:
+      raise ConfigError(f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
+    if not self.proximal_mu >= 0:
+      raise ConfigError(f'--proximal_mu must be >= 0 (0 is FedAvg), got {self.proximal_mu}.')
+    if self.scheme == 'centralized':
+      self._validate_centralized()
+    if self.scheme == 'fedsgd' and self.proximal_mu:
+      raise ConfigError('--proximal_mu needs local training; fedsgd takes no local steps.')
+    if self.local_steps < 0:
+      raise ConfigError(f'--local_steps must be 0 (no cap) or positive, got {self.local_steps}.')
+    if self.examples_per_client < 0:
+      raise ConfigError('--examples_per_client must be 0 (split the task\'s dataset) or '
+                        f'positive, got {self.examples_per_client}.')
+    if self.num_clients and self.clients_per_round > self.num_clients:
+      raise ConfigError(f'--clients_per_round={self.clients_per_round} exceeds '
+                        f'--num_clients={self.num_clients}; lower it or add clients.')
+    choices = {
+        'task': TASKS,
+        'scheme': SCHEMES,
+        'partition': PARTITIONS,
+        'client_optimizer': CLIENT_OPTIMIZERS,
+        'server_optimizer': SERVER_OPTIMIZERS,
+        'loss': LOSSES,
+        'client_sampling': CLIENT_SAMPLING,
+        'aggregator': AGGREGATORS,
+        'dp_accountant': DP_ACCOUNTANTS,
+        'executor': EXECUTORS,
+        'mode': MODES,
+        'async_rule': ASYNC_RULES,
+    }
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise ConfigError(f"unknown --{name} '{getattr(self, name)}'; choose one of: "
+                          f"{', '.join(allowed)}.")
+    if not self.output_dir:
+      raise ConfigError('--output_dir must not be empty.')
+    self._validate_data()
+    self._validate_compression()
+    self._validate_dp()
+    self._validate_executor()
+    self._validate_timing()
+    return self
+
+  @property
+  def latency(self) -> tuple[float, float] | None:
+    """`(mu, sigma)` of `client_latency` ('lognormal:MU,SIGMA'), or None if unset."""
+    if not self.client_latency:
+      return None
+    kind, _, parameters = self.client_latency.partition(':')
+    values = parameters.split(',')
+    try:
+      mu, sigma = (float(v) for v in values) if kind == 'lognormal' else (None, None)
+    except ValueError:
+      mu = sigma = None
+    if mu is None or len(values) != 2 or not (math.isfinite(mu) and math.isfinite(sigma)
+                                              and sigma >= 0):
+      raise ConfigError(f"--client_latency must be 'lognormal:MU,SIGMA' (the log of seconds "
+                        f"is normal with mean MU and std SIGMA >= 0, e.g. {DEFAULT_ASYNC_LATENCY}),"
+                        f" got '{self.client_latency}'.")
+    return mu, sigma
+
+  def _validate_timing(self) -> None:
+    self.latency  # noqa: B018 (parses it, raising ConfigError if malformed)
+    if not 0 <= self.straggler_fraction < 1:
+      raise ConfigError(f'--straggler_fraction must be in [0, 1), got {self.straggler_fraction}.')
+    if not self.straggler_slowdown >= 1:
+      raise ConfigError(f'--straggler_slowdown must be >= 1, got {self.straggler_slowdown}.')
+    if not self.client_timeout >= 0:
+      raise ConfigError(f'--client_timeout must be >= 0 (0: automatic), got '
+                        f'{self.client_timeout}.')
+    if not self.client_latency and (self.straggler_fraction or self.client_timeout):
+      raise ConfigError('--straggler_fraction and --client_timeout need --client_latency (or '
+                        '--mode=async, which defaults it).')
+    if self.mode == 'sync':
+      async_only = {'async_rule': 'fedbuff', 'buffer_size': 0, 'max_concurrent_clients': 0,
+                    'staleness_exponent': 0.5, 'fedasync_mixing': 0.5}
+      for name, neutral in async_only.items():
+        if getattr(self, name) != neutral:
+          raise ConfigError(f'--{name} applies to --mode=async; set that, or drop --{name}.')
+      return
+    if self.scheme == 'centralized':
+      raise ConfigError('--mode=async needs clients; --scheme=centralized has none.')
+    if self.client_sampling != 'fixed':
+      raise ConfigError('--client_sampling has no meaning in --mode=async, where a client is '
+                        'drawn whenever one finishes; drop it.')
+    if self.buffer_size < 1 or self.max_concurrent_clients < 1:
+      raise ConfigError('--buffer_size and --max_concurrent_clients must be positive.')
+    if self.async_rule == 'fedbuff' and self.max_concurrent_clients < self.buffer_size:
+      raise ConfigError(f'--max_concurrent_clients={self.max_concurrent_clients} is below '
+                        f'--buffer_size={self.buffer_size}: the buffer could never fill.')
+    if self.num_clients and self.max_concurrent_clients > self.num_clients:
+      raise ConfigError(f'--max_concurrent_clients={self.max_concurrent_clients} exceeds '
+                        f'--num_clients={self.num_clients}; lower it.')
+    if not self.staleness_exponent >= 0:
+      raise ConfigError(f'--staleness_exponent must be >= 0 (0: no staleness discount), got '
+                        f'{self.staleness_exponent}.')
+    if not 0 < self.fedasync_mixing <= 1:
+      raise ConfigError(f'--fedasync_mixing must be in (0, 1], got {self.fedasync_mixing}.')
+
+  def _validate_data(self) -> None:
+    if self.reads_files and not self.data_dir:
+      raise ConfigError(f'--task={self.task} reads your files: set --data_dir to the folder '
+                        'that holds them (see README, Real data).')
+    if not self.reads_files and self.data_dir:
+      raise ConfigError(f'--data_dir applies to tasks read from files ({", ".join(FILE_TASKS)}); '
+                        f'task {self.task} is embedded: drop --data_dir.')
+    if self.image_size is not None:
+      if self.task != 'image_folder':
+        raise ConfigError('--image_size applies only to --task=image_folder; drop it.')
+      if self.image_size < 8 or self.image_size % 4:
+        raise ConfigError(f'--image_size must be a multiple of 4, at least 8 (the networks '
+                          f'upsample twice by 2), got {self.image_size}.')
+    if not self.only_digits and self.task != 'emnist':
+      raise ConfigError('--noonly_digits applies only to --task=emnist; drop it.')
+    if self.task == 'emnist' and self.partition != 'natural':
+      raise ConfigError('--task=emnist is split by writer, read client by client from the '
+                        f'file: use --partition=natural, not {self.partition}.')
+    if self.task == 'emnist' and self.scheme == 'centralized':
+      raise ConfigError('--scheme=centralized pools all examples in memory, which --task=emnist '
+                        'does not (it reads each writer on the worker); use a federated scheme.')
+    if self.reads_files and self.partition in ('dirichlet', 'pathological') and (
+        self.task not in LABELLED_TASKS):
+      raise ConfigError(f'--partition={self.partition} skews clients by class, and task '
+                        f'{self.task} has no classes; use natural or iid.')
+    if self.conditional and self.task not in LABELLED_TASKS:
+      raise ConfigError(f'--conditional needs a task with classes ({", ".join(LABELLED_TASKS)}); '
+                        f'task {self.task} has none.')
+
+  @property
+  def worker_addresses(self) -> list[str]:
+    """`workers` as a list of `host:port` strings."""
+    return [address.strip() for address in self.workers.split(',') if address.strip()]
+
+  def _validate_executor(self) -> None:
+    if not self.worker_timeout > 0:
+      raise ConfigError(f'--worker_timeout must be positive (seconds), got '
+                        f'{self.worker_timeout}.')
+    if self.executor == 'local':
+      if self.workers:
+        raise ConfigError('--workers needs --executor=remote; drop it to train on a local '
+                          'worker.')
+      return
+    if not self.worker_addresses:
+      raise ConfigError('--executor=remote needs --workers=host:port[,host:port...] (start '
+                        'each with bin/worker.py).')
+    for address in self.worker_addresses:
+      try:
+        parse_address(address)
+      except ValueError as e:
+        raise ConfigError(f'--workers: {e}') from e
+    if len(set(self.worker_addresses)) < len(self.worker_addresses):
+      raise ConfigError(f'--workers lists a worker twice ({self.workers}); list each once.')
+
+  @property
+  def dp_enabled(self) -> bool:
+    return self.dp_noise_multiplier is not None
+
+  def _validate_centralized(self) -> None:
+    federated_only = {'examples_per_client': 0, 'dp_noise_multiplier': None,
+                      'dropout_rate': 0.0, 'proximal_mu': 0.0, 'aggregator': 'mean',
+                      'server_optimizer': 'sgd', 'server_learning_rate': 1.0,
+                      'client_sampling': 'fixed'}
+    for name, neutral in federated_only.items():
+      if getattr(self, name) != neutral:
+        raise ConfigError(f'--{name} has no meaning for --scheme=centralized, which trains on '
+                          'the pooled data in one place; drop it.')
+
+  @property
+  def effective_bits(self) -> int:
+    return DEFAULT_BITS if self.bits is None else self.bits
+
+  def _validate_compression(self) -> None:
+    if self.aggregator != 'compressed':
+      for name in ('bits', 'hadamard'):
+        if getattr(self, name) not in (None, False):
+          raise ConfigError(f'--{name} applies only to --aggregator=compressed; set that, or '
+                            f'drop --{name}.')
+    elif not 1 <= self.effective_bits <= MAX_BITS:
+      raise ConfigError(f'--bits must be from 1 to {MAX_BITS}, got {self.bits}.')
+
+  @property
+  def effective_dp_clip(self) -> float:
+    return DEFAULT_DP_CLIP if self.dp_clip is None else self.dp_clip
+
+  @property
+  def effective_dp_delta(self) -> float:
+    return DEFAULT_DP_DELTA if self.dp_delta is None else self.dp_delta
+
+  def _validate_dp(self) -> None:
+    if not self.dp_enabled:
+      for name in ('dp_clip', 'dp_adaptive_clip_quantile', 'dp_delta'):
+        if getattr(self, name) is not None:
+          raise ConfigError(f'--{name} has no effect without --dp_noise_multiplier; set it to '
+                            f'turn differential privacy on, or drop --{name}.')
+      if self.dp_accountant != 'rdp':
+        raise ConfigError('--dp_accountant has no effect without --dp_noise_multiplier.')
+      return
+    if self.aggregator != 'mean':
+      raise ConfigError(f'--aggregator={self.aggregator} cannot be combined with differential '
+                        'privacy, which brings its own aggregator (clip, sum, noise); drop one.')
+    if self.dp_noise_multiplier < 0:
+      raise ConfigError(f'--dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}.')
+    if not self.effective_dp_clip > 0:
+      raise ConfigError(f'--dp_clip must be positive, got {self.dp_clip}.')
+    if not 0 < self.effective_dp_delta < 1:
+      raise ConfigError(f'--dp_delta must be in (0, 1), got {self.dp_delta}.')
+    quantile = self.dp_adaptive_clip_quantile
+    if quantile is not None and not 0 < quantile < 1:
+      raise ConfigError(f'--dp_adaptive_clip_quantile must be in (0, 1), got {quantile}.')
+    if self.dp_accountant == 'pld' and self.client_sampling != 'poisson':
+      raise ConfigError('--dp_accountant=pld needs --client_sampling=poisson (PLD does not '
+                        'account for fixed-size sampling without replacement).')
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

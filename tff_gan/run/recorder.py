@@ -1,0 +1,127 @@
+"""What happens after each round's computation: its `metrics.csv` row, ε, evaluation,
+samples, release, checkpoint and progress bar (shared by the sync and async loops)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from tff_gan.algorithms import communication
+from tff_gan.core import conditional
+from tff_gan.core.state import ServerState
+from tff_gan.run import rundir
+from tff_gan.run.config import TrainConfig
+
+BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'clients_completed', 'bytes_down',
+                'bytes_up', 'd_loss', 'g_loss', 'num_examples', 'non_finite_clients')
+CONDITIONAL_METRICS = ('conditional_accuracy',)
+ASYNC_COLUMNS = ('simulated_time', 'mean_staleness', 'max_staleness')
+
+
+def metric_names(config: TrainConfig, task) -> tuple[str, ...]:
+  """The evaluation columns of `metrics.csv`: the task's metrics (and the conditional one)."""
+  return tuple(task.metric_names) + (CONDITIONAL_METRICS if config.conditional else ())
+
+
+def columns(config: TrainConfig, task) -> tuple[str, ...]:
+  """Every column of the run's `metrics.csv`, in order."""
+  timing = ()
+  if config.mode == 'async':
+    timing = ASYNC_COLUMNS
+  elif config.client_latency:
+    timing = ('simulated_time',)
+  privacy = ('epsilon',) if config.dp_enabled else ()
+  return BASE_COLUMNS + timing + privacy + metric_names(config, task)
+
+
+def round_row(round_num: int, seconds: float, num_clients: int, num_completed: int,
+              metrics, traffic: communication.RoundTraffic) -> dict[str, Any]:
+  """The `metrics.csv` fields a round's process metrics give (released ones only)."""
+  row: dict[str, Any] = {'round': round_num, 'round_seconds': seconds, 'clients': num_clients,
+                         'clients_completed': num_completed,
+                         'bytes_down': traffic.bytes_down(num_clients)}
+  if metrics is None:  # Every sampled client dropped out: nothing was run or released.
+    row['bytes_up'] = 0
+    return row
+  row['bytes_up'] = traffic.bytes_up(num_completed)
+  client, server = metrics.get('client', {}), metrics['server']
+  if 'discriminator_loss' in client:
+    row['d_loss'] = float(client['discriminator_loss'])
+  if 'generator_loss' in server:
+    row['g_loss'] = float(server['generator_loss'])
+  elif 'generator_loss' in client:
+    row['g_loss'] = float(client['generator_loss'])
+  if 'num_examples' in metrics:
+    row['num_examples'] = int(metrics['num_examples'])
+    row['non_finite_clients'] = int(metrics['non_finite_clients'])
+  return row
+
+
+class RoundRecorder:
+  """Finishes a round's row: ε, evaluation and samples, release, checkpoint, progress bar."""
+
+  def __init__(self, config: TrainConfig, task, *, generator_weights, sample, ledger, release,
+               checkpoints, progress):
+    """Args:
+      config: The run's configuration.
+      task: The run's task (`evaluate`, `render`, `metric_names`, `num_labels`).
+      generator_weights: `state -> weights`, the process's accessor
+        (`GanProcess.generator_weights`).
+      sample: `(generator_weights, num_samples, seed) -> samples` (`export.SampleGenerator`).
+      ledger: The run's `builders.EpsilonLedger`, or None without differential privacy.
+      release: The run's `persistence.MetricsRelease`.
+      checkpoints: The run's `persistence.Checkpoints`.
+      progress: A tqdm bar; the round loop advances it.
+    """
+    self._config, self._task, self._sample, self._ledger = config, task, sample, ledger
+    self._generator_weights = generator_weights
+    self._release, self._checkpoints = release, checkpoints
+    self._progress = progress
+    self._metric_names = metric_names(config, task)
+    self._samples_dir = os.path.join(config.output_dir, rundir.SAMPLES_DIR)
+    self._latest_evaluation: dict[str, Any] = {}  # Shown on the progress bar in between.
+
+  def finish(self, row: dict[str, Any], state: ServerState, round_num: int) -> None:
+    config, task = self._config, self._task
+    if self._ledger is not None:
+      row['epsilon'] = self._ledger.epsilon(state)
+    if round_num % config.eval_every == 0 or round_num == config.rounds:
+      samples = self._sample(self._generator_weights(state), config.num_eval_samples,
+                             seed=config.seed + round_num)
+      row.update(evaluate_samples(task, samples, config.conditional))
+      if config.conditional:
+        samples, _ = conditional.unpack(samples, task.num_labels)
+      task.render(samples, os.path.join(self._samples_dir, f'round_{round_num:05d}.png'))
+    self._release.release(row, round_num)
+    if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
+      self._checkpoints.save(state, round_num)
+    self._latest_evaluation.update({k: row[k] for k in self._metric_names if k in row})
+    self._progress.set_postfix(
+        _progress_fields({**row, **self._latest_evaluation}, self._metric_names), refresh=False)
+
+  def advance(self) -> None:
+    """Moves the progress bar one round on (for loops that do not iterate over it)."""
+    self._progress.update(1)
+
+
+def evaluate_samples(task, samples: np.ndarray, conditional_gan: bool) -> dict[str, float]:
+  """The task's metrics of generator samples; for a conditional GAN also
+  `conditional_accuracy`: the fraction of samples the task's judge (`task.predict_labels`)
+  assigns to the class they were generated for (1/K for a generator that ignores its class).
+  """
+  if not conditional_gan:
+    return task.evaluate(samples)
+  examples, labels = conditional.unpack(samples, task.num_labels)
+  metrics = task.evaluate(examples)
+  metrics['conditional_accuracy'] = float(np.mean(task.predict_labels(examples) == labels))
+  return metrics
+
+
+def _progress_fields(row, metric_names):
+  fields = {}
+  for name in ('d_loss', 'g_loss', 'epsilon', *metric_names):
+    if name in row:
+      fields[name] = f'{row[name]:.3g}'
+  return fields

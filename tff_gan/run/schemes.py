@@ -1,0 +1,164 @@
+"""The training schemes a run can name (`--scheme`), each one object with its own behaviour.
+
+A scheme builds its `GanProcess` from a configuration and says how a run feeds it: which
+clients exist, how much each trains per round, which clients a round samples, how many run
+side by side and whether anything is communicated. The federated schemes share all of that
+(`Scheme`); the centralized baseline (`Centralized`) overrides it: one client holding the
+pooled data, as many steps per round as a FedGAN round's clients take together.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tff_gan import choices
+from tff_gan.algorithms import composition, dp_fedavg_gan, fedgan, fedsgd, optimizers
+from tff_gan.clients import populations, sampling
+from tff_gan.core import losses
+from tff_gan.core.models import GanModels
+from tff_gan.run import builders
+from tff_gan.run.config import ConfigError, TrainConfig
+
+
+class Scheme:
+  """A federated scheme: the clients of the data, sampled each round, training locally."""
+
+  name = ''
+  communicates = True  # Whether a round sends anything (metrics.csv's bytes columns).
+
+  def build_process(self, config: TrainConfig, models: GanModels) -> composition.GanProcess:
+    raise NotImplementedError
+
+  def _common_arguments(self, config: TrainConfig) -> dict:
+    return dict(
+        loss=losses.get_loss(config.loss),
+        server_optimizer=optimizers.build_optimizer(config.server_optimizer,
+                                                    config.server_learning_rate),
+        aggregator=builders.build_aggregator(config),
+        release_client_metrics=not config.dp_enabled,
+        seed=config.seed,
+    )
+
+  def _local_training_arguments(self, config: TrainConfig) -> dict:
+    return dict(
+        self._common_arguments(config),
+        client_optimizer=optimizers.build_optimizer(config.client_optimizer,
+                                                    config.client_learning_rate),
+        proximal_mu=config.proximal_mu,
+    )
+
+  def population(self, config: TrainConfig, task) -> populations.ClientData:
+    """The run's clients; raises `ConfigError` if they cannot serve `config`."""
+    population = builders.federated_population(config, task)
+    if config.clients_per_round > population.num_clients:
+      raise ConfigError(f'--clients_per_round={config.clients_per_round} exceeds the '
+                        f'{population.num_clients} clients of the data; lower it.')
+    return population
+
+  def local_work(self, config: TrainConfig, task) -> populations.LocalWork:
+    """How much each sampled client trains per round."""
+    del task  # A client's work depends only on the settings.
+    return populations.LocalWork(batch_size=config.batch_size,
+                                 local_epochs=config.local_epochs,
+                                 local_steps=config.local_steps or None)
+
+  def client_ids(self, config: TrainConfig, num_clients: int, round_num: int) -> np.ndarray:
+    """The clients round `round_num` samples."""
+    return sampling.sample_clients(num_clients, config.clients_per_round, round_num=round_num,
+                                   seed=config.seed, method=config.client_sampling)
+
+  def parallel_clients(self, config: TrainConfig) -> int:
+    """How many clients a round runs side by side."""
+    return config.clients_per_round
+
+
+class FedGan(Scheme):
+  name = 'fedgan'
+
+  def build_process(self, config, models):
+    return fedgan.build_fedgan_process(models, **self._local_training_arguments(config))
+
+
+class DpFedAvgGan(Scheme):
+  name = 'dp_fedavg_gan'
+
+  def build_process(self, config, models):
+    return dp_fedavg_gan.build_dp_fedavg_gan_process(
+        models,
+        generator_optimizer=optimizers.build_optimizer('adam', config.generator_learning_rate),
+        server_generator_steps=config.server_gen_steps,
+        server_generator_batch_size=config.batch_size,
+        **self._local_training_arguments(config),
+    )
+
+
+class FedSgd(Scheme):
+  name = 'fedsgd'
+
+  def build_process(self, config, models):
+    return fedsgd.build_fedsgd_process(models, **self._common_arguments(config))
+
+
+class Centralized(FedGan):
+  """The baseline that measures the federated–centralized gap: FedGAN's nets, losses and
+  client optimizer trained on the pooled data by one client that nothing is sent to, each
+  round taking as many steps as all sampled clients of a FedGAN round do together."""
+
+  name = 'centralized'
+  communicates = False
+
+  def population(self, config, task):
+    examples = task.training_examples(config.conditional)
+    return populations.ClientPopulation(examples, [np.arange(len(examples))])
+
+  def local_work(self, config, task):
+    steps = self.steps_per_round(config, task)  # Enough passes over the data for the steps.
+    return populations.LocalWork(
+        batch_size=config.batch_size,
+        local_epochs=math.ceil(steps * config.batch_size / len(task.examples)),
+        local_steps=steps)
+
+  def steps_per_round(self, config: TrainConfig, task) -> int:
+    """As many steps as the federated run takes in all.
+
+    That is the expected total over the `clients_per_round` clients a FedGAN round with the
+    same settings samples: `local_steps` each when set, else `local_epochs` passes over each
+    client's share of the partition, averaged over clients.
+    """
+    population = builders.federated_population(config, task)
+    if config.local_steps:
+      per_client = config.local_steps * np.ones(population.num_clients)
+    else:
+      per_client = config.local_epochs * np.ceil(population.client_sizes / config.batch_size)
+    return max(1, round(per_client.mean() * config.clients_per_round))
+
+  def client_ids(self, config, num_clients, round_num):
+    return np.zeros(1, np.int64)
+
+  def parallel_clients(self, config):
+    return 1
+
+
+SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in (
+    FedGan(), DpFedAvgGan(), FedSgd(), Centralized())}
+assert tuple(SCHEMES) == choices.SCHEMES, 'tff_gan.choices.SCHEMES lists the schemes here'
+
+
+def for_config(config: TrainConfig) -> Scheme:
+  """The `Scheme` `config.scheme` names."""
+  if config.scheme not in SCHEMES:
+    raise ConfigError(f"unknown --scheme '{config.scheme}'; choose one of: "
+                      f"{', '.join(SCHEMES)}.")
+  return SCHEMES[config.scheme]
+
+
+def build_process(config: TrainConfig, models: GanModels) -> composition.GanProcess:
+  """The `GanProcess` that `config` asks for."""
+  return for_config(config).build_process(config, models)
+
+
+def build_population(config: TrainConfig, task) -> populations.ClientData:
+  """The clients of the run `config` describes (`Scheme.population`)."""
+  return for_config(config).population(config, task)

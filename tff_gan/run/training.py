@@ -1,0 +1,172 @@
+"""A training run: prepare the run directory, then run its rounds (or resume them).
+
+Writes to `config.output_dir` the files listed in `rundir`: `config.json`, `metrics.csv` (one
+row per round: `round`, `round_seconds`, `clients` (sampled), `clients_completed` (those that
+did not drop out), `bytes_down` and `bytes_up` (payload bytes the round sent to the sampled
+clients and received from those that completed, sized from the types the round's
+computation sends: see `algorithms.communication`), `d_loss`, `g_loss`, `num_examples`,
+`non_finite_clients` (client updates with a NaN or Inf, given weight 0), `epsilon` (with
+differential privacy), then the task's metric columns, empty on rounds not evaluated),
+`samples/`, `checkpoints/`, `tb/`, `real_data_metrics.json` and `classifier/` (tasks with real
+data) and `worker.log`. Under differential privacy the clients' losses and example counts are
+not released, so `d_loss` and `num_examples` stay empty (and `g_loss` too in `fedgan`; in
+`dp_fedavg_gan` it is the server generator's loss).
+
+`train` runs synchronous rounds here; `--mode=async` hands the same process to
+`async_training`. Both finish each round with a `recorder.RoundRecorder`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from tqdm import tqdm
+
+from tff_gan import files
+from tff_gan.algorithms import communication
+from tff_gan.clients import clock as clock_lib
+from tff_gan.clients import populations, sampling
+from tff_gan.core.state import ServerState
+from tff_gan.run import (
+  async_training,
+  builders,
+  export,
+  persistence,
+  recorder,
+  rundir,
+  schemes,
+)
+from tff_gan.run.config import ConfigError, TrainConfig
+from tff_gan.runtime import remote
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a finished run returns.
+
+  Attributes:
+    state: The final server state.
+    last_row: The last `metrics.csv` row.
+    generator_weights: The final generator's trainable weights, in Keras variable order
+      (`export.build_generator` turns them into a Keras model).
+  """
+
+  state: ServerState
+  last_row: dict[str, Any]
+  generator_weights: Any
+
+
+def train(config: TrainConfig, task, *, show_progress: bool = True,
+          overwrite: bool = False) -> TrainResult:
+  """Runs `config.rounds` federated rounds of `config.scheme` on `task`, or resumes them.
+
+  If `config.output_dir` holds checkpoints of the same configuration (see
+  `rundir.check_same_run`), training continues after the latest one and ends exactly as an
+  uninterrupted run would: the same weights and the same `metrics.csv` rows.
+
+  Args:
+    config: A `TrainConfig` (validated here).
+    task: A task from `tasks.get_task` (examples, labels, `gan_models()`, `evaluate`,
+      `render`, `metric_names`).
+    show_progress: Whether to show a tqdm progress bar on stderr.
+    overwrite: Delete the outputs of an earlier run in `config.output_dir` and start over.
+
+  Returns:
+    A `TrainResult`.
+
+  Raises:
+    ConfigError: For an invalid configuration, or one that differs from the run already in
+      `config.output_dir`.
+    persistence.CheckpointError: If the checkpoint to resume from cannot be read.
+    workers.WorkerError: If a worker cannot be reached at start, or is lost mid-run
+      (`--executor=remote`), or the local worker fails.
+  """
+  config.validate()
+  rundir.check_output_dir_writable(config.output_dir)
+  if config.executor == 'remote':  # Before the minutes of preparation below.
+    remote.check_workers_answer(config.worker_addresses, config.worker_timeout)
+  if overwrite:
+    rundir.remove_outputs(config.output_dir)
+  else:
+    rundir.check_same_run(config)
+  scheme = schemes.for_config(config)
+  try:
+    models = task.gan_models(config.conditional)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  population = scheme.population(config, task)
+  work = scheme.local_work(config, task)
+  process = scheme.build_process(config, models)
+  traffic = communication.round_traffic(process.next)
+  keyed_process = process.with_client_data(population, work)
+  sample = export.SampleGenerator(models)
+  ledger = builders.epsilon_ledger(config, population.num_clients)
+
+  files.write_text(os.path.join(config.output_dir, rundir.CONFIG_FILE), config.to_json() + '\n')
+  os.makedirs(os.path.join(config.output_dir, rundir.SAMPLES_DIR), exist_ok=True)
+  reference = task.prepare_evaluation(os.path.join(config.output_dir, rundir.CLASSIFIER_DIR))
+  if reference:
+    files.write_text(os.path.join(config.output_dir, rundir.REFERENCE_FILE),
+                     json.dumps(reference, indent=2, sort_keys=True) + '\n')
+    logging.info('held-out real data scores %s', reference)
+  checkpoints = persistence.Checkpoints(config.output_dir)
+  release = persistence.MetricsRelease(config.output_dir, recorder.columns(config, task))
+  with builders.execution_context(config, scheme.parallel_clients(config)):
+    state = process.initialize()
+    start_round = checkpoints.latest_round() or 0
+    if start_round > config.rounds:
+      raise ConfigError(
+          f'--output_dir {config.output_dir} has a checkpoint at round {start_round}, beyond '
+          f'--rounds={config.rounds}; raise --rounds, or rerun with --overwrite to start over.')
+    if start_round:
+      state = checkpoints.load(start_round, state)
+      logging.info('resuming from the checkpoint of round %d', start_round)
+    row: dict[str, Any] = rundir.last_released_row(config.output_dir) if start_round else {}
+    rounds = tqdm(range(start_round + 1, config.rounds + 1), desc='rounds', unit='round',
+                  initial=start_round, total=config.rounds, disable=not show_progress,
+                  dynamic_ncols=True)
+    round_recorder = recorder.RoundRecorder(
+        config, task, generator_weights=process.generator_weights, sample=sample,
+        ledger=ledger, release=release, checkpoints=checkpoints, progress=rounds)
+    start_time = float(row.get('simulated_time', 0.0))
+    if config.mode == 'async':
+      state, last_row = async_training.train_async(
+          config, keyed_process, population.num_clients, state, start_round=start_round,
+          start_time=start_time, recorder=round_recorder, traffic=traffic)
+      rounds.close()
+      return TrainResult(state, last_row or row, process.generator_weights(state))
+    state, row = _train_sync(config, scheme, keyed_process, population, state, rounds,
+                             round_recorder, traffic, start_time, row)
+  return TrainResult(state, row, process.generator_weights(state))
+
+
+def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population, state,
+                rounds, round_recorder, traffic, simulated_time: float, row):
+  """Synchronous rounds: sample, drop out, run the round on the survivors' keys, record."""
+  clock = clock_lib.ClientClock.from_config(config) if config.latency else None
+  for round_num in rounds:
+    client_ids = scheme.client_ids(config, population.num_clients, round_num)
+    completed = sampling.surviving_clients(client_ids, config.dropout_rate,
+                                           round_num=round_num, seed=config.seed)
+    start = time.perf_counter()
+    if len(completed) or not len(client_ids):
+      keys = populations.round_keys(completed, round_num=round_num, seed=config.seed)
+      state, metrics = process.next(state, keys)
+    else:  # All sampled clients failed: the model stays as it is, and the row says so.
+      metrics = None
+      logging.warning('round %d: all %d sampled clients dropped out; model unchanged.',
+                      round_num, len(client_ids))
+    row = recorder.round_row(round_num, time.perf_counter() - start, len(client_ids),
+                             len(completed), metrics, traffic)
+    if not scheme.communicates:
+      row['bytes_down'] = row['bytes_up'] = None
+    if clock is not None:
+      simulated_time += clock.sync_round_seconds(client_ids, completed, round_num)
+      row['simulated_time'] = simulated_time
+    round_recorder.finish(row, state, round_num)
+  return state, row

@@ -1,0 +1,1 @@
+"""Where computations run: TFF execution contexts, the worker processes they own, addresses."""

@@ -1,0 +1,133 @@
+"""Connections to TFF workers on other machines (`bin/worker.py`), with bounded waits.
+
+Waits for a remote worker are bounded (`WorkerError` at start, `WorkerLostError` mid-run);
+TFF alone would retry a vanished worker forever.
+"""
+
+from __future__ import annotations
+
+import grpc
+import tensorflow_federated as tff
+
+from tff_gan.runtime.addresses import parse_address
+from tff_gan.runtime.workers import (
+  GRPC_CHANNEL_OPTIONS,
+  WorkerError,
+  close_channel,
+  executor_factory,
+)
+
+
+class WorkerLostError(WorkerError):
+  """A remote worker stopped answering during a run and did not come back in time."""
+
+
+def _bounded_retries(method, worker: RemoteWorker):
+  """Wraps a stub RPC: a worker gone for longer than its timeout ends the run.
+
+  TFF retries calls that fail with retryable gRPC codes (e.g. UNAVAILABLE) forever, which
+  would hang a run whose worker died. Here a failed call waits up to the worker's timeout for
+  the worker to answer again: if it does, TFF's retry reruns the computation on it; if not,
+  the run ends with a `WorkerLostError` naming the worker.
+  """
+
+  def guarded(self, request):
+    try:
+      return method(self, request)
+    except tff.framework.RetryableError as e:
+      if not worker.wait_until_ready():
+        raise WorkerLostError(
+            f'lost the TFF worker at {worker.address} ({_grpc_status(e)}) and it did not '
+            f'answer again within {worker.timeout_seconds:g} s; restart it, then rerun the same '
+            'command to resume from the last checkpoint.') from None
+      raise
+
+  return guarded
+
+
+def _grpc_status(error: Exception) -> str:
+  """The gRPC status code inside TFF's retryable error, e.g. `UNAVAILABLE`."""
+  cause = error.args[0] if error.args else error
+  code = getattr(cause, 'code', None)
+  return code().name if callable(code) else type(cause).__name__
+
+
+class _GuardedStub(tff.framework.RemoteExecutorGrpcStub):
+  """TFF's gRPC stub, with `_bounded_retries` on every RPC."""
+
+  def __init__(self, channel, worker: RemoteWorker):
+    super().__init__(channel)
+    for name in ('get_executor', 'create_value', 'create_call', 'create_struct',
+                 'create_selection', 'compute', 'dispose', 'dispose_executor'):
+      method = getattr(tff.framework.RemoteExecutorGrpcStub, name)
+      setattr(self, name, _bounded_retries(method, worker).__get__(self))
+
+
+class RemoteWorker:
+  """A connection to a TFF worker (`bin/worker.py`) at `host:port`.
+
+  Args:
+    address: `host:port` of the worker.
+    timeout_seconds: How long to wait for the worker to answer, at start and after a lost
+      connection.
+
+  Attributes:
+    clients_served: The number of clients of each executor this worker was asked to run
+      (tests use it to see how a round was split).
+  """
+
+  def __init__(self, address: str, timeout_seconds: float = 30.0):
+    parse_address(address)
+    self.address = address.strip()
+    self.timeout_seconds = timeout_seconds
+    self.clients_served: list[int] = []
+    self._channel: grpc.Channel | None = None
+    self.stub = None
+
+  def connect(self) -> RemoteWorker:
+    """Opens the channel; raises `WorkerError` if the worker does not answer in time."""
+    options = GRPC_CHANNEL_OPTIONS + [
+        # Notice a peer that vanished without closing the connection (a machine gone).
+        ('grpc.keepalive_time_ms', 10_000),
+        ('grpc.keepalive_timeout_ms', max(1000, int(self.timeout_seconds * 1000))),
+    ]
+    self._channel = grpc.insecure_channel(self.address, options)
+    if not self.wait_until_ready():
+      self.close()
+      host, port = parse_address(self.address)
+      raise WorkerError(
+          f'no TFF worker answered at {self.address} within {self.timeout_seconds:g} s; start '
+          f'one there (`bin/worker.py --port={port}`), check --workers, or raise '
+          '--worker_timeout.')
+    self.stub = _GuardedStub(self._channel, self)
+    return self
+
+  def wait_until_ready(self) -> bool:
+    """Whether the worker answers within `timeout_seconds`.
+
+    Asks with a call to a method no server has: a live server answers UNIMPLEMENTED at once,
+    while the call waits for a connection until its deadline. (Unlike gRPC's
+    `channel_ready_future`, this leaves no connectivity poller behind, which would fail
+    loudly when the channel is closed.)
+    """
+    probe = self._channel.unary_unary('/tff_gan.Probe/Ping')
+    try:
+      probe(b'', timeout=self.timeout_seconds, wait_for_ready=True)
+    except grpc.RpcError as e:
+      return e.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+    return True
+
+  def executor_factory(self, default_num_clients: int = 0):
+    """A `tff.framework.ExecutorFactory` whose executors run on this worker."""
+    return executor_factory(self.stub, lambda: None, default_num_clients, self.clients_served)
+
+  def close(self) -> None:
+    if self._channel is not None:
+      close_channel(self._channel)
+      self._channel = None
+
+
+def check_workers_answer(addresses: list[str], timeout_seconds: float) -> None:
+  """Raises `WorkerError`, naming the first worker that does not answer in time."""
+  for address in addresses:
+    RemoteWorker(address, timeout_seconds).connect().close()

@@ -1,1 +1,0 @@
-"""Training schemes, one module each; each builds a `tff.templates.IterativeProcess`."""
