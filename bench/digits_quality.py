@@ -18,8 +18,6 @@ import os
 import sys
 import time
 
-from tff_gan.run import rundir
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
 from absl import flags  # noqa: E402
@@ -38,7 +36,7 @@ def main(argv):
   _cli.quiet_tensorflow()
   import tasks  # noqa: PLC0415
   from tff_gan.run import config as config_lib  # noqa: PLC0415
-  from tff_gan.run import training  # noqa: PLC0415
+  from tff_gan.run import rundir, training  # noqa: PLC0415
 
   runs = {
       'FedGAN, IID': dict(scheme='fedgan', partition='iid'),

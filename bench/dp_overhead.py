@@ -14,9 +14,6 @@ import statistics
 import sys
 import time
 
-from tff_gan.clients import sampling
-from tff_gan.run import schemes
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
 from absl import flags  # noqa: E402
@@ -37,7 +34,9 @@ def main(argv):
 
   import tasks  # noqa: PLC0415
   from tff_gan.clients import populations as data
+  from tff_gan.clients import sampling  # noqa: PLC0415
   from tff_gan.run import config as config_lib  # noqa: PLC0415
+  from tff_gan.run import schemes  # noqa: PLC0415
   from tff_gan.runtime import contexts  # noqa: PLC0415
 
   plain = config_lib.TrainConfig(

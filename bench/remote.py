@@ -22,8 +22,6 @@ import statistics
 import sys
 import time
 
-from tff_gan.run import schemes
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
 from absl import flags  # noqa: E402
@@ -39,9 +37,9 @@ def main(argv):
   import numpy as np  # noqa: PLC0415
 
   import tasks  # noqa: PLC0415
-  from tff_gan.algorithms import composition as process_lib  # noqa: PLC0415
   from tff_gan.clients import populations as data
   from tff_gan.run import config as config_lib  # noqa: PLC0415
+  from tff_gan.run import schemes  # noqa: PLC0415
   from tff_gan.runtime import contexts  # noqa: PLC0415
   from tff_gan.runtime import workers as worker_lib
 
@@ -49,8 +47,8 @@ def main(argv):
   task = tasks.get_task(config.task, seed=config.seed)
   clients = schemes.build_population(config, task)
   work = data.LocalWork(batch_size=config.batch_size, local_epochs=config.local_epochs)
-  process = process_lib.with_client_data(
-      schemes.build_process(config, task.gan_models()), clients, work)
+  process = schemes.build_process(config, task.gan_models()).with_client_data(
+      clients, work)
   cores = worker_lib.available_cores()
   one = worker_lib.LocalWorker(threads=worker_lib.WorkerThreads.for_parallel_clients(cores)).start()
   halves = [worker_lib.LocalWorker(threads=worker_lib.WorkerThreads.for_parallel_clients(

@@ -21,8 +21,6 @@ import sys
 import tempfile
 import time
 
-from tff_gan.run import schemes
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
 import procs  # noqa: E402
@@ -41,9 +39,9 @@ def clients_per_round_table(sizes: list[int]) -> list[str]:
   import numpy as np  # noqa: PLC0415
 
   import tasks  # noqa: PLC0415
-  from tff_gan.algorithms import composition as process_lib  # noqa: PLC0415
   from tff_gan.clients import populations as data
   from tff_gan.run import config as config_lib  # noqa: PLC0415
+  from tff_gan.run import schemes  # noqa: PLC0415
   from tff_gan.runtime import contexts  # noqa: PLC0415
 
   config = config_lib.TrainConfig(num_clients=max(sizes), clients_per_round=max(sizes),
@@ -51,8 +49,8 @@ def clients_per_round_table(sizes: list[int]) -> list[str]:
   task = tasks.get_task(config.task, seed=config.seed)
   clients = schemes.build_population(config, task)
   work = data.LocalWork(batch_size=config.batch_size, local_steps=config.local_steps)
-  process = process_lib.with_client_data(
-      schemes.build_process(config, task.gan_models()), clients, work)
+  process = schemes.build_process(config, task.gan_models()).with_client_data(
+      clients, work)
   medians = {}
   with contexts.local_cpp_context(parallel_clients=min(sizes)):
     state = process.initialize()

@@ -26,9 +26,6 @@ import statistics
 import sys
 import time
 
-from tff_gan.core import client_work
-from tff_gan.run import schemes
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
 from absl import flags  # noqa: E402
@@ -65,10 +62,7 @@ def matmul_peak_flops(tf, size: int = 1024, chain: int = 10, repeats: int = 5) -
 
 def step_flops(tf, models, optimizer, batch_size: int) -> float:
   """FLOPs of one client step, counted by TF's profiler on the step's graph."""
-  from tff_gan.core import (
-    losses,  # noqa: PLC0415
-    tf_fns,
-  )
+  from tff_gan.core import losses, tf_fns  # noqa: PLC0415
 
   generator, discriminator = models.generator_fn(), models.discriminator_fn()
   generator_state = tf_fns.initialize_optimizer(optimizer, generator.trainable_variables)
@@ -153,14 +147,12 @@ def measure(task_name: str, peak: float) -> list[str]:
   import tensorflow as tf  # noqa: PLC0415
 
   import tasks  # noqa: PLC0415
-  from tff_gan.algorithms import (
-    fedgan,  # noqa: PLC0415
-    optimizers,
-  )
-  from tff_gan.clients import populations as data
-  from tff_gan.core import losses
+  from tff_gan.algorithms import fedgan, optimizers  # noqa: PLC0415
+  from tff_gan.clients import populations as data  # noqa: PLC0415
+  from tff_gan.core import client_work, losses  # noqa: PLC0415
   from tff_gan.core.state import GanWeights, ServerBroadcast  # noqa: PLC0415
   from tff_gan.run import config as config_lib  # noqa: PLC0415
+  from tff_gan.run import schemes  # noqa: PLC0415
   from tff_gan.runtime import contexts  # noqa: PLC0415
 
   config = config_lib.TrainConfig(

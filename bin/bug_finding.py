@@ -80,13 +80,13 @@ def main(argv: list[str]) -> int:
     _cli.usage_error(program, str(e))
   _cli.quiet_tensorflow()
   from experiments import bug_finding  # noqa: PLC0415 (imports TensorFlow)
-  from tff_gan.runtime import workers as worker_lib
+  from tff_gan.runtime.workers import WorkerError  # noqa: PLC0415
 
   try:
     summary = bug_finding.run(config, show_progress=FLAGS.progress, overwrite=FLAGS.overwrite)
   except ConfigError as e:
     _cli.usage_error(program, str(e))
-  except worker_lib.WorkerError as e:
+  except WorkerError as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
   for name, population in summary['populations'].items():

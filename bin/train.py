@@ -232,23 +232,22 @@ def main(argv: list[str]) -> int:
 
   _cli.quiet_tensorflow()
   import tasks  # noqa: PLC0415
-  from tff_gan.run import training
-  from tff_gan.runtime import workers as worker_lib
+  from tff_gan.run import persistence, training  # noqa: PLC0415
+  from tff_gan.runtime.workers import WorkerError  # noqa: PLC0415
 
   try:
     task = tasks.task_from_config(config)
   except ValueError as e:  # ConfigError, or a task's own check of its arguments or files.
     _cli.usage_error(program, str(e))
-  except worker_lib.WorkerError as e:  # The worker of a task's federated statistics.
+  except WorkerError as e:  # The worker of a task's federated statistics.
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
-  from tff_gan.run import persistence  # noqa: PLC0415
   try:
     result = training.train(config, task, show_progress=FLAGS.progress,
                             overwrite=FLAGS.overwrite)
   except config_lib.ConfigError as e:
     _cli.usage_error(program, str(e))
-  except (persistence.CheckpointError, worker_lib.WorkerError) as e:
+  except (persistence.CheckpointError, WorkerError) as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
   summary = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'

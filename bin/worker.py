@@ -65,12 +65,12 @@ def main(argv: list[str]) -> int:
     return 1
 
   _cli.quiet_tensorflow()
-  from tff_gan.runtime import workers as worker_lib
+  from tff_gan.runtime import workers  # noqa: PLC0415
 
-  cores = worker_lib.available_cores()
-  threads = worker_lib.WorkerThreads.for_parallel_clients(
+  cores = workers.available_cores()
+  threads = workers.WorkerThreads.for_parallel_clients(
       FLAGS.max_concurrent_computation_calls or cores, cores)
-  worker = worker_lib.LocalWorker(log_path=FLAGS.log_file or None, threads=threads,
+  worker = workers.LocalWorker(log_path=FLAGS.log_file or None, threads=threads,
                                 port=FLAGS.port)
   stop = []
   for signum in (signal.SIGINT, signal.SIGTERM):
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
       time.sleep(0.2)
-  except worker_lib.WorkerError as e:
+  except workers.WorkerError as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
   finally:

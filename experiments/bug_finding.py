@@ -37,6 +37,7 @@ from tasks import base
 from tasks.digits import DigitsTask
 from tff_gan import files
 from tff_gan.clients import partition
+from tff_gan.core import seeds
 from tff_gan.run import export, rundir, training
 
 SUMMARY_FILE = 'summary.json'
@@ -66,7 +67,7 @@ def make_writers(task: DigitsTask, num_writers: int, inverted_fraction: float,
   """Spreads the task's digits over writers (IID) and inverts the pixels of a random subset."""
   client_indices = partition.partition(task.reference_labels, num_writers, scheme='iid',
                                        seed=seed)
-  rng = np.random.default_rng([seed, 0xB06])
+  rng = np.random.default_rng([seed, seeds.INVERTED_WRITERS_SALT])
   inverted = np.zeros(num_writers, bool)
   inverted[rng.choice(num_writers, max(1, round(inverted_fraction * num_writers)),
                       replace=False)] = True

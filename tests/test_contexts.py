@@ -82,12 +82,32 @@ def test_worker_stops_when_the_block_exits(tmp_path):
   assert log_path.exists()
 
 
+def test_importing_the_runtime_installs_no_context():
+  # In a fresh process: here, the tests' own placeholder is installed (conftest).
+  code = textwrap.dedent('''
+      import tensorflow_federated as tff
+      before = type(tff.framework.get_context_stack().current)
+      from tff_gan.runtime import contexts
+      assert type(tff.framework.get_context_stack().current) is before, 'import changed it'
+      contexts.refuse_unowned_execution()
+      assert not contexts.execution_context_installed()
+      print('OK')
+  ''')
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL='3')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == 'OK'
+
+
 def test_computations_outside_a_context_fail_clearly():
   # In a fresh process: here, other tests' session-wide context may be installed.
   code = textwrap.dedent('''
       import numpy as np
       import tensorflow_federated as tff
       from tff_gan.runtime import contexts
+
+      contexts.refuse_unowned_execution()  # As every program does at start-up.
 
       @tff.tensorflow.computation(tff.TensorType(np.float32))
       def add_one(x):

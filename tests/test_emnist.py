@@ -23,6 +23,7 @@ from PIL import Image
 from tensorflow_federated.python.simulation.datasets import download
 
 from tasks import emnist
+from tasks.readers import emnist_sqlite
 from tff_gan.clients import populations as data
 from tff_gan.core import conditional
 
@@ -70,7 +71,7 @@ def emnist_dir(tmp_path_factory):
   rng = np.random.default_rng(7)
   splits = {TRAIN: make_split(rng, TRAIN_SIZES), TEST: make_split(rng, TEST_SIZES)}
   directory = tmp_path_factory.mktemp('emnist')
-  write_database(directory / emnist.DATABASE_FILE, splits)
+  write_database(directory / emnist_sqlite.DATABASE_FILE, splits)
   return directory, splits
 
 
@@ -167,34 +168,35 @@ def test_missing_file_is_one_line_and_nothing_is_downloaded(setup, message, tmp_
   monkeypatch.setattr(download, '_fetch_lzma_file', no_download)
   setup(tmp_path)
   before = sorted(os.listdir(tmp_path))
-  with pytest.raises(emnist.EmnistError, match=message) as error:
+  with pytest.raises(emnist_sqlite.EmnistError, match=message) as error:
     emnist.EmnistTask(data_dir=str(tmp_path))
   assert '\n' not in str(error.value) and 'xz -d' in str(error.value)
   assert sorted(os.listdir(tmp_path)) == before  # No empty database left behind.
   missing = tmp_path / 'nowhere'
-  with pytest.raises(emnist.EmnistError, match=emnist.DATABASE_URL):
+  with pytest.raises(emnist_sqlite.EmnistError, match=emnist_sqlite.DATABASE_URL):
     emnist.EmnistTask(data_dir=str(missing))
   assert not missing.exists()
 
 
 def test_corrupt_file_is_one_line(tmp_path):
-  (tmp_path / emnist.DATABASE_FILE).write_bytes(b'this is not an sqlite database\n' * 200)
-  with pytest.raises(emnist.EmnistError, match='is not a readable SQLite database') as error:
+  (tmp_path / emnist_sqlite.DATABASE_FILE).write_bytes(b'this is not an sqlite database\n' * 200)
+  with pytest.raises(emnist_sqlite.EmnistError, match='is not a readable SQLite database') as error:
     emnist.EmnistTask(data_dir=str(tmp_path))
   assert '\n' not in str(error.value)
 
 
 def test_file_without_the_tables_is_one_line(tmp_path):
-  with sqlite3.connect(tmp_path / emnist.DATABASE_FILE) as connection:
+  with sqlite3.connect(tmp_path / emnist_sqlite.DATABASE_FILE) as connection:
     connection.execute('CREATE TABLE photos (id INTEGER);')
   connection.close()
-  with pytest.raises(emnist.EmnistError, match='lacks the tables of federated EMNIST') as error:
+  with pytest.raises(emnist_sqlite.EmnistError,
+                     match='lacks the tables of federated EMNIST') as error:
     emnist.EmnistTask(data_dir=str(tmp_path))
   assert '\n' not in str(error.value)
 
 
 def test_missing_split_is_one_line(emnist_dir):
-  with pytest.raises(emnist.EmnistError, match="no writers in split 'all_train'") as error:
+  with pytest.raises(emnist_sqlite.EmnistError, match="no writers in split 'all_train'") as error:
     emnist.EmnistTask(data_dir=str(emnist_dir[0]), only_digits=False)
   assert '\n' not in str(error.value)
 

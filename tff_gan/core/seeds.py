@@ -28,6 +28,7 @@ NATURAL_SUBSET_SALT = 0x5B5  # Which of the data's natural clients a run keeps.
 ASYNC_CHOICE_SALT = 0xA5C  # Which idle clients an asynchronous dispatch sends the model to.
 STRAGGLER_SALT = 0x5716  # Which clients are stragglers.
 LATENCY_SALT = 0x1A7  # How long a client's task takes.
+INVERTED_WRITERS_SALT = 0xB06  # Which writers the bug-finding scenario's app update inverts.
 # Generated clients (TF, folded into `[run seed, salt]`).
 GENERATED_LABELS_SALT = 0x6E4  # A generated client's label skew and labels.
 GENERATED_EXAMPLES_SALT = 0xE7A  # A generated client's examples.

@@ -50,12 +50,14 @@ class Scheme:
     )
 
   def population(self, config: TrainConfig, task) -> populations.ClientData:
-    """The run's clients; raises `ConfigError` if they cannot serve `config`."""
-    population = builders.federated_population(config, task)
+    """The run's clients."""
+    return builders.federated_population(config, task)
+
+  def check_population(self, config: TrainConfig, population: populations.ClientData) -> None:
+    """Raises `ConfigError` if `population` cannot serve `config`'s rounds."""
     if config.clients_per_round > population.num_clients:
       raise ConfigError(f'--clients_per_round={config.clients_per_round} exceeds the '
                         f'{population.num_clients} clients of the data; lower it.')
-    return population
 
   def local_work(self, config: TrainConfig, task) -> populations.LocalWork:
     """How much each sampled client trains per round."""
@@ -112,6 +114,9 @@ class Centralized(FedGan):
   def population(self, config, task):
     examples = task.training_examples(config.conditional)
     return populations.ClientPopulation(examples, [np.arange(len(examples))])
+
+  def check_population(self, config, population):
+    del config, population  # One client holds everything: any round size is served.
 
   def local_work(self, config, task):
     steps = self.steps_per_round(config, task)  # Enough passes over the data for the steps.

@@ -100,6 +100,7 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
   except ValueError as e:
     raise ConfigError(str(e)) from e
   population = scheme.population(config, task)
+  scheme.check_population(config, population)
   work = scheme.local_work(config, task)
   process = scheme.build_process(config, models)
   traffic = communication.round_traffic(process.next)
