@@ -27,4 +27,4 @@ bench: venv
 	$(VENV_PYTHON) bench/dp_overhead.py
 
 lint: venv
-	$(VENV_PYTHON) -m ruff check tff_gan tasks bin tests bench tutorials
+	$(VENV_PYTHON) -m ruff check tff_gan tasks experiments bin tests bench tutorials
