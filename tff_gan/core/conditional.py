@@ -2,8 +2,8 @@
 
 A conditional generator maps noise z and a class y to an example of that class; a
 conditional discriminator judges an (example, class) pair. The library's training code
-(`tf_fns`, `schemes/`) knows only a generator of noise and a discriminator of examples, so a
-conditional GAN is expressed in those terms, exactly:
+(`tf_fns`, `client_work`, the schemes) knows only a generator of noise and a discriminator
+of examples, so a conditional GAN is expressed in those terms, exactly:
 
 * **Examples carry their class.** An example x of shape `data_shape` becomes x ⊕ onehot(y):
   for images `[H, W, C]`, K constant planes are appended as channels (`[H, W, C + K]`, the
