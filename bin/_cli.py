@@ -74,13 +74,16 @@ def load_round(output_dir: str, config, round_num: int):
   """
   import tasks  # noqa: PLC0415 (imports TensorFlow)
   from tff_gan.algorithms.composition import GanProcess  # noqa: PLC0415
-  from tff_gan.run import export, persistence, rundir  # noqa: PLC0415
+  from tff_gan.run import export, persistence, rundir, schemes  # noqa: PLC0415
   from tff_gan.runtime.workers import WorkerError  # noqa: PLC0415
 
   try:
     task = tasks.task_from_config(config)
     models = task.gan_models(config.conditional)
-    state = export.load_state(output_dir, config, models, round_num)
+    scheme = schemes.for_config(config)
+    num_clients = (scheme.population(config, task).num_clients if scheme.keeps_client_state
+                   else 0)
+    state = export.load_state(output_dir, config, models, round_num, num_clients)
   except (ValueError, OSError, persistence.CheckpointError, WorkerError) as e:
     raise LoadError(rundir.first_line(e)) from e
   return task, models, GanProcess.generator_weights(state)

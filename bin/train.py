@@ -65,7 +65,11 @@ flags.DEFINE_string('scheme', _DEFAULTS.scheme, 'Training scheme: fedgan (client
                     '(clients send gradients at the global weights over their local data; the '
                     'server optimizer takes the step) or centralized (the baseline: the same '
                     'nets and losses trained on the pooled data, each round taking as many '
-                    'steps as all sampled clients of a fedgan round do together).')
+                    'steps as all sampled clients of a fedgan round do together) or multi_d '
+                    '(each client keeps its own discriminator, trained on its data and never '
+                    'sent; the server '
+                    'trains G from the clients\' per-sample feedback on its samples: for '
+                    'heterogeneous clients; see --discriminator_mixture).')
 flags.DEFINE_string('model', _UNRESOLVED['model'], 'Network pair: mlp (all tasks) or dcgan '
                     '(image tasks: digits, emnist, image_folder). Default: dcgan for emnist and '
                     'image_folder, mlp otherwise.')
@@ -131,11 +135,19 @@ flags.DEFINE_float('dropout_rate', _DEFAULTS.dropout_rate, 'Probability that a s
                    'client fails after the broadcast; the round aggregates the survivors '
                    '(weights renormalized), and a round where all fail leaves the model '
                    'unchanged.')
-flags.DEFINE_integer('server_gen_steps', _DEFAULTS.server_gen_steps, 'dp_fedavg_gan: '
-                     'generator steps the server takes per round (batch --batch_size).')
+flags.DEFINE_integer('server_gen_steps', _UNRESOLVED['server_gen_steps'], 'dp_fedavg_gan, '
+                     'multi_d: generator steps the server takes per round (batch '
+                     '--batch_size). Default: ' + ', '.join(
+                         f'{k} {v}' for k, v in choices.DEFAULT_SERVER_GEN_STEPS.items()) + '.')
 flags.DEFINE_float('generator_learning_rate', _DEFAULTS.generator_learning_rate,
-                   'dp_fedavg_gan: learning rate of the server generator optimizer (Adam, '
-                   'beta1=0.5; its state is kept in the server state).')
+                   'dp_fedavg_gan, multi_d: learning rate of the server generator optimizer '
+                   '(Adam, beta1=0.5; its state is kept in the server state).')
+flags.DEFINE_enum('discriminator_mixture', _DEFAULTS.discriminator_mixture,
+                  choices.DISCRIMINATOR_MIXTURES, 'multi_d: how the server combines the '
+                  "clients' discriminators. mean (MD-GAN): G minimizes the examples-weighted "
+                  "mean of the clients' generator losses. universal (UA-GAN): G is judged by "
+                  "the discriminator whose odds are the weighted mean of the clients' odds, so "
+                  'a client that never saw a mode does not veto it (non_saturating loss).')
 flags.DEFINE_string('client_sampling', _DEFAULTS.client_sampling, 'fixed: exactly '
                     '--clients_per_round clients, drawn without replacement (privacy: '
                     'replace-one neighbouring datasets); poisson: each client joins with '

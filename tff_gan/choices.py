@@ -17,7 +17,25 @@ DEFAULT_MODELS = {'emnist': 'dcgan', 'image_folder': 'dcgan'}
 DEFAULT_IMAGE_SIZE = 32
 
 # Training schemes (`tff_gan.run.schemes`).
-SCHEMES = ('fedgan', 'dp_fedavg_gan', 'fedsgd', 'centralized')
+SCHEMES = ('fedgan', 'dp_fedavg_gan', 'fedsgd', 'centralized', 'multi_d')
+# Flags a scheme has no use for, with their neutral values, and why (`run.config` refuses
+# them).
+SCHEME_UNUSED_FLAGS = {
+    'centralized': ('which trains on the pooled data in one place', {
+        'examples_per_client': 0, 'dp_noise_multiplier': None, 'dropout_rate': 0.0,
+        'proximal_mu': 0.0, 'aggregator': 'mean', 'server_optimizer': 'sgd',
+        'server_learning_rate': 1.0, 'client_sampling': 'fixed'}),
+    'multi_d': ('whose discriminators stay on their clients and are never averaged (the '
+                'generator trains with --generator_learning_rate)', {
+                    'proximal_mu': 0.0, 'aggregator': 'mean', 'server_optimizer': 'sgd',
+                    'server_learning_rate': 1.0}),
+}
+# How multi_d's server combines the clients' discriminators (`core.feedback`).
+DISCRIMINATOR_MIXTURES = ('mean', 'universal')
+# multi_d keeps a discriminator per client: a cross-silo scheme, for populations up to this.
+MAX_CLIENT_RESIDENT_DISCRIMINATORS = 1000
+# Generator steps per round of the schemes whose server trains the generator.
+DEFAULT_SERVER_GEN_STEPS = {'dp_fedavg_gan': 1, 'multi_d': 16}
 
 # Clients (`tff_gan.clients`).
 DEFAULT_NUM_CLIENTS = 10

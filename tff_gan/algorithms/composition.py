@@ -185,18 +185,33 @@ class GanProcess(tff.templates.IterativeProcess):
   """
 
   def __init__(self, initialize_fn: tff.Computation, next_fn: tff.Computation, *,
-               client_work: tff.Computation, server_step: tff.Computation):
+               client_work: tff.Computation | None = None,
+               server_step: tff.Computation | None = None,
+               initial_client_state: tff.Computation | None = None):
     super().__init__(initialize_fn=initialize_fn, next_fn=next_fn)
     self._client_work = client_work
     self._server_step = server_step
+    self._initial_client_state = initial_client_state
 
   @property
-  def client_work(self) -> tff.Computation:
+  def client_work(self) -> tff.Computation | None:
+    """The round's client half, or None for a process that cannot run asynchronously."""
     return self._client_work
 
   @property
-  def server_step(self) -> tff.Computation:
+  def server_step(self) -> tff.Computation | None:
+    """The round's server half, or None (as `client_work`)."""
     return self._server_step
+
+  @property
+  def initial_client_state(self) -> tff.Computation | None:
+    """`(S -> C)` for a process whose clients keep state between rounds, else None.
+
+    Such a process's `next` takes each client's state `C@CLIENTS` after its data and returns
+    the new ones, `<S@SERVER, C@CLIENTS, M@SERVER>`; the caller keeps them (e.g.
+    `algorithms.multi_d`).
+    """
+    return self._initial_client_state
 
   @staticmethod
   def generator_weights(state: ServerState):
@@ -220,11 +235,11 @@ class GanProcess(tff.templates.IterativeProcess):
     dataset_computation = keyed_dataset_computation(client_data, work)
     keyed = tff.simulation.compose_dataset_computation_with_iterative_process(
         dataset_computation, self)
-    return GanProcess(
-        self.initialize, keyed.next,
-        client_work=tff.simulation.compose_dataset_computation_with_computation(
-            dataset_computation, self.client_work),
-        server_step=self.server_step)
+    client_work = self.client_work and tff.simulation.compose_dataset_computation_with_computation(
+        dataset_computation, self.client_work)
+    return GanProcess(self.initialize, keyed.next, client_work=client_work,
+                      server_step=self.server_step,
+                      initial_client_state=self.initial_client_state)
 
 
 def build_process(

@@ -34,6 +34,7 @@ GENERATED_LABELS_SALT = 0x6E4  # A generated client's label skew and labels.
 GENERATED_EXAMPLES_SALT = 0xE7A  # A generated client's examples.
 # In computations.
 SERVER_GENERATOR_SALT = -1  # Folded into a round seed: never a client's seed.
+FEEDBACK_SALT = -2  # Folded into a round seed: the noise client-resident Ds judge.
 EVALUATION_NOISE_SALT = 1  # Second word of the evaluation noise seed `[seed, salt]`.
 INITIAL_STATE_SALT = 0  # Second word of the run seed `[seed, salt]` in the server state.
 

@@ -63,3 +63,29 @@ class ClientOutput(NamedTuple):
   delta: Any
   num_examples: Any
   metrics: Any
+
+
+class DiscriminatorState(NamedTuple):
+  """A client-resident discriminator: kept by its client between rounds, never sent.
+
+  Attributes:
+    weights: The discriminator's trainable weights, in Keras variable order.
+    optimizer_state: Its optimizer's state, carried across the client's rounds.
+  """
+
+  weights: Any
+  optimizer_state: Any
+
+
+class Feedback(NamedTuple):
+  """What a client-resident discriminator tells the server about generated samples.
+
+  For every sample x of the round's generator batches (`[steps, batch, *data_shape]`), a
+  weight w(x) `[steps, batch]` and a weighted gradient w(x)·v(x) of the same shape as the
+  samples. Averaged over clients (weights n_k), their ratio is what the server's generator
+  steps need (`core.feedback`): the mean per-sample gradient of the generator loss
+  (`mean` mixture, w = 1), or the gradient of the mixture's logit (`universal`, w = odds).
+  """
+
+  weight: Any
+  weighted_gradient: Any

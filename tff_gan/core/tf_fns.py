@@ -159,18 +159,18 @@ def apply_delta(optimizer, optimizer_state, weights, delta):
   """
   # TFF hands sequences back as lists or tuples depending on where they came from; optimizers
   # such as SGD with momentum require the state and the weights to match exactly.
-  pseudo_gradient = _as_tuples(tf.nest.map_structure(tf.negative, delta))
-  new_state, new_weights = optimizer.next(_as_tuples(optimizer_state), _as_tuples(weights),
+  pseudo_gradient = as_tuples(tf.nest.map_structure(tf.negative, delta))
+  new_state, new_weights = optimizer.next(as_tuples(optimizer_state), as_tuples(weights),
                                           pseudo_gradient)
   return new_state, list(new_weights)
 
 
-def _as_tuples(structure):
+def as_tuples(structure):
   """`structure` with every list or plain tuple turned into a tuple (dicts kept as they are)."""
   if isinstance(structure, list) or type(structure) is tuple:
-    return tuple(_as_tuples(x) for x in structure)
+    return tuple(as_tuples(x) for x in structure)
   if isinstance(structure, dict):
-    return type(structure)((k, _as_tuples(v)) for k, v in structure.items())
+    return type(structure)((k, as_tuples(v)) for k, v in structure.items())
   return structure
 
 

@@ -11,35 +11,14 @@ import json
 import math
 import os
 
-from tff_gan.choices import (
-  AGGREGATORS,
-  ASYNC_RULES,
-  CLIENT_OPTIMIZERS,
-  CLIENT_SAMPLING,
-  DEFAULT_ASYNC_LATENCY,
-  DEFAULT_BITS,
-  DEFAULT_DP_CLIP,
-  DEFAULT_DP_DELTA,
-  DEFAULT_IMAGE_SIZE,
-  DEFAULT_MODELS,
-  DEFAULT_NUM_CLIENTS,
-  DP_ACCOUNTANTS,
-  EXECUTORS,
-  FILE_TASKS,
-  LABELLED_TASKS,
-  LOSSES,
-  MAX_BITS,
-  MODES,
-  PARTITIONS,
-  SCHEMES,
-  SERVER_OPTIMIZERS,
-  TASKS,
-)
+from tff_gan import choices
 from tff_gan.runtime.addresses import parse_address
 
 
 class ConfigError(ValueError):
   """A configuration value is invalid; the message says which and how to fix it."""
+
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +27,14 @@ class TrainConfig:
 
   Attributes mirror the flags of `bin/train.py`; see `--help` there for their meaning.
   `local_steps = 0` means no cap on the batches per round. An empty `model` becomes the
-  task's default (`DEFAULT_MODELS`, else `mlp`); an empty `partition` becomes
-  `natural` for tasks read from files (`FILE_TASKS`) and `iid` otherwise; `num_clients = 0`
-  becomes every client of the data under the natural partition and `DEFAULT_NUM_CLIENTS`
+  task's default (`choices.DEFAULT_MODELS`, else `mlp`); an empty `partition` becomes
+  `natural` for tasks read from files (`choices.FILE_TASKS`) and `iid` otherwise; `num_clients = 0`
+  becomes every client of the data under the natural partition and `choices.DEFAULT_NUM_CLIENTS`
   otherwise (the count is then known only once the data is read: `builders.build_population`
   checks it). Differential privacy is on when
   `dp_noise_multiplier` is set; the other `dp_*` fields are then read (unset ones take
-  `DEFAULT_DP_CLIP` and `DEFAULT_DP_DELTA`), and setting them without it is an error.
+  `choices.DEFAULT_DP_CLIP` and `choices.DEFAULT_DP_DELTA`), and setting them without it is
+  an error.
   """
 
   task: str = 'ring'
@@ -85,8 +65,9 @@ class TrainConfig:
   bits: int | None = None
   hadamard: bool = False
   dropout_rate: float = 0.0
-  server_gen_steps: int = 1
+  server_gen_steps: int = 0
   generator_learning_rate: float = 1e-3
+  discriminator_mixture: str = 'mean'
   client_sampling: str = 'fixed'
   dp_noise_multiplier: float | None = None
   dp_clip: float | None = None
@@ -116,15 +97,18 @@ class TrainConfig:
     if self.data_dir.startswith('~'):  # --data_dir=~/x reaches us unexpanded by the shell.
       object.__setattr__(self, 'data_dir', os.path.expanduser(self.data_dir))
     if not self.model:
-      object.__setattr__(self, 'model', DEFAULT_MODELS.get(self.task, 'mlp'))
+      object.__setattr__(self, 'model', choices.DEFAULT_MODELS.get(self.task, 'mlp'))
     if not self.partition:
       object.__setattr__(self, 'partition',
-                         'natural' if self.task in FILE_TASKS else 'iid')
+                         'natural' if self.task in choices.FILE_TASKS else 'iid')
+    if not self.server_gen_steps:
+      object.__setattr__(self, 'server_gen_steps',
+                         choices.DEFAULT_SERVER_GEN_STEPS.get(self.scheme, 1))
     if not self.num_clients and self.partition != 'natural':
-      object.__setattr__(self, 'num_clients', DEFAULT_NUM_CLIENTS)
+      object.__setattr__(self, 'num_clients', choices.DEFAULT_NUM_CLIENTS)
     if self.mode == 'async':
       if not self.client_latency:
-        object.__setattr__(self, 'client_latency', DEFAULT_ASYNC_LATENCY)
+        object.__setattr__(self, 'client_latency', choices.DEFAULT_ASYNC_LATENCY)
       if not self.buffer_size:
         object.__setattr__(self, 'buffer_size', self.clients_per_round)
       if not self.max_concurrent_clients:  # Twice the buffer, so stragglers do not stall it.
@@ -142,11 +126,11 @@ class TrainConfig:
 
   @property
   def reads_files(self) -> bool:
-    return self.task in FILE_TASKS
+    return self.task in choices.FILE_TASKS
 
   @property
   def effective_image_size(self) -> int:
-    return DEFAULT_IMAGE_SIZE if self.image_size is None else self.image_size
+    return choices.DEFAULT_IMAGE_SIZE if self.image_size is None else self.image_size
 
   def validate(self) -> TrainConfig:
     """Returns `self` if valid; raises `ConfigError` otherwise."""
@@ -167,8 +151,7 @@ class TrainConfig:
       raise ConfigError(f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     if not self.proximal_mu >= 0:
       raise ConfigError(f'--proximal_mu must be >= 0 (0 is FedAvg), got {self.proximal_mu}.')
-    if self.scheme == 'centralized':
-      self._validate_centralized()
+    self._validate_scheme_flags()
     if self.scheme == 'fedsgd' and self.proximal_mu:
       raise ConfigError('--proximal_mu needs local training; fedsgd takes no local steps.')
     if self.local_steps < 0:
@@ -179,21 +162,22 @@ class TrainConfig:
     if self.num_clients and self.clients_per_round > self.num_clients:
       raise ConfigError(f'--clients_per_round={self.clients_per_round} exceeds '
                         f'--num_clients={self.num_clients}; lower it or add clients.')
-    choices = {
-        'task': TASKS,
-        'scheme': SCHEMES,
-        'partition': PARTITIONS,
-        'client_optimizer': CLIENT_OPTIMIZERS,
-        'server_optimizer': SERVER_OPTIMIZERS,
-        'loss': LOSSES,
-        'client_sampling': CLIENT_SAMPLING,
-        'aggregator': AGGREGATORS,
-        'dp_accountant': DP_ACCOUNTANTS,
-        'executor': EXECUTORS,
-        'mode': MODES,
-        'async_rule': ASYNC_RULES,
+    allowed_values = {
+        'task': choices.TASKS,
+        'scheme': choices.SCHEMES,
+        'partition': choices.PARTITIONS,
+        'client_optimizer': choices.CLIENT_OPTIMIZERS,
+        'server_optimizer': choices.SERVER_OPTIMIZERS,
+        'loss': choices.LOSSES,
+        'client_sampling': choices.CLIENT_SAMPLING,
+        'aggregator': choices.AGGREGATORS,
+        'dp_accountant': choices.DP_ACCOUNTANTS,
+        'executor': choices.EXECUTORS,
+        'mode': choices.MODES,
+        'async_rule': choices.ASYNC_RULES,
+        'discriminator_mixture': choices.DISCRIMINATOR_MIXTURES,
     }
-    for name, allowed in choices.items():
+    for name, allowed in allowed_values.items():
       if getattr(self, name) not in allowed:
         raise ConfigError(f"unknown --{name} '{getattr(self, name)}'; choose one of: "
                           f"{', '.join(allowed)}.")
@@ -220,7 +204,8 @@ class TrainConfig:
     if mu is None or len(values) != 2 or not (math.isfinite(mu) and math.isfinite(sigma)
                                               and sigma >= 0):
       raise ConfigError(f"--client_latency must be 'lognormal:MU,SIGMA' (the log of seconds "
-                        f"is normal with mean MU and std SIGMA >= 0, e.g. {DEFAULT_ASYNC_LATENCY}),"
+                        "is normal with mean MU and std SIGMA >= 0, e.g. "
+                        f"{choices.DEFAULT_ASYNC_LATENCY}),"
                         f" got '{self.client_latency}'.")
     return mu, sigma
 
@@ -245,6 +230,8 @@ class TrainConfig:
       return
     if self.scheme == 'centralized':
       raise ConfigError('--mode=async needs clients; --scheme=centralized has none.')
+    if self.scheme == 'multi_d':
+      raise ConfigError('--mode=async is not built for --scheme=multi_d; use --mode=sync.')
     if self.client_sampling != 'fixed':
       raise ConfigError('--client_sampling has no meaning in --mode=async, where a client is '
                         'drawn whenever one finishes; drop it.')
@@ -267,7 +254,8 @@ class TrainConfig:
       raise ConfigError(f'--task={self.task} reads your files: set --data_dir to the folder '
                         'that holds them (see README, Real data).')
     if not self.reads_files and self.data_dir:
-      raise ConfigError(f'--data_dir applies to tasks read from files ({", ".join(FILE_TASKS)}); '
+      raise ConfigError('--data_dir applies to tasks read from files '
+                        f'({", ".join(choices.FILE_TASKS)}); '
                         f'task {self.task} is embedded: drop --data_dir.')
     if self.image_size is not None:
       if self.task != 'image_folder':
@@ -284,11 +272,12 @@ class TrainConfig:
       raise ConfigError('--scheme=centralized pools all examples in memory, which --task=emnist '
                         'does not (it reads each writer on the worker); use a federated scheme.')
     if self.reads_files and self.partition in ('dirichlet', 'pathological') and (
-        self.task not in LABELLED_TASKS):
+        self.task not in choices.LABELLED_TASKS):
       raise ConfigError(f'--partition={self.partition} skews clients by class, and task '
                         f'{self.task} has no classes; use natural or iid.')
-    if self.conditional and self.task not in LABELLED_TASKS:
-      raise ConfigError(f'--conditional needs a task with classes ({", ".join(LABELLED_TASKS)}); '
+    if self.conditional and self.task not in choices.LABELLED_TASKS:
+      raise ConfigError('--conditional needs a task with classes '
+                        f'({", ".join(choices.LABELLED_TASKS)}); '
                         f'task {self.task} has none.')
 
   @property
@@ -320,19 +309,32 @@ class TrainConfig:
   def dp_enabled(self) -> bool:
     return self.dp_noise_multiplier is not None
 
-  def _validate_centralized(self) -> None:
-    federated_only = {'examples_per_client': 0, 'dp_noise_multiplier': None,
-                      'dropout_rate': 0.0, 'proximal_mu': 0.0, 'aggregator': 'mean',
-                      'server_optimizer': 'sgd', 'server_learning_rate': 1.0,
-                      'client_sampling': 'fixed'}
-    for name, neutral in federated_only.items():
+  def _validate_scheme_flags(self) -> None:
+    reason, unused = choices.SCHEME_UNUSED_FLAGS.get(self.scheme, ('', {}))
+    for name, neutral in unused.items():
       if getattr(self, name) != neutral:
-        raise ConfigError(f'--{name} has no meaning for --scheme=centralized, which trains on '
-                          'the pooled data in one place; drop it.')
+        raise ConfigError(f'--{name} has no meaning for --scheme={self.scheme}, {reason}; '
+                          'drop it.')
+    if self.scheme != 'multi_d':
+      if self.discriminator_mixture != 'mean':
+        raise ConfigError('--discriminator_mixture applies to --scheme=multi_d; set that, or '
+                          'drop it.')
+      return
+    if self.dp_enabled:
+      raise ConfigError('--scheme=multi_d has no differential privacy yet (its discriminators '
+                        'never leave their clients; GS-WGAN sanitization is planned); drop '
+                        '--dp_noise_multiplier or use dp_fedavg_gan.')
+    if self.num_clients > choices.MAX_CLIENT_RESIDENT_DISCRIMINATORS:
+      raise ConfigError(f'--scheme=multi_d keeps a discriminator per client, for at most '
+                        f'{choices.MAX_CLIENT_RESIDENT_DISCRIMINATORS} clients; got --num_clients='
+                        f'{self.num_clients}: use fewer clients or another scheme.')
+    if self.discriminator_mixture == 'universal' and self.loss != 'non_saturating':
+      raise ConfigError('--discriminator_mixture=universal reads odds off the discriminators, '
+                        'which a Wasserstein critic does not estimate; use mean.')
 
   @property
   def effective_bits(self) -> int:
-    return DEFAULT_BITS if self.bits is None else self.bits
+    return choices.DEFAULT_BITS if self.bits is None else self.bits
 
   def _validate_compression(self) -> None:
     if self.aggregator != 'compressed':
@@ -340,16 +342,16 @@ class TrainConfig:
         if getattr(self, name) not in (None, False):
           raise ConfigError(f'--{name} applies only to --aggregator=compressed; set that, or '
                             f'drop --{name}.')
-    elif not 1 <= self.effective_bits <= MAX_BITS:
-      raise ConfigError(f'--bits must be from 1 to {MAX_BITS}, got {self.bits}.')
+    elif not 1 <= self.effective_bits <= choices.MAX_BITS:
+      raise ConfigError(f'--bits must be from 1 to {choices.MAX_BITS}, got {self.bits}.')
 
   @property
   def effective_dp_clip(self) -> float:
-    return DEFAULT_DP_CLIP if self.dp_clip is None else self.dp_clip
+    return choices.DEFAULT_DP_CLIP if self.dp_clip is None else self.dp_clip
 
   @property
   def effective_dp_delta(self) -> float:
-    return DEFAULT_DP_DELTA if self.dp_delta is None else self.dp_delta
+    return choices.DEFAULT_DP_DELTA if self.dp_delta is None else self.dp_delta
 
   def _validate_dp(self) -> None:
     if not self.dp_enabled:

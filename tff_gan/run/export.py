@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tff_gan.core import conditional, seeds
 from tff_gan.run import persistence, schemes
+from tff_gan.run.client_states import ClientStates, load_run_state
 from tff_gan.run.config import TrainConfig
 from tff_gan.run.rundir import RunError
 from tff_gan.runtime import contexts
@@ -39,7 +40,8 @@ def conditional_samples(generator, task, num_samples: int, seed: int,
   return examples, labels.astype(np.int64)
 
 
-def load_state(output_dir: str, config: TrainConfig, models, round_num: int):
+def load_state(output_dir: str, config: TrainConfig, models, round_num: int,
+               num_clients: int = 0):
   """The `ServerState` saved at `round_num` in `output_dir`.
 
   The template the checkpoint is read into is the initial state of the process `config`
@@ -52,6 +54,8 @@ def load_state(output_dir: str, config: TrainConfig, models, round_num: int):
     config: The run's `TrainConfig` (see `rundir.read_config`).
     models: `task.gan_models(config.conditional)` of the run's task.
     round_num: A saved round (see `rundir.resolve_round`).
+    num_clients: The population's size, for a scheme whose clients keep state (their states
+      are saved with the server's); unused otherwise.
 
   Raises:
     persistence.CheckpointError: With one line, if the checkpoint is missing or damaged.
@@ -60,7 +64,11 @@ def load_state(output_dir: str, config: TrainConfig, models, round_num: int):
   process = schemes.build_process(config, models)
   with contexts.local_cpp_context():
     template = process.initialize()
-  return persistence.Checkpoints(output_dir, read_only=True).load(round_num, template)
+    client_states = None
+    if process.initial_client_state is not None:
+      client_states = ClientStates(process.initial_client_state(template), num_clients)
+  return load_run_state(persistence.Checkpoints(output_dir, read_only=True), round_num,
+                        template, client_states)
 
 
 def build_generator(models, generator_weights):

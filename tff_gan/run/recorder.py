@@ -63,7 +63,7 @@ class RoundRecorder:
   """Finishes a round's row: ε, evaluation and samples, release, checkpoint, progress bar."""
 
   def __init__(self, config: TrainConfig, task, *, generator_weights, sample, ledger, release,
-               checkpoints, progress):
+               checkpoints, progress, checkpoint_value=lambda state: state):
     """Args:
       config: The run's configuration.
       task: The run's task (`evaluate`, `render`, `metric_names`, `num_labels`).
@@ -74,7 +74,10 @@ class RoundRecorder:
       release: The run's `persistence.MetricsRelease`.
       checkpoints: The run's `persistence.Checkpoints`.
       progress: A tqdm bar; the round loop advances it.
+      checkpoint_value: `state -> what a checkpoint saves` (the server state, with every
+        client's state where clients keep one).
     """
+    self._checkpoint_value = checkpoint_value
     self._config, self._task, self._sample, self._ledger = config, task, sample, ledger
     self._generator_weights = generator_weights
     self._release, self._checkpoints = release, checkpoints
@@ -96,7 +99,7 @@ class RoundRecorder:
       task.render(samples, os.path.join(self._samples_dir, f'round_{round_num:05d}.png'))
     self._release.release(row, round_num)
     if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
-      self._checkpoints.save(state, round_num)
+      self._checkpoints.save(self._checkpoint_value(state), round_num)
     self._latest_evaluation.update({k: row[k] for k in self._metric_names if k in row})
     self._progress.set_postfix(
         _progress_fields({**row, **self._latest_evaluation}, self._metric_names), refresh=False)

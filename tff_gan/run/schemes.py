@@ -14,7 +14,14 @@ import math
 import numpy as np
 
 from tff_gan import choices
-from tff_gan.algorithms import composition, dp_fedavg_gan, fedgan, fedsgd, optimizers
+from tff_gan.algorithms import (
+  composition,
+  dp_fedavg_gan,
+  fedgan,
+  fedsgd,
+  multi_d,
+  optimizers,
+)
 from tff_gan.clients import populations, sampling
 from tff_gan.core import losses
 from tff_gan.core.models import GanModels
@@ -27,6 +34,7 @@ class Scheme:
 
   name = ''
   communicates = True  # Whether a round sends anything (metrics.csv's bytes columns).
+  keeps_client_state = False  # Whether each client keeps state between rounds.
 
   def build_process(self, config: TrainConfig, models: GanModels) -> composition.GanProcess:
     raise NotImplementedError
@@ -146,8 +154,38 @@ class Centralized(FedGan):
     return 1
 
 
+class MultiD(Scheme):
+  """Client-resident discriminators (`algorithms.multi_d`): each client trains its own D,
+  kept between rounds; the server trains G from the clients' feedback on its samples."""
+
+  name = 'multi_d'
+  keeps_client_state = True
+
+  def build_process(self, config, models):
+    return multi_d.build_multi_d_process(
+        models,
+        loss=losses.get_loss(config.loss),
+        client_optimizer=optimizers.build_optimizer(config.client_optimizer,
+                                                    config.client_learning_rate),
+        generator_optimizer=optimizers.build_optimizer('adam', config.generator_learning_rate),
+        generator_steps=config.server_gen_steps,
+        batch_size=config.batch_size,
+        mixture=config.discriminator_mixture,
+        release_client_metrics=not config.dp_enabled,
+        seed=config.seed,
+    )
+
+  def check_population(self, config, population):
+    super().check_population(config, population)
+    limit = choices.MAX_CLIENT_RESIDENT_DISCRIMINATORS
+    if population.num_clients > limit:
+      raise ConfigError(f'--scheme=multi_d keeps a discriminator per client, for at most '
+                        f'{limit} clients; the data has {population.num_clients}: use '
+                        '--num_clients to draw fewer, or another scheme.')
+
+
 SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in (
-    FedGan(), DpFedAvgGan(), FedSgd(), Centralized())}
+    FedGan(), DpFedAvgGan(), FedSgd(), Centralized(), MultiD())}
 assert tuple(SCHEMES) == choices.SCHEMES, 'tff_gan.choices.SCHEMES lists the schemes here'
 
 

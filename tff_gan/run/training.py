@@ -41,6 +41,7 @@ from tff_gan.run import (
   rundir,
   schemes,
 )
+from tff_gan.run.client_states import ClientStates, load_run_state, run_state
 from tff_gan.run.config import ConfigError, TrainConfig
 from tff_gan.runtime import remote
 
@@ -119,13 +120,16 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
   release = persistence.MetricsRelease(config.output_dir, recorder.columns(config, task))
   with builders.execution_context(config, scheme.parallel_clients(config)):
     state = process.initialize()
+    client_states = None
+    if process.initial_client_state is not None:
+      client_states = ClientStates(process.initial_client_state(state), population.num_clients)
     start_round = checkpoints.latest_round() or 0
     if start_round > config.rounds:
       raise ConfigError(
           f'--output_dir {config.output_dir} has a checkpoint at round {start_round}, beyond '
           f'--rounds={config.rounds}; raise --rounds, or rerun with --overwrite to start over.')
     if start_round:
-      state = checkpoints.load(start_round, state)
+      state = load_run_state(checkpoints, start_round, state, client_states)
       logging.info('resuming from the checkpoint of round %d', start_round)
     row: dict[str, Any] = rundir.last_released_row(config.output_dir) if start_round else {}
     rounds = tqdm(range(start_round + 1, config.rounds + 1), desc='rounds', unit='round',
@@ -133,7 +137,8 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
                   dynamic_ncols=True)
     round_recorder = recorder.RoundRecorder(
         config, task, generator_weights=process.generator_weights, sample=sample,
-        ledger=ledger, release=release, checkpoints=checkpoints, progress=rounds)
+        ledger=ledger, release=release, checkpoints=checkpoints, progress=rounds,
+        checkpoint_value=lambda state: run_state(state, client_states))
     start_time = float(row.get('simulated_time', 0.0))
     if config.mode == 'async':
       state, last_row = async_training.train_async(
@@ -142,12 +147,12 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
       rounds.close()
       return TrainResult(state, last_row or row, process.generator_weights(state))
     state, row = _train_sync(config, scheme, keyed_process, population, state, rounds,
-                             round_recorder, traffic, start_time, row)
+                             round_recorder, traffic, start_time, row, client_states)
   return TrainResult(state, row, process.generator_weights(state))
 
 
 def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population, state,
-                rounds, round_recorder, traffic, simulated_time: float, row):
+                rounds, round_recorder, traffic, simulated_time: float, row, client_states):
   """Synchronous rounds: sample, drop out, run the round on the survivors' keys, record."""
   clock = clock_lib.ClientClock.from_config(config) if config.latency else None
   for round_num in rounds:
@@ -157,7 +162,12 @@ def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population
     start = time.perf_counter()
     if len(completed) or not len(client_ids):
       keys = populations.round_keys(completed, round_num=round_num, seed=config.seed)
-      state, metrics = process.next(state, keys)
+      if client_states is None:
+        state, metrics = process.next(state, keys)
+      else:  # Each client brings its own state and takes the new one back.
+        state, new_client_states, metrics = process.next(state, keys,
+                                                         client_states.gather(completed))
+        client_states.scatter(completed, new_client_states)
     else:  # All sampled clients failed: the model stays as it is, and the row says so.
       metrics = None
       logging.warning('round %d: all %d sampled clients dropped out; model unchanged.',

@@ -1,0 +1,184 @@
+"""Client-resident discriminators: one discriminator per client, the generator on the server.
+
+The scheme of MD-GAN (Hardy et al. 2019) and UA-GAN (Zhang et al. 2021) in TFF (the
+arithmetic is `core.feedback`'s). Each client keeps its own discriminator and its optimizer
+state as *client state*: it enters a round as a client-placed value, is trained there and
+comes back as a client-placed value that the caller keeps for that client's next round (in
+simulation the driver holds it on the client's behalf; it is never aggregated and never
+reaches the server). What travels: down, the generator's weights and the round seed; up,
+each client's `Feedback` on the round's generated samples (`[steps, batch]` weights and
+`[steps, batch, *data_shape]` gradients, a few kilobytes on `ring`) and its example count.
+
+Type signatures (`S` the `ServerState`, `C` a client's `DiscriminatorState`):
+
+* `initialize: ( -> S@SERVER)`; `S.weights.discriminator` and
+  `S.discriminator_optimizer_state` hold the initial discriminator every client starts from
+  (the server never trains it);
+* `initial_client_state: (S -> C)`;
+* `next: (<S@SERVER, {float32[?,*data_shape]*}@CLIENTS, C@CLIENTS> ->
+  <S@SERVER, C@CLIENTS, M@SERVER>)`, `M` as in `composition` (client metrics unless
+  withheld, `server`, `aggregator`).
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_gan.algorithms import common, composition, optimizers
+from tff_gan.choices import DISCRIMINATOR_MIXTURES
+from tff_gan.core import client_work, feedback, seeds
+from tff_gan.core import losses as losses_lib
+from tff_gan.core.models import GanModels
+from tff_gan.core.state import ClientOutput, DiscriminatorState, GanWeights, ServerBroadcast
+
+DEFAULT_LEARNING_RATE = 2e-4
+
+
+def build_multi_d_process(
+    models: GanModels,
+    *,
+    loss: losses_lib.GanLoss | None = None,
+    client_optimizer: tff.learning.optimizers.Optimizer | None = None,
+    generator_optimizer: tff.learning.optimizers.Optimizer | None = None,
+    generator_steps: int = 1,
+    batch_size: int = 64,
+    mixture: str = 'mean',
+    release_client_metrics: bool = True,
+    seed: int = 0,
+) -> composition.GanProcess:
+  """Builds the client-resident-discriminator process (signatures in the module docstring).
+
+  Args:
+    models: The task's `GanModels` (networks without batch normalization: the feedback is
+      per sample).
+    loss: A `GanLoss`; defaults to the non-saturating loss. The `universal` mixture needs a
+      discriminator that estimates odds: the non-saturating loss.
+    client_optimizer: Each client's discriminator optimizer; its state persists across the
+      client's rounds. Defaults to Adam(2e-4, β1 = 0.5).
+    generator_optimizer: The server's generator optimizer. Defaults to Adam(2e-4, β1 = 0.5).
+    generator_steps: Generator steps per round, each on its own batch of the round's noise.
+    batch_size: Generated samples per generator step.
+    mixture: `mean` (MD-GAN) or `universal` (UA-GAN): see `core.feedback`.
+    release_client_metrics: Whether round metrics include the clients' mean losses.
+    seed: Seeds the initial weights and all noise.
+  """
+  if mixture not in DISCRIMINATOR_MIXTURES:
+    raise ValueError(f"unknown mixture '{mixture}'; choose one of: "
+                     f"{', '.join(DISCRIMINATOR_MIXTURES)}.")
+  if generator_steps <= 0 or batch_size <= 0:
+    raise ValueError('generator_steps and batch_size must be positive, got '
+                     f'{generator_steps} and {batch_size}.')
+  loss = loss or losses_lib.NON_SATURATING
+  if mixture == 'universal' and loss.gradient_penalty_weight:
+    raise ValueError('the universal mixture reads odds off the discriminators, which a '
+                     'Wasserstein critic does not estimate; use the mean mixture.')
+  client_optimizer = client_optimizer or optimizers.build_optimizer('adam', DEFAULT_LEARNING_RATE)
+  generator_optimizer = generator_optimizer or optimizers.build_optimizer(
+      'adam', DEFAULT_LEARNING_RATE)
+
+  initial_model_state = tff.tensorflow.computation(common.initial_state_fn(
+      models, generator_server_optimizer=generator_optimizer,
+      discriminator_server_optimizer=client_optimizer, seed=seed))
+  model_state_type = initial_model_state.type_signature.result
+  data_type = tff.SequenceType(tff.TensorType(np.float32, models.data_spec().shape))
+  client_state_type = DiscriminatorState(weights=model_state_type.weights.discriminator,
+                                         optimizer_state=model_state_type
+                                         .discriminator_optimizer_state)
+  broadcast_type = ServerBroadcast(
+      weights=GanWeights(generator=model_state_type.weights.generator, discriminator=()),
+      round_seed=tff.TensorType(np.int64, [2]))
+
+  def client_update(dataset, client_state, broadcast):
+    update = common.with_fresh_models(
+        feedback.client_feedback_update, models, loss=loss, optimizer=client_optimizer,
+        noise_dim=models.noise_dim, generator_steps=generator_steps, batch_size=batch_size,
+        mixture=mixture)
+    output, num_examples, metrics, new_state = update(dataset, broadcast, client_state)
+    return _keep_state_if_non_finite(
+        ClientOutput(delta=output, num_examples=num_examples, metrics=metrics),
+        new_state, client_state)
+
+  client_update = tff.tensorflow.computation(client_update, data_type, client_state_type,
+                                             broadcast_type)
+  output_type = client_update.type_signature.result[0]
+  aggregation_process = composition.default_aggregator().create(output_type.delta,
+                                                                output_type.num_examples)
+
+  @tff.tensorflow.computation(model_state_type, aggregation_process.state_type.member)
+  def attach_aggregator_state(model_state, aggregator_state):
+    return model_state._replace(aggregator_state=aggregator_state)
+
+  state_type = attach_aggregator_state.type_signature.result
+
+  @tff.tensorflow.computation(state_type)
+  def make_broadcast(state):
+    return ServerBroadcast(weights=GanWeights(generator=state.weights.generator, discriminator=()),
+                           round_seed=seeds.round_seed(state.seed, state.round_num))
+
+  @tff.tensorflow.computation(state_type)
+  def initial_client_state(state):
+    return DiscriminatorState(weights=state.weights.discriminator,
+                              optimizer_state=state.discriminator_optimizer_state)
+
+  @tff.tensorflow.computation(state_type, output_type.delta,
+                              aggregation_process.state_type.member)
+  def server_update(state, mean_feedback, aggregator_state):
+    train = common.with_fresh_models(_server_generator_steps, models, loss=loss,
+                                     optimizer=generator_optimizer, noise_dim=models.noise_dim,
+                                     mixture=mixture)
+    generator_weights, optimizer_state = train(
+        state.weights.generator, state.generator_optimizer_state,
+        seeds.round_seed(state.seed, state.round_num), mean_feedback)
+    return state._replace(
+        weights=state.weights._replace(generator=generator_weights),
+        generator_optimizer_state=optimizer_state, aggregator_state=aggregator_state,
+        round_num=state.round_num + 1)
+
+  @tff.federated_computation
+  def initialize():
+    return tff.federated_map(attach_aggregator_state, (
+        tff.federated_eval(initial_model_state, tff.SERVER), aggregation_process.initialize()))
+
+  @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
+                             tff.FederatedType(data_type, tff.CLIENTS),
+                             tff.FederatedType(client_state_type, tff.CLIENTS))
+  def next_fn(state, client_data, client_states):
+    broadcast = tff.federated_broadcast(tff.federated_map(make_broadcast, state))
+    outputs, discarded, new_client_states = tff.federated_map(
+        client_update, (client_data, client_states, broadcast))
+    aggregate = aggregation_process.next(state.aggregator_state, outputs.delta,
+                                         outputs.num_examples)
+    new_state = tff.federated_map(server_update, (state, aggregate.result, aggregate.state))
+    metrics = collections.OrderedDict()
+    if release_client_metrics:
+      metrics['client'] = tff.federated_mean(outputs.metrics, weight=outputs.num_examples)
+      metrics['num_examples'] = tff.federated_sum(outputs.num_examples)
+      metrics['non_finite_clients'] = tff.federated_sum(discarded)
+    metrics['server'] = tff.federated_value(collections.OrderedDict(), tff.SERVER)
+    metrics['aggregator'] = aggregate.measurements
+    return new_state, new_client_states, tff.federated_zip(metrics)
+
+  return composition.GanProcess(initialize, next_fn, initial_client_state=initial_client_state)
+
+
+def _server_generator_steps(generator_weights, optimizer_state, round_seed, mean_feedback, *,
+                            generator, discriminator, loss, optimizer, noise_dim, mixture):
+  del discriminator  # Built by `with_fresh_models`; the server has no discriminator to use.
+  gradients = feedback.sample_gradients(mean_feedback, loss=loss, mixture=mixture)
+  return feedback.train_generator_on_feedback(
+      generator_weights, optimizer_state, round_seed, gradients, generator=generator,
+      optimizer=optimizer, noise_dim=noise_dim)
+
+
+def _keep_state_if_non_finite(output: ClientOutput, new_state, old_state):
+  """`(guarded_output, discarded, state)`: a client whose round produced a NaN or Inf sends
+  nothing (weight 0) and keeps its discriminator as it was before the round."""
+  guarded, discarded = client_work.discard_non_finite(output)
+  finite = tf.equal(discarded, 0)
+  state = tf.nest.map_structure(lambda new, old: tf.where(finite, new, old), new_state,
+                                old_state)
+  return guarded, discarded, state

@@ -1,0 +1,186 @@
+"""Training one generator against many discriminators it never sees (pure TF, no TFF).
+
+The client-resident-discriminator scheme (MD-GAN, Hardy et al. 2019; UA-GAN, Zhang et al.
+2021): every client keeps its own discriminator D_k; the server keeps the generator G. In a
+round each sampled client trains D_k on its data against samples of the broadcast G, then
+judges the round's generated samples x = G(z) — the server's noise z, drawn from the round
+seed, so client and server generate the same x — and returns, per sample, what G's update
+needs (`Feedback`). The server averages the feedback over clients and takes G's steps by
+backpropagating it through G (a vector–Jacobian product): no discriminator weight, and no
+real example, ever reaches the server.
+
+Two mixtures of the clients' discriminators:
+
+* `mean` (MD-GAN): G minimizes Σ_k π_k L_G(D_k(G(z))), π_k = n_k / n. Each client returns the
+  per-sample gradient ∂L_G/∂x of its own discriminator; the server averages them.
+* `universal` (UA-GAN): D_k's optimum has odds D_k/(1 − D_k) = p_k(x)/q(x), so the odds of
+  the mixture p = Σ π_k p_k are the π-weighted mean of the clients' odds: the universal
+  discriminator's logit is L(x) = log Σ_k π_k exp(ℓ_k(x)), and G minimizes L_G(L(G(z))).
+  Each client returns its odds exp(ℓ_k) and exp(ℓ_k)·∂ℓ_k/∂x; their means give
+  ∂L/∂x = mean(odds·∂ℓ)/mean(odds) and L = log mean(odds). A discriminator that never saw
+  a mode no longer vetoes it: where a client holding the mode has high odds, the mixture
+  does too. Logits are clipped to ±`MAX_LOGIT` before exp (float32 range).
+
+With one client and either mixture, a round's generator step equals a generator step
+against that client's discriminator (a test checks).
+"""
+
+from __future__ import annotations
+
+import collections
+
+import tensorflow as tf
+
+from tff_gan.core import client_work, seeds, tf_fns
+from tff_gan.core.losses import GanLoss
+from tff_gan.core.state import DiscriminatorState, Feedback, ServerBroadcast
+
+MAX_LOGIT = 40.0
+
+
+def feedback_noise(round_seed, step, batch_size: int, noise_dim: int):
+  """The noise of the round's generator step `step`, the same on every client and the server."""
+  seed = tf.random.experimental.stateless_fold_in(
+      tf.random.experimental.stateless_fold_in(round_seed,
+                                               tf.constant(seeds.FEEDBACK_SALT, tf.int64)),
+      tf.cast(step, tf.int64))
+  return tf_fns.sample_noise(batch_size, noise_dim, seed)
+
+
+def _per_sample_logit_gradients(discriminator, samples):
+  """`(logits [B], ∂ℓ_i/∂x_i [B, *shape])`: per-sample, since the networks treat examples
+  independently (no batch normalization), the gradient of Σ_i ℓ_i is the per-sample one."""
+  with tf.GradientTape() as tape:
+    tape.watch(samples)
+    logits = tf.reshape(discriminator(samples, training=True), [-1])
+  return logits, tape.gradient(logits, samples)
+
+
+def generator_loss_slope(loss: GanLoss, logits):
+  """dL_G/dℓ per sample for the loss L_G(ℓ) = mean_i l(ℓ_i), times the batch size."""
+  with tf.GradientTape() as tape:
+    tape.watch(logits)
+    value = loss.generator_loss(logits[:, None]) * tf.cast(tf.size(logits), tf.float32)
+  return tape.gradient(value, logits)
+
+
+def client_feedback_update(
+    dataset: tf.data.Dataset,
+    broadcast: ServerBroadcast,
+    client_state: DiscriminatorState,
+    *,
+    generator: tf.keras.Model,
+    discriminator: tf.keras.Model,
+    loss: GanLoss,
+    optimizer,
+    noise_dim: int,
+    generator_steps: int,
+    batch_size: int,
+    mixture: str,
+):
+  """A client's round: train its own discriminator, then judge the round's generated samples.
+
+  Every batch of `dataset` gives one step of the client's discriminator (its real batch
+  against a generated batch of the same size), from the client's own weights and optimizer
+  state. Then, for each of the round's `generator_steps` noise batches, the client computes
+  its `Feedback` on the samples G(z). Must run inside a `tf.function`.
+
+  Returns:
+    `(feedback, num_examples, metrics, new_client_state)`: `feedback` a `Feedback` with
+    leading dimensions `[generator_steps, batch_size]`.
+  """
+  tf_fns.assign_weights(generator.trainable_variables, broadcast.weights.generator)
+  tf_fns.assign_weights(discriminator.trainable_variables, client_state.weights)
+
+  def step(batch, size, step_seeds, carry):
+    optimizer_state, loss_sum = carry
+    discriminator_loss, optimizer_state = tf_fns.discriminator_step(
+        batch, tf_fns.sample_noise(size, noise_dim, step_seeds[0]), step_seeds[1],
+        optimizer_state, generator=generator, discriminator=discriminator, loss=loss,
+        optimizer=optimizer)
+    return optimizer_state, loss_sum + discriminator_loss
+
+  (optimizer_state, loss_sum), num_steps, num_examples = client_work.local_loop(
+      dataset, broadcast.round_seed, step,
+      (tf_fns.as_tuples(client_state.optimizer_state), tf.constant(0.0)), num_seeds=2)
+
+  weights, weighted_gradients, generator_losses = [], [], []
+  for j in range(generator_steps):
+    samples = generator(feedback_noise(broadcast.round_seed, j, batch_size, noise_dim),
+                        training=True)
+    logits, logit_gradients = _per_sample_logit_gradients(discriminator, samples)
+    generator_losses.append(loss.generator_loss(logits[:, None]))
+    if mixture == 'mean':
+      slope = generator_loss_slope(loss, logits)
+      weight = tf.ones_like(logits)
+      weighted_gradient = _times(slope, logit_gradients)
+    else:
+      weight = tf.exp(tf.clip_by_value(logits, -MAX_LOGIT, MAX_LOGIT))
+      weighted_gradient = _times(weight, logit_gradients)
+    weights.append(weight)
+    weighted_gradients.append(weighted_gradient)
+  new_state = DiscriminatorState(
+      weights=[v.read_value() for v in discriminator.trainable_variables],
+      optimizer_state=optimizer_state)
+  metrics = collections.OrderedDict(
+      discriminator_loss=loss_sum / tf.maximum(tf.cast(num_steps, tf.float32), 1.0),
+      generator_loss=tf.reduce_mean(generator_losses))
+  return (Feedback(weight=tf.stack(weights), weighted_gradient=tf.stack(weighted_gradients)),
+          num_examples, metrics, new_state)
+
+
+def _times(per_sample, tensor):
+  """`per_sample` `[B]` times `tensor` `[B, ...]`, broadcast over the trailing dimensions."""
+  shape = tf.concat([tf.shape(per_sample), tf.ones([tf.rank(tensor) - 1], tf.int32)], 0)
+  return tf.reshape(per_sample, shape) * tensor
+
+
+def sample_gradients(mean_feedback: Feedback, *, loss: GanLoss, mixture: str):
+  """The per-sample gradients ∂L_G/∂x `[steps, batch, *shape]` the clients' mean feedback
+  gives (times the batch size: the loss is a mean over the batch)."""
+  ratio = mean_feedback.weighted_gradient / _expand(
+      tf.maximum(mean_feedback.weight, tf.keras.backend.epsilon() ** 4),
+      mean_feedback.weighted_gradient)
+  if mixture == 'mean':
+    return ratio
+  mixture_logits = tf.math.log(tf.maximum(mean_feedback.weight, 1e-30))
+  slopes = tf.stack([generator_loss_slope(loss, logits) for logits in tf.unstack(mixture_logits)])
+  return _expand(slopes, ratio) * ratio
+
+
+def _expand(per_sample, like):
+  """`per_sample` `[S, B]` reshaped to broadcast against `like` `[S, B, ...]`."""
+  shape = tf.concat([tf.shape(per_sample), tf.ones([tf.rank(like) - 2], tf.int32)], 0)
+  return tf.reshape(per_sample, shape)
+
+
+def train_generator_on_feedback(
+    generator_weights,
+    optimizer_state,
+    round_seed,
+    gradients,
+    *,
+    generator: tf.keras.Model,
+    optimizer,
+    noise_dim: int,
+):
+  """The server's generator steps of a round, one per noise batch of the feedback.
+
+  Step j regenerates x = G(z_j) from the round's noise z_j and backpropagates the clients'
+  per-sample gradients `gradients[j]` (divided by the batch size: the loss is a batch mean)
+  through the current G. Must run inside a `tf.function`.
+
+  Returns:
+    `(new_generator_weights, new_optimizer_state)`.
+  """
+  tf_fns.assign_weights(generator.trainable_variables, generator_weights)
+  steps, batch_size = gradients.shape[0], gradients.shape[1]
+  for j in range(steps):
+    with tf.GradientTape() as tape:
+      samples = generator(feedback_noise(round_seed, j, batch_size, noise_dim), training=True)
+    variables = generator.trainable_variables
+    step_gradients = tape.gradient(samples, variables,
+                                   output_gradients=gradients[j] / float(batch_size))
+    optimizer_state = tf_fns.apply_gradients(optimizer, optimizer_state, variables,
+                                             step_gradients)
+  return [v.read_value() for v in generator.trainable_variables], optimizer_state
