@@ -162,6 +162,15 @@ class Task(abc.ABC):
     """
     raise NotImplementedError(f"task '{self.name}' cannot tell the class of a sample.")
 
+  def covered_labels(self, samples: np.ndarray) -> np.ndarray:
+    """Which classes the samples cover, bool `[num_labels]` (per-client coverage uses it).
+
+    By default a class is covered when the task's judge (`predict_labels`) sees it in at
+    least a tenth of its fair share of the samples (0.1 M / K of M samples, K classes).
+    """
+    counts = np.bincount(self.predict_labels(samples), minlength=self.num_labels)
+    return counts >= max(1.0, 0.1 * len(samples) / self.num_labels)
+
   def generate_examples(self, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Fresh examples `[n, *data_shape]` of the given int64 labels `[n]`, in TF (stateless).
 

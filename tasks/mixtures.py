@@ -152,6 +152,14 @@ class GaussianMixtureTask(base.Task):
     distances = np.linalg.norm(samples[:, None, :] - self.modes[None], axis=-1)
     return distances.argmin(axis=-1)
 
+  def covered_labels(self, samples: np.ndarray) -> np.ndarray:
+    """The captured modes (`mode_metrics`' sense: nearest mode of a high-quality sample)."""
+    samples = self._check_samples(samples)
+    distances = np.linalg.norm(samples[:, None, :] - self.modes[None], axis=-1)
+    nearest = distances.argmin(axis=-1)
+    high_quality = distances[np.arange(len(samples)), nearest] <= 3 * self.sigma
+    return np.bincount(nearest[high_quality], minlength=len(self.modes)) > 0
+
   def evaluate(self, samples: np.ndarray) -> dict[str, float]:
     """`mode_metrics` of `samples` `[M, 2]` against this task's modes and sigma."""
     return mode_metrics(self._check_samples(samples), self.modes, self.sigma)

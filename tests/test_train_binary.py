@@ -51,7 +51,10 @@ def test_writes_config_metrics_and_samples(two_runs):
     assert float(row['round_seconds']) > 0
     assert 0 <= int(row['modes_captured']) <= 8
     assert 0 <= float(row['high_quality_fraction']) <= 1
+    # IID clients hold every mode: each client's coverage is the run's modes captured / 8.
+    assert float(row['min_client_coverage']) == int(row['modes_captured']) / 8
   assert sorted(os.listdir(output_dir / 'samples')) == ['round_00001.png', 'round_00002.png']
+  assert (output_dir / 'training_curves.png').read_bytes()[:4] == b'\x89PNG'
   assert 'done' in result.stdout
 
 

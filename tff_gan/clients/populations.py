@@ -79,6 +79,10 @@ def round_keys(client_ids, *, round_num: int, seed: int) -> list[np.ndarray]:
           for client_id in client_ids]
 
 
+# Generated populations list their clients' labels (per-client coverage) up to this size.
+MAX_LABELLED_CLIENTS = 1000
+
+
 class ClientData(abc.ABC):
   """A population of clients whose round datasets TF code builds from a key.
 
@@ -104,6 +108,17 @@ class ClientData(abc.ABC):
   def dataset(self, key: tf.Tensor, work: LocalWork) -> tf.data.Dataset:
     """The batches of the client and round that `key` (an element of `round_keys`) names."""
     return client_dataset(self.client_examples_tensor(key[0]), work, seed=key[1])
+
+  def client_labels(self, labels: np.ndarray | None, num_labels: int) -> np.ndarray | None:
+    """Which labels each client holds, bool `[num_clients, num_labels]`, or None if unknown.
+
+    Args:
+      labels: The label of each of the task's examples (populations that split them), or
+        None.
+      num_labels: How many labels the task has.
+    """
+    del labels, num_labels
+    return None
 
 
 class ClientPopulation(ClientData):
@@ -137,6 +152,14 @@ class ClientPopulation(ClientData):
 
   def client_examples(self, client_id: int) -> np.ndarray:
     return self._examples[self._client_indices[client_id]]
+
+  def client_labels(self, labels, num_labels):
+    if labels is None:
+      return None
+    held = np.zeros((self.num_clients, num_labels), bool)
+    for k, indices in enumerate(self._client_indices):
+      held[k, np.asarray(labels)[indices]] = True
+    return held
 
   def client_examples_tensor(self, client_id: tf.Tensor) -> tf.Tensor:
     indices = tf.RaggedTensor.from_row_lengths(np.concatenate(self._client_indices),
@@ -221,6 +244,15 @@ class GeneratedClients(ClientData):
     picks = tf.random.stateless_uniform(shape, label_seed, 0, self._labels_per_client, tf.int32)
     return tf.cast(tf.gather(chosen[:self._labels_per_client], picks), tf.int64)
 
+  def client_labels(self, labels, num_labels):
+    del labels  # Each client draws its own.
+    if self._num_clients > MAX_LABELLED_CLIENTS:
+      return None
+    held = np.zeros((self._num_clients, num_labels), bool)
+    for k in range(self._num_clients):
+      held[k, self.client_labels_tensor(tf.constant(k, tf.int64)).numpy()] = True
+    return held
+
   def client_examples_tensor(self, client_id: tf.Tensor) -> tf.Tensor:
     example_seed = seeds.generated_client_seed(self._seed, seeds.GENERATED_EXAMPLES_SALT,
                                                client_id)
@@ -250,3 +282,7 @@ class ClientSubset(ClientData):
   def dataset(self, key: tf.Tensor, work: LocalWork) -> tf.data.Dataset:
     base_key = tf.stack([tf.gather(tf.constant(self.ids), key[0]), key[1]])
     return self.base.dataset(base_key, work)
+
+  def client_labels(self, labels, num_labels):
+    held = self.base.client_labels(labels, num_labels)
+    return None if held is None else held[self.ids]

@@ -17,6 +17,9 @@ from tff_gan.run.config import TrainConfig
 BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'clients_completed', 'bytes_down',
                 'bytes_up', 'd_loss', 'g_loss', 'num_examples', 'non_finite_clients')
 CONDITIONAL_METRICS = ('conditional_accuracy',)
+# Of each client's own classes (modes), the fraction the samples cover: the least-covered
+# client's and the mean over clients. Labelled tasks whose clients' classes are known.
+COVERAGE_METRICS = ('min_client_coverage', 'mean_client_coverage')
 ASYNC_COLUMNS = ('simulated_time', 'mean_staleness', 'max_staleness')
 
 
@@ -25,15 +28,25 @@ def metric_names(config: TrainConfig, task) -> tuple[str, ...]:
   return tuple(task.metric_names) + (CONDITIONAL_METRICS if config.conditional else ())
 
 
-def columns(config: TrainConfig, task) -> tuple[str, ...]:
-  """Every column of the run's `metrics.csv`, in order."""
+def columns(config: TrainConfig, task, *, coverage: bool = False) -> tuple[str, ...]:
+  """Every column of the run's `metrics.csv`, in order (`coverage`: `COVERAGE_METRICS` too)."""
   timing = ()
   if config.mode == 'async':
     timing = ASYNC_COLUMNS
   elif config.client_latency:
     timing = ('simulated_time',)
   privacy = ('epsilon',) if config.dp_enabled else ()
-  return BASE_COLUMNS + timing + privacy + metric_names(config, task)
+  return (BASE_COLUMNS + timing + privacy + metric_names(config, task)
+          + (COVERAGE_METRICS if coverage else ()))
+
+
+def client_coverage(covered: np.ndarray, client_labels: np.ndarray) -> dict[str, float]:
+  """`COVERAGE_METRICS` from the covered classes `[K]` and each client's classes `[N, K]`."""
+  held = client_labels.sum(axis=1)
+  fractions = (client_labels & covered[None]).sum(axis=1) / np.maximum(held, 1)
+  fractions = fractions[held > 0]
+  return {'min_client_coverage': float(fractions.min()),
+          'mean_client_coverage': float(fractions.mean())}
 
 
 def round_row(round_num: int, seconds: float, num_clients: int, num_completed: int,
@@ -63,7 +76,8 @@ class RoundRecorder:
   """Finishes a round's row: ε, evaluation and samples, release, checkpoint, progress bar."""
 
   def __init__(self, config: TrainConfig, task, *, generator_weights, sample, ledger, release,
-               checkpoints, progress, checkpoint_value=lambda state: state):
+               checkpoints, progress, checkpoint_value=lambda state: state,
+               client_labels: np.ndarray | None = None):
     """Args:
       config: The run's configuration.
       task: The run's task (`evaluate`, `render`, `metric_names`, `num_labels`).
@@ -76,7 +90,10 @@ class RoundRecorder:
       progress: A tqdm bar; the round loop advances it.
       checkpoint_value: `state -> what a checkpoint saves` (the server state, with every
         client's state where clients keep one).
+      client_labels: Which classes each client holds, bool `[num_clients, num_labels]`
+        (`ClientData.client_labels`), for `COVERAGE_METRICS`; None to skip them.
     """
+    self._client_labels = client_labels
     self._checkpoint_value = checkpoint_value
     self._config, self._task, self._sample, self._ledger = config, task, sample, ledger
     self._generator_weights = generator_weights
@@ -96,6 +113,8 @@ class RoundRecorder:
       row.update(evaluate_samples(task, samples, config.conditional))
       if config.conditional:
         samples, _ = conditional.unpack(samples, task.num_labels)
+      if self._client_labels is not None:
+        row.update(client_coverage(task.covered_labels(samples), self._client_labels))
       task.render(samples, os.path.join(self._samples_dir, f'round_{round_num:05d}.png'))
     self._release.release(row, round_num)
     if round_num % config.checkpoint_every == 0 or round_num == config.rounds:

@@ -36,8 +36,9 @@ WORKER_LOG = 'worker.log'
 CLASSIFIER_DIR = 'classifier'  # The evaluation classifier of image tasks, cached.
 REFERENCE_FILE = 'real_data_metrics.json'  # The task's metrics of held-out real data.
 # What `remove_outputs` deletes (`--overwrite`); the cached classifier is kept.
+CURVES_FILE = 'training_curves.png'  # Losses, quality and ε against rounds, at the end.
 OUTPUTS = (CONFIG_FILE, METRICS_FILE, SAMPLES_DIR, WORKER_LOG, REFERENCE_FILE, CHECKPOINT_DIR,
-           TENSORBOARD_DIR)
+           TENSORBOARD_DIR, CURVES_FILE)
 _ROUND_DIR = re.compile(rf'{CHECKPOINT_PREFIX}(\d+)')
 
 # Fields a rerun on the same output directory may change: they do not alter the rounds run so
@@ -57,13 +58,18 @@ def remove_outputs(output_dir: str) -> None:
       os.remove(path)
 
 
-def last_released_row(output_dir: str) -> dict[str, Any]:
-  """The last row of `metrics.csv` (empty fields dropped), or {} if there is none."""
+def read_metrics(output_dir: str) -> list[dict[str, str]]:
+  """The rows of `metrics.csv` as strings by column ([] if there is no file yet)."""
   path = os.path.join(output_dir, METRICS_FILE)
   if not os.path.exists(path):
-    return {}
+    return []
   with open(path, newline='') as f:
-    rows = list(csv.DictReader(f))
+    return list(csv.DictReader(f))
+
+
+def last_released_row(output_dir: str) -> dict[str, Any]:
+  """The last row of `metrics.csv` (empty fields dropped), or {} if there is none."""
+  rows = read_metrics(output_dir)
   return {k: v for k, v in rows[-1].items() if v != ''} if rows else {}
 
 

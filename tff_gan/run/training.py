@@ -35,6 +35,7 @@ from tff_gan.core.state import ServerState
 from tff_gan.run import (
   async_training,
   builders,
+  curves,
   export,
   persistence,
   recorder,
@@ -117,7 +118,10 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
                      json.dumps(reference, indent=2, sort_keys=True) + '\n')
     logging.info('held-out real data scores %s', reference)
   checkpoints = persistence.Checkpoints(config.output_dir)
-  release = persistence.MetricsRelease(config.output_dir, recorder.columns(config, task))
+  client_labels = (population.client_labels(task.labels, task.num_labels) if task.labelled
+                   else None)
+  release = persistence.MetricsRelease(
+      config.output_dir, recorder.columns(config, task, coverage=client_labels is not None))
   with builders.execution_context(config, scheme.parallel_clients(config)):
     state = process.initialize()
     client_states = None
@@ -138,17 +142,29 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
     round_recorder = recorder.RoundRecorder(
         config, task, generator_weights=process.generator_weights, sample=sample,
         ledger=ledger, release=release, checkpoints=checkpoints, progress=rounds,
-        checkpoint_value=lambda state: run_state(state, client_states))
+        checkpoint_value=lambda state: run_state(state, client_states),
+        client_labels=client_labels)
     start_time = float(row.get('simulated_time', 0.0))
     if config.mode == 'async':
       state, last_row = async_training.train_async(
           config, keyed_process, population.num_clients, state, start_round=start_round,
           start_time=start_time, recorder=round_recorder, traffic=traffic)
       rounds.close()
+      _write_curves(config, task)
       return TrainResult(state, last_row or row, process.generator_weights(state))
     state, row = _train_sync(config, scheme, keyed_process, population, state, rounds,
                              round_recorder, traffic, start_time, row, client_states)
+  _write_curves(config, task)
   return TrainResult(state, row, process.generator_weights(state))
+
+
+def _write_curves(config: TrainConfig, task) -> None:
+  """`training_curves.png` from the run's whole `metrics.csv` (resumed runs included)."""
+  rows = rundir.read_metrics(config.output_dir)
+  title = f'{config.task}, {config.scheme}, {config.partition} clients, seed {config.seed}'
+  names = recorder.metric_names(config, task) + recorder.COVERAGE_METRICS
+  curves.write_training_curves(rows, names,
+                               os.path.join(config.output_dir, rundir.CURVES_FILE), title)
 
 
 def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population, state,
