@@ -8,7 +8,7 @@ import pytest
 import tasks
 from tasks.mixtures import mode_metrics
 from tff_gan.clients import partition, populations
-from tff_gan.run import curves, recorder
+from tff_gan.run import pictures, recorder
 
 
 def test_client_coverage_by_hand():
@@ -57,8 +57,26 @@ def test_training_curves_draw_what_the_rows_hold(tmp_path):
   rows = [{'round': str(r), 'd_loss': str(1.0 / r), 'g_loss': '', 'modes_captured':
            str(r) if r % 2 == 0 else '', 'epsilon': ''} for r in range(1, 7)]
   path = str(tmp_path / 'curves.png')
-  assert curves.write_training_curves(rows, ('modes_captured', 'reverse_kl'), path, 'title')
+  assert pictures.write_training_curves(rows, ('modes_captured', 'reverse_kl'), path, 'title')
   with open(path, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-  assert not curves.write_training_curves([{'round': '1'}], (), str(tmp_path / 'none.png'))
+  assert not pictures.write_training_curves([{'round': '1'}], (), str(tmp_path / 'none.png'))
   assert not (tmp_path / 'none.png').exists()
+
+
+def test_title_band_keeps_the_picture_below_it(tmp_path):
+  from PIL import Image  # noqa: PLC0415
+
+  path = str(tmp_path / 'samples.png')
+  picture = np.random.default_rng(0).integers(0, 255, (40, 300, 3), np.uint8)
+  Image.fromarray(picture).save(path)
+  title = pictures.metrics_title(7, {'modes_captured': 8, 'reverse_kl': 0.0123,
+                                     'epsilon': None}, ('modes_captured', 'reverse_kl', 'epsilon'))
+  assert title == 'round 7 · modes_captured=8 · reverse_kl=0.0123'
+  pictures.add_title(path, title * 3)  # Long enough to wrap.
+  with Image.open(path) as titled:
+    pixels = np.asarray(titled.convert('RGB'))
+  band = pixels.shape[0] - 40
+  assert band > 2 * 18  # At least two lines.
+  np.testing.assert_array_equal(pixels[band:], picture)
+  assert (pixels[:band] < 128).any()  # Text was drawn.

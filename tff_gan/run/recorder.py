@@ -11,7 +11,7 @@ import numpy as np
 from tff_gan.algorithms import communication
 from tff_gan.core import conditional
 from tff_gan.core.state import ServerState
-from tff_gan.run import rundir
+from tff_gan.run import pictures, rundir
 from tff_gan.run.config import TrainConfig
 
 BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'clients_completed', 'bytes_down',
@@ -115,7 +115,10 @@ class RoundRecorder:
         samples, _ = conditional.unpack(samples, task.num_labels)
       if self._client_labels is not None:
         row.update(client_coverage(task.covered_labels(samples), self._client_labels))
-      task.render(samples, os.path.join(self._samples_dir, f'round_{round_num:05d}.png'))
+      path = os.path.join(self._samples_dir, f'round_{round_num:05d}.png')
+      task.render(samples, path)
+      pictures.add_title(path, pictures.metrics_title(
+          round_num, row, self._metric_names + COVERAGE_METRICS + ('epsilon',)))
     self._release.release(row, round_num)
     if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
       self._checkpoints.save(self._checkpoint_value(state), round_num)

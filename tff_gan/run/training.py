@@ -35,9 +35,9 @@ from tff_gan.core.state import ServerState
 from tff_gan.run import (
   async_training,
   builders,
-  curves,
   export,
   persistence,
+  pictures,
   recorder,
   rundir,
   schemes,
@@ -163,7 +163,7 @@ def _write_curves(config: TrainConfig, task) -> None:
   rows = rundir.read_metrics(config.output_dir)
   title = f'{config.task}, {config.scheme}, {config.partition} clients, seed {config.seed}'
   names = recorder.metric_names(config, task) + recorder.COVERAGE_METRICS
-  curves.write_training_curves(rows, names,
+  pictures.write_training_curves(rows, names,
                                os.path.join(config.output_dir, rundir.CURVES_FILE), title)
 
 

@@ -1,4 +1,4 @@
-"""`training_curves.png`: the losses, quality metrics and ε of a run against rounds."""
+"""A run's pictures: titled sample PNGs and `training_curves.png` (metrics against rounds)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,52 @@ import math
 
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 
 from tff_gan import files
 
 _LOSSES = ('d_loss', 'g_loss')
+_TITLE_POINTS = 14
+_TITLE_MARGIN = 6
+
+
+def metrics_title(round_num: int, row: dict, names: tuple[str, ...]) -> str:
+  """`round N · name=value · ...` for the `names` that `row` holds a number for."""
+  parts = [f'round {round_num}']
+  for name in names:
+    value = row.get(name)
+    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
+      parts.append(f'{name}={value:.3g}')
+  return ' · '.join(parts)
+
+
+def add_title(path: str, title: str) -> None:
+  """Puts `title` in a white band above the PNG at `path` (rewritten atomically).
+
+  The band is as wide as the image; a title longer than fits wraps onto more lines.
+  """
+  with Image.open(path) as opened:
+    image = opened.convert('RGB')
+  font = ImageFont.load_default(size=_TITLE_POINTS)
+  measure = ImageDraw.Draw(image)
+  lines, line = [], ''
+  for word in title.split(' '):
+    candidate = f'{line} {word}'.strip()
+    if line and measure.textlength(candidate, font=font) > image.width - 2 * _TITLE_MARGIN:
+      lines.append(line)
+      line = word
+    else:
+      line = candidate
+  lines.append(line)
+  line_height = _TITLE_POINTS + 4
+  band = len(lines) * line_height + 2 * _TITLE_MARGIN
+  titled = Image.new('RGB', (image.width, image.height + band), 'white')
+  titled.paste(image, (0, band))
+  draw = ImageDraw.Draw(titled)
+  for index, text in enumerate(lines):
+    draw.text((_TITLE_MARGIN, _TITLE_MARGIN + index * line_height), text, fill='black',
+              font=font)
+  files.write_outputs({path: lambda temporary: titled.save(temporary, format='PNG')})
 
 
 def _series(rows: list[dict[str, str]], column: str) -> tuple[np.ndarray, np.ndarray]:
