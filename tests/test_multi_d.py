@@ -3,11 +3,15 @@ autodiff reference of each mixture, what travels, client state across rounds and
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
-from conftest import as_numpy, tiny_mlp_gan_models
+from conftest import REPO_ROOT, as_numpy, tiny_mlp_gan_models
 from test_train_binary import TINY, read_rows, run_train
 
 from tff_gan.algorithms import communication, multi_d, optimizers
@@ -15,6 +19,7 @@ from tff_gan.core import feedback, seeds, tf_fns
 from tff_gan.core.losses import NON_SATURATING
 from tff_gan.run.config import ConfigError, TrainConfig
 
+EVALUATE = os.path.join(REPO_ROOT, 'bin', 'evaluate.py')
 BATCH = 8
 LEARNING_RATE = 0.05
 
@@ -132,6 +137,12 @@ def test_resume_continues_every_clients_discriminator(tmp_path):
 
   assert rows('resumed') == rows('whole')
   assert float(rows('whole')[0]['bytes_up']) < float(rows('whole')[0]['bytes_down'])
+  # A reader loads the saved round, client discriminators and all, and scores it again.
+  evaluated = subprocess.run([sys.executable, EVALUATE, f'--output_dir={tmp_path / "whole"}',
+                              '--num_samples=200', '--seed=4'], capture_output=True, text=True,
+                             timeout=300, check=False)
+  assert evaluated.returncode == 0, evaluated.stderr
+  assert 'modes_captured=' in evaluated.stdout
 
 
 @pytest.mark.parametrize('settings, message', [
