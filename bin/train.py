@@ -142,6 +142,10 @@ flags.DEFINE_integer('server_gen_steps', _UNRESOLVED['server_gen_steps'], 'dp_fe
 flags.DEFINE_float('generator_learning_rate', _DEFAULTS.generator_learning_rate,
                    'dp_fedavg_gan, multi_d: learning rate of the server generator optimizer '
                    '(Adam, beta1=0.5; its state is kept in the server state).')
+flags.DEFINE_float('generator_ema', _DEFAULTS.generator_ema, 'Decay of an exponential moving '
+                   "average of the generator's weights kept by the server, updated once per "
+                   'round (e.g. 0.9); samples, evaluation and export use the average. 0 (the '
+                   'default): off.')
 flags.DEFINE_enum('discriminator_mixture', _DEFAULTS.discriminator_mixture,
                   choices.DISCRIMINATOR_MIXTURES, 'multi_d: how the server combines the '
                   "clients' discriminators. mean (MD-GAN): G minimizes the examples-weighted "

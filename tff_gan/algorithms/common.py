@@ -28,11 +28,13 @@ def initial_state_fn(
     generator_server_optimizer,
     discriminator_server_optimizer,
     seed: int,
+    generator_ema: bool = False,
 ):
   """Returns a TF body building the initial `ServerState` (without aggregator state).
 
   `seed` fixes the initial weights (see `seeds.keras_initializers_seeded`) as well as every
-  later round's randomness.
+  later round's randomness. With `generator_ema`, the state carries an average of the
+  generator's weights, starting at the initial ones.
   """
 
   def initial_state():
@@ -53,6 +55,7 @@ def initial_state_fn(
         aggregator_state=(),
         round_num=tf.constant(0, tf.int64),
         seed=seeds.run_seed(seed),
+        generator_ema=[tf.identity(w) for w in generator_weights] if generator_ema else (),
     )
 
   return initial_state

@@ -39,7 +39,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_gan.core import client_work as client_work_lib
-from tff_gan.core import seeds
+from tff_gan.core import seeds, tf_fns
 from tff_gan.core.state import ClientOutput, ServerBroadcast, ServerState
 
 AggregationFactory = (
@@ -88,7 +88,7 @@ class _Round:
 
 
 def _build_round(scheme: SchemeFns, data_spec: tf.TensorSpec,
-                 aggregator: AggregationFactory | None) -> _Round:
+                 aggregator: AggregationFactory | None, generator_ema_decay: float) -> _Round:
   aggregator = aggregator or default_aggregator()
   data_type = tff.SequenceType(tff.TensorType(data_spec.dtype.as_numpy_dtype, data_spec.shape))
 
@@ -125,8 +125,12 @@ def _build_round(scheme: SchemeFns, data_spec: tf.TensorSpec,
         weights=state.weights, round_seed=seeds.round_seed(state.seed, state.round_num)
     )
 
+  def server_update_with_average(state, aggregated_delta, aggregator_state):
+    new_state, metrics = scheme.server_update(state, aggregated_delta, aggregator_state)
+    return tf_fns.with_generator_ema(new_state, generator_ema_decay), metrics
+
   server_update = tff.tensorflow.computation(
-      scheme.server_update, state_type, delta_type, aggregator_state_type
+      server_update_with_average, state_type, delta_type, aggregator_state_type
   )
 
   @tff.federated_computation
@@ -215,7 +219,10 @@ class GanProcess(tff.templates.IterativeProcess):
 
   @staticmethod
   def generator_weights(state: ServerState):
-    """The generator's trainable weights in `state`, in Keras variable order."""
+    """The generator's weights to sample from, in Keras variable order: the average of its
+    weights over rounds where the state keeps one (`generator_ema`), else the weights."""
+    if tf.nest.flatten(state.generator_ema):
+      return state.generator_ema
     return state.weights.generator
 
   def with_client_data(self, client_data, work) -> GanProcess:
@@ -248,6 +255,7 @@ def build_process(
     data_spec: tf.TensorSpec,
     aggregator: AggregationFactory | None = None,
     release_client_metrics: bool = True,
+    generator_ema_decay: float = 0.0,
 ) -> GanProcess:
   """Composes a scheme's TF bodies into a federated training process.
 
@@ -258,11 +266,13 @@ def build_process(
       given each client's `num_examples` as weight. Defaults to `default_aggregator()`.
     release_client_metrics: Whether the round's metrics include the clients' aggregated
       metrics and example count (turn off under differential privacy).
+    generator_ema_decay: The decay of the generator's weight average, applied after every
+      server update when the scheme's state carries one (`ServerState.generator_ema`).
 
   Returns:
     A `GanProcess` with the signatures in its docstring.
   """
-  parts = _build_round(scheme, data_spec, aggregator)
+  parts = _build_round(scheme, data_spec, aggregator, generator_ema_decay)
   state_at_server = tff.FederatedType(parts.state_type, tff.SERVER)
   data_at_clients = tff.FederatedType(parts.data_type, tff.CLIENTS)
 

@@ -38,6 +38,7 @@ def build_dp_fedavg_gan_process(
     release_client_metrics: bool = True,
     proximal_mu: float = 0.0,
     seed: int = 0,
+    generator_ema_decay: float = 0.0,
 ) -> composition.GanProcess:
   """Builds the DP-FedAvg-GAN training process.
 
@@ -65,6 +66,8 @@ def build_dp_fedavg_gan_process(
       loss and example count; turn off under differential privacy.
     proximal_mu: FedProx's μ ≥ 0 for the clients' discriminator objective; 0 is FedAvg.
     seed: Seeds the initial weights and all noise.
+    generator_ema_decay: If positive, the server keeps an average of the generator's weights
+      over rounds with this decay (`ServerState.generator_ema`), used for samples.
 
   Returns:
     A `composition.GanProcess`.
@@ -124,10 +127,11 @@ def build_dp_fedavg_gan_process(
           models,
           generator_server_optimizer=generator_optimizer,
           discriminator_server_optimizer=server_optimizer,
-          seed=seed,
+          seed=seed, generator_ema=generator_ema_decay > 0,
       ),
       client_update=client_update,
       server_update=server_update,
   )
   return composition.build_process(scheme, data_spec=models.data_spec(), aggregator=aggregator,
-                               release_client_metrics=release_client_metrics)
+                                   release_client_metrics=release_client_metrics,
+                                   generator_ema_decay=generator_ema_decay)

@@ -30,6 +30,7 @@ def build_fedgan_process(
     release_client_metrics: bool = True,
     proximal_mu: float = 0.0,
     seed: int = 0,
+    generator_ema_decay: float = 0.0,
 ) -> composition.GanProcess:
   """Builds the FedGAN training process.
 
@@ -61,6 +62,8 @@ def build_fedgan_process(
       (μ/2)‖w − w_broadcast‖², keeping local updates near the global model on
       heterogeneous clients. 0 (the default) is FedAvg exactly.
     seed: Seeds the initial weights and all generator noise.
+    generator_ema_decay: If positive, the server keeps an average of the generator's weights
+      over rounds with this decay (`ServerState.generator_ema`), used for samples.
 
   Returns:
     A `composition.GanProcess`.
@@ -100,12 +103,13 @@ def build_fedgan_process(
           models,
           generator_server_optimizer=server_optimizer,
           discriminator_server_optimizer=server_optimizer,
-          seed=seed,
+          seed=seed, generator_ema=generator_ema_decay > 0,
       ),
       client_update=client_update,
       server_update=server_update,
   )
   return composition.build_process(scheme, data_spec=models.data_spec(), aggregator=aggregator,
-                               release_client_metrics=release_client_metrics)
+                                   release_client_metrics=release_client_metrics,
+                                   generator_ema_decay=generator_ema_decay)
 
 

@@ -26,6 +26,7 @@ def build_fedsgd_process(
     aggregator: composition.AggregationFactory | None = None,
     release_client_metrics: bool = True,
     seed: int = 0,
+    generator_ema_decay: float = 0.0,
 ) -> composition.GanProcess:
   """Builds the FedSGD training process (signatures as in `fedgan.build_fedgan_process`).
 
@@ -37,6 +38,8 @@ def build_fedsgd_process(
     aggregator: A `tff.aggregators` factory; defaults to the weighted mean (weights n_k).
     release_client_metrics: Whether round metrics include the clients' mean losses.
     seed: Seeds the initial weights and all noise.
+    generator_ema_decay: If positive, the server keeps an average of the generator's weights
+      over rounds with this decay (`ServerState.generator_ema`), used for samples.
   """
   loss = loss or losses_lib.NON_SATURATING
   server_optimizer = server_optimizer or optimizers.build_optimizer(
@@ -56,9 +59,11 @@ def build_fedsgd_process(
   scheme = composition.SchemeFns(
       initial_state=common.initial_state_fn(
           models, generator_server_optimizer=server_optimizer,
-          discriminator_server_optimizer=server_optimizer, seed=seed),
+          discriminator_server_optimizer=server_optimizer, seed=seed,
+          generator_ema=generator_ema_decay > 0),
       client_update=client_update,
       server_update=server_update,
   )
   return composition.build_process(scheme, data_spec=models.data_spec(), aggregator=aggregator,
-                               release_client_metrics=release_client_metrics)
+                                   release_client_metrics=release_client_metrics,
+                                   generator_ema_decay=generator_ema_decay)

@@ -30,7 +30,7 @@ import tensorflow_federated as tff
 
 from tff_gan.algorithms import common, composition, optimizers
 from tff_gan.choices import DISCRIMINATOR_MIXTURES
-from tff_gan.core import client_work, feedback, seeds
+from tff_gan.core import client_work, feedback, seeds, tf_fns
 from tff_gan.core import losses as losses_lib
 from tff_gan.core.models import GanModels
 from tff_gan.core.state import ClientOutput, DiscriminatorState, GanWeights, ServerBroadcast
@@ -49,6 +49,7 @@ def build_multi_d_process(
     mixture: str = 'mean',
     release_client_metrics: bool = True,
     seed: int = 0,
+    generator_ema_decay: float = 0.0,
 ) -> composition.GanProcess:
   """Builds the client-resident-discriminator process (signatures in the module docstring).
 
@@ -65,6 +66,8 @@ def build_multi_d_process(
     mixture: `mean` (MD-GAN) or `universal` (UA-GAN): see `core.feedback`.
     release_client_metrics: Whether round metrics include the clients' mean losses.
     seed: Seeds the initial weights and all noise.
+    generator_ema_decay: If positive, the server keeps an average of the generator's weights
+      over rounds with this decay (`ServerState.generator_ema`), used for samples.
   """
   if mixture not in DISCRIMINATOR_MIXTURES:
     raise ValueError(f"unknown mixture '{mixture}'; choose one of: "
@@ -82,7 +85,8 @@ def build_multi_d_process(
 
   initial_model_state = tff.tensorflow.computation(common.initial_state_fn(
       models, generator_server_optimizer=generator_optimizer,
-      discriminator_server_optimizer=client_optimizer, seed=seed))
+      discriminator_server_optimizer=client_optimizer, seed=seed,
+      generator_ema=generator_ema_decay > 0))
   model_state_type = initial_model_state.type_signature.result
   data_type = tff.SequenceType(tff.TensorType(np.float32, models.data_spec().shape))
   client_state_type = DiscriminatorState(weights=model_state_type.weights.discriminator,
@@ -133,10 +137,10 @@ def build_multi_d_process(
     generator_weights, optimizer_state = train(
         state.weights.generator, state.generator_optimizer_state,
         seeds.round_seed(state.seed, state.round_num), mean_feedback)
-    return state._replace(
+    return tf_fns.with_generator_ema(state._replace(
         weights=state.weights._replace(generator=generator_weights),
         generator_optimizer_state=optimizer_state, aggregator_state=aggregator_state,
-        round_num=state.round_num + 1)
+        round_num=state.round_num + 1), generator_ema_decay)
 
   @tff.federated_computation
   def initialize():

@@ -28,6 +28,8 @@ class ServerState(NamedTuple):
     round_num: Number of rounds completed (int64 scalar).
     seed: The run's stateless-RNG seed, int64 `[2]`; each round's randomness is derived
       from it and `round_num`, so the same seed gives the same numbers run after run.
+    generator_ema: An exponential moving average of the generator's weights over rounds
+      (Yazıcı et al. 2019), which samples, evaluation and export use; `()` when off.
   """
 
   weights: GanWeights
@@ -36,6 +38,7 @@ class ServerState(NamedTuple):
   aggregator_state: Any
   round_num: Any
   seed: Any
+  generator_ema: Any = ()
 
 
 class ServerBroadcast(NamedTuple):

@@ -202,7 +202,21 @@ def server_update(
       aggregator_state=aggregator_state,
       round_num=state.round_num + 1,
       seed=state.seed,
+      generator_ema=state.generator_ema,
   )
+
+
+def with_generator_ema(new_state: ServerState, decay: float) -> ServerState:
+  """`new_state` with its generator average moved toward its generator weights.
+
+  ema ← decay·ema + (1 − decay)·w, once per round; a state without an average is returned
+  as it is.
+  """
+  if not tf.nest.flatten(new_state.generator_ema):
+    return new_state
+  ema = [decay * average + (1.0 - decay) * weight for average, weight in
+         zip(new_state.generator_ema, new_state.weights.generator, strict=True)]
+  return new_state._replace(generator_ema=ema)
 
 
 def server_generator_seed(state: ServerState):

@@ -68,6 +68,7 @@ class TrainConfig:
   server_gen_steps: int = 0
   generator_learning_rate: float = 1e-3
   discriminator_mixture: str = 'mean'
+  generator_ema: float = 0.0
   client_sampling: str = 'fixed'
   dp_noise_multiplier: float | None = None
   dp_clip: float | None = None
@@ -147,6 +148,8 @@ class TrainConfig:
                  'dirichlet_alpha', 'model_width'):
       if not getattr(self, name) > 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
+    if not 0 <= self.generator_ema < 1:
+      raise ConfigError(f'--generator_ema must be in [0, 1) (0: off), got {self.generator_ema}.')
     if not 0 <= self.dropout_rate < 1:
       raise ConfigError(f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     if not self.proximal_mu >= 0:

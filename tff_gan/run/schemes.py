@@ -47,6 +47,7 @@ class Scheme:
         aggregator=builders.build_aggregator(config),
         release_client_metrics=not config.dp_enabled,
         seed=config.seed,
+        generator_ema_decay=config.generator_ema,
     )
 
   def _local_training_arguments(self, config: TrainConfig) -> dict:
@@ -173,6 +174,7 @@ class MultiD(Scheme):
         mixture=config.discriminator_mixture,
         release_client_metrics=not config.dp_enabled,
         seed=config.seed,
+        generator_ema_decay=config.generator_ema,
     )
 
   def check_population(self, config, population):
