@@ -146,6 +146,10 @@ flags.DEFINE_float('generator_ema', _DEFAULTS.generator_ema, 'Decay of an expone
                    "average of the generator's weights kept by the server, updated once per "
                    'round (e.g. 0.9); samples, evaluation and export use the average. 0 (the '
                    'default): off.')
+flags.DEFINE_float('sample_anchor', None, "multi_d: weight λ of (λ/2)·‖G(z) − G₀(z)‖², which "
+                   "keeps the server's generator steps near the samples G₀(z) the clients "
+                   'judged (their feedback is stale after the first step); 0: off. Default '
+                   f'{choices.DEFAULT_SAMPLE_ANCHOR:g} (tuned on ring, data in [-1, 1]).')
 flags.DEFINE_enum('discriminator_mixture', _DEFAULTS.discriminator_mixture,
                   choices.DISCRIMINATOR_MIXTURES, 'multi_d: how the server combines the '
                   "clients' discriminators. mean (MD-GAN): G minimizes the examples-weighted "

@@ -24,11 +24,12 @@ BATCH = 8
 LEARNING_RATE = 0.05
 
 
-def build(mixture, generator_steps=1):
+def build(mixture, generator_steps=1, sample_anchor=0.0):
   return multi_d.build_multi_d_process(
       tiny_mlp_gan_models(), client_optimizer=optimizers.build_optimizer('sgd', 0.1),
       generator_optimizer=optimizers.build_optimizer('sgd', LEARNING_RATE),
-      generator_steps=generator_steps, batch_size=BATCH, mixture=mixture)
+      generator_steps=generator_steps, batch_size=BATCH, mixture=mixture,
+      sample_anchor=sample_anchor)
 
 
 def client_dataset(center, seed):
@@ -85,6 +86,39 @@ def test_generator_step_follows_the_mixture_of_client_discriminators(tff_context
     np.testing.assert_array_equal(got, want)
   # Each client's discriminator moved, from its own data.
   assert not np.allclose(as_numpy(client_states[0].weights[0]), as_numpy(initial.weights[0]))
+
+
+def test_later_steps_backpropagate_stale_feedback_with_the_sample_anchor(tff_context):
+  anchor = 5.0
+  process = build('mean', generator_steps=2, sample_anchor=anchor)
+  state = process.initialize()
+  new_state, client_states, _ = process.next(state, [client_dataset(np.array([1.0, 0.0]), 0)],
+                                             [process.initial_client_state(state)])
+  models = tiny_mlp_gan_models()
+  generator, discriminator = models.generator_fn(), models.discriminator_fn()
+  tf_fns.assign_weights(generator.trainable_variables, state.weights.generator)
+  tf_fns.assign_weights(discriminator.trainable_variables, client_states[0].weights)
+  round_seed = seeds.round_seed(state.seed, state.round_num)
+  noises = [feedback.feedback_noise(round_seed, j, BATCH, models.noise_dim) for j in range(2)]
+  judged = [generator(z).numpy() for z in noises]
+  feedbacks = []  # The client's per-sample loss gradients at G0's samples.
+  for x in judged:
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      summed_losses = tf.reduce_sum(tf.nn.softplus(-tf.reshape(discriminator(x), [-1])))
+    feedbacks.append(tape.gradient(summed_losses, x))
+  for j in range(2):  # SGD on mean_i[g·G(z) + (λ/2)‖G(z) − G0(z)‖²], from the current G.
+    with tf.GradientTape() as tape:
+      x = generator(noises[j])
+      loss = tf.reduce_mean(tf.reduce_sum(feedbacks[j] * x, 1)
+                            + 0.5 * anchor * tf.reduce_sum(tf.square(x - judged[j]), 1))
+    gradients = tape.gradient(loss, generator.trainable_variables)
+    for variable, gradient in zip(generator.trainable_variables, gradients, strict=True):
+      variable.assign_sub(LEARNING_RATE * gradient)
+  for got, want in zip(as_numpy(new_state.weights.generator), generator.trainable_variables,
+                       strict=True):
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def uplink_shapes(computation):
@@ -152,6 +186,7 @@ def test_resume_continues_every_clients_discriminator(tmp_path):
     (dict(proximal_mu=0.1), '--proximal_mu has no meaning for --scheme=multi_d'),
     (dict(loss='wasserstein_gp', discriminator_mixture='universal'), 'odds'),
     (dict(num_clients=2000, clients_per_round=10), 'at most 1000 clients'),
+    (dict(sample_anchor=-1.0), '--sample_anchor must be a finite number >= 0'),
 ])
 def test_settings_multi_d_cannot_serve_are_refused(settings, message):
   with pytest.raises(ConfigError, match=message):
@@ -162,5 +197,9 @@ def test_mixture_flag_needs_multi_d_and_steps_default_per_scheme():
   with pytest.raises(ConfigError, match='applies to --scheme=multi_d'):
     TrainConfig(discriminator_mixture='universal').validate()
   assert TrainConfig(scheme='multi_d').server_gen_steps == 16
+  assert TrainConfig(scheme='multi_d').sample_anchor == 300.0
+  assert TrainConfig().sample_anchor == 0.0
+  with pytest.raises(ConfigError, match='--sample_anchor applies to --scheme=multi_d'):
+    TrainConfig(sample_anchor=1.0).validate()
   assert TrainConfig(scheme='dp_fedavg_gan').server_gen_steps == 1
   assert NON_SATURATING.name == TrainConfig().loss

@@ -36,6 +36,8 @@ DISCRIMINATOR_MIXTURES = ('mean', 'universal')
 MAX_CLIENT_RESIDENT_DISCRIMINATORS = 1000
 # Generator steps per round of the schemes whose server trains the generator.
 DEFAULT_SERVER_GEN_STEPS = {'dp_fedavg_gan': 1, 'multi_d': 16}
+# multi_d's pull toward the samples the clients judged (`core.feedback`), for data in [-1, 1].
+DEFAULT_SAMPLE_ANCHOR = 300.0
 
 # Clients (`tff_gan.clients`).
 DEFAULT_NUM_CLIENTS = 10

@@ -47,6 +47,7 @@ def build_multi_d_process(
     generator_steps: int = 1,
     batch_size: int = 64,
     mixture: str = 'mean',
+    sample_anchor: float = 0.0,
     release_client_metrics: bool = True,
     seed: int = 0,
     generator_ema_decay: float = 0.0,
@@ -64,6 +65,8 @@ def build_multi_d_process(
     generator_steps: Generator steps per round, each on its own batch of the round's noise.
     batch_size: Generated samples per generator step.
     mixture: `mean` (MD-GAN) or `universal` (UA-GAN): see `core.feedback`.
+    sample_anchor: λ ≥ 0 of the server's pull toward the samples the clients judged
+      (`feedback.train_generator_on_feedback`).
     release_client_metrics: Whether round metrics include the clients' mean losses.
     seed: Seeds the initial weights and all noise.
     generator_ema_decay: If positive, the server keeps an average of the generator's weights
@@ -72,6 +75,8 @@ def build_multi_d_process(
   if mixture not in DISCRIMINATOR_MIXTURES:
     raise ValueError(f"unknown mixture '{mixture}'; choose one of: "
                      f"{', '.join(DISCRIMINATOR_MIXTURES)}.")
+  if not sample_anchor >= 0:
+    raise ValueError(f'sample_anchor must be >= 0, got {sample_anchor}.')
   if generator_steps <= 0 or batch_size <= 0:
     raise ValueError('generator_steps and batch_size must be positive, got '
                      f'{generator_steps} and {batch_size}.')
@@ -133,7 +138,7 @@ def build_multi_d_process(
   def server_update(state, mean_feedback, aggregator_state):
     train = common.with_fresh_models(_server_generator_steps, models, loss=loss,
                                      optimizer=generator_optimizer, noise_dim=models.noise_dim,
-                                     mixture=mixture)
+                                     mixture=mixture, sample_anchor=sample_anchor)
     generator_weights, optimizer_state = train(
         state.weights.generator, state.generator_optimizer_state,
         seeds.round_seed(state.seed, state.round_num), mean_feedback)
@@ -170,12 +175,13 @@ def build_multi_d_process(
 
 
 def _server_generator_steps(generator_weights, optimizer_state, round_seed, mean_feedback, *,
-                            generator, discriminator, loss, optimizer, noise_dim, mixture):
+                            generator, discriminator, loss, optimizer, noise_dim, mixture,
+                            sample_anchor):
   del discriminator  # Built by `with_fresh_models`; the server has no discriminator to use.
   gradients = feedback.sample_gradients(mean_feedback, loss=loss, mixture=mixture)
   return feedback.train_generator_on_feedback(
       generator_weights, optimizer_state, round_seed, gradients, generator=generator,
-      optimizer=optimizer, noise_dim=noise_dim)
+      optimizer=optimizer, noise_dim=noise_dim, sample_anchor=sample_anchor)
 
 
 def _keep_state_if_non_finite(output: ClientOutput, new_state, old_state):

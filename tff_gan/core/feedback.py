@@ -163,24 +163,39 @@ def train_generator_on_feedback(
     generator: tf.keras.Model,
     optimizer,
     noise_dim: int,
+    sample_anchor: float = 0.0,
 ):
   """The server's generator steps of a round, one per noise batch of the feedback.
 
-  Step j regenerates x = G(z_j) from the round's noise z_j and backpropagates the clients'
-  per-sample gradients `gradients[j]` (divided by the batch size: the loss is a batch mean)
-  through the current G. Must run inside a `tf.function`.
+  The clients judged the round's first generator, G₀; after the server's first step their
+  feedback is stale. Step j minimizes, over the current G and the round's noise z_j,
+
+      mean_i [ g_ij · G(z_ij) + (λ/2) ‖G(z_ij) − G₀(z_ij)‖² ],
+
+  g the clients' per-sample gradients `gradients[j]`: the first term backpropagates the
+  feedback through G (at G = G₀ it is the generator loss's gradient), the second
+  (`sample_anchor` λ) keeps the samples near the ones the feedback is about. Without it
+  (λ = 0) a generator that takes many steps on stale feedback overshoots and the
+  discriminators win (measured on `ring` with 16 steps: 0 of 8 modes; λ = 300: 6–7). Must
+  run inside a `tf.function`.
 
   Returns:
     `(new_generator_weights, new_optimizer_state)`.
   """
   tf_fns.assign_weights(generator.trainable_variables, generator_weights)
   steps, batch_size = gradients.shape[0], gradients.shape[1]
+  noises = [feedback_noise(round_seed, j, batch_size, noise_dim) for j in range(steps)]
+  judged = [generator(noise, training=True) for noise in noises] if sample_anchor else None
   for j in range(steps):
     with tf.GradientTape() as tape:
-      samples = generator(feedback_noise(round_seed, j, batch_size, noise_dim), training=True)
+      samples = generator(noises[j], training=True)
+      per_sample = tf.reshape(gradients[j] * samples, [batch_size, -1])
+      loss = tf.reduce_sum(per_sample, axis=1)
+      if sample_anchor:
+        drift = tf.reshape(samples - judged[j], [batch_size, -1])
+        loss += 0.5 * sample_anchor * tf.reduce_sum(tf.square(drift), axis=1)
+      loss = tf.reduce_mean(loss)
     variables = generator.trainable_variables
-    step_gradients = tape.gradient(samples, variables,
-                                   output_gradients=gradients[j] / float(batch_size))
     optimizer_state = tf_fns.apply_gradients(optimizer, optimizer_state, variables,
-                                             step_gradients)
+                                             tape.gradient(loss, variables))
   return [v.read_value() for v in generator.trainable_variables], optimizer_state

@@ -68,6 +68,7 @@ class TrainConfig:
   server_gen_steps: int = 0
   generator_learning_rate: float = 1e-3
   discriminator_mixture: str = 'mean'
+  sample_anchor: float | None = None
   generator_ema: float = 0.0
   client_sampling: str = 'fixed'
   dp_noise_multiplier: float | None = None
@@ -102,6 +103,9 @@ class TrainConfig:
     if not self.partition:
       object.__setattr__(self, 'partition',
                          'natural' if self.task in choices.FILE_TASKS else 'iid')
+    if self.sample_anchor is None:  # Unset: multi_d's default, else neutral.
+      object.__setattr__(self, 'sample_anchor',
+                         choices.DEFAULT_SAMPLE_ANCHOR if self.scheme == 'multi_d' else 0.0)
     if not self.server_gen_steps:
       object.__setattr__(self, 'server_gen_steps',
                          choices.DEFAULT_SERVER_GEN_STEPS.get(self.scheme, 1))
@@ -319,10 +323,13 @@ class TrainConfig:
         raise ConfigError(f'--{name} has no meaning for --scheme={self.scheme}, {reason}; '
                           'drop it.')
     if self.scheme != 'multi_d':
-      if self.discriminator_mixture != 'mean':
-        raise ConfigError('--discriminator_mixture applies to --scheme=multi_d; set that, or '
-                          'drop it.')
+      for name, neutral in (('discriminator_mixture', 'mean'), ('sample_anchor', 0.0)):
+        if getattr(self, name) != neutral:
+          raise ConfigError(f'--{name} applies to --scheme=multi_d; set that, or drop it.')
       return
+    if not (math.isfinite(self.sample_anchor) and self.sample_anchor >= 0):
+      raise ConfigError(f'--sample_anchor must be a finite number >= 0, got '
+                        f'{self.sample_anchor}.')
     if self.dp_enabled:
       raise ConfigError('--scheme=multi_d has no differential privacy yet (its discriminators '
                         'never leave their clients; GS-WGAN sanitization is planned); drop '

@@ -172,6 +172,7 @@ class MultiD(Scheme):
         generator_steps=config.server_gen_steps,
         batch_size=config.batch_size,
         mixture=config.discriminator_mixture,
+        sample_anchor=config.sample_anchor,
         release_client_metrics=not config.dp_enabled,
         seed=config.seed,
         generator_ema_decay=config.generator_ema,
