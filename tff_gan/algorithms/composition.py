@@ -112,12 +112,7 @@ def _build_round(scheme: SchemeFns, data_spec: tf.TensorSpec,
   else:
     aggregation_process = aggregator.create(delta_type)
   aggregator_state_type = aggregation_process.state_type.member
-
-  @tff.tensorflow.computation(model_state_type, aggregator_state_type)
-  def attach_aggregator_state(model_state, aggregator_state):
-    return model_state._replace(aggregator_state=aggregator_state)
-
-  state_type = attach_aggregator_state.type_signature.result
+  state_type, initialize = with_aggregator_state(initial_model_state, aggregation_process)
 
   @tff.tensorflow.computation(state_type)
   def make_broadcast(state):
@@ -133,6 +128,31 @@ def _build_round(scheme: SchemeFns, data_spec: tf.TensorSpec,
       server_update_with_average, state_type, delta_type, aggregator_state_type
   )
 
+  return _Round(initialize=initialize, make_broadcast=make_broadcast,
+                client_update=client_update, server_update=server_update,
+                aggregation_process=aggregation_process, weighted=weighted,
+                state_type=state_type, data_type=data_type,
+                client_output_type=client_output_type)
+
+
+def with_aggregator_state(initial_model_state: tff.Computation,
+                          aggregation_process: tff.templates.AggregationProcess):
+  """`(state_type, initialize)`: the server state with the aggregator's state filled in.
+
+  Args:
+    initial_model_state: `( -> ServerState)` with `aggregator_state=()`.
+    aggregation_process: The process that aggregates the clients' outputs.
+
+  Returns:
+    The `ServerState` type holding the aggregator's state, and `initialize:
+    ( -> ServerState@SERVER)`.
+  """
+
+  @tff.tensorflow.computation(initial_model_state.type_signature.result,
+                              aggregation_process.state_type.member)
+  def attach_aggregator_state(model_state, aggregator_state):
+    return model_state._replace(aggregator_state=aggregator_state)
+
   @tff.federated_computation
   def initialize():
     return tff.federated_map(
@@ -140,11 +160,20 @@ def _build_round(scheme: SchemeFns, data_spec: tf.TensorSpec,
         (tff.federated_eval(initial_model_state, tff.SERVER), aggregation_process.initialize()),
     )
 
-  return _Round(initialize=initialize, make_broadcast=make_broadcast,
-                client_update=client_update, server_update=server_update,
-                aggregation_process=aggregation_process, weighted=weighted,
-                state_type=state_type, data_type=data_type,
-                client_output_type=client_output_type)
+  return attach_aggregator_state.type_signature.result, initialize
+
+
+def round_metrics(outputs, discarded, server_metrics, aggregator_measurements,
+                  release_client_metrics: bool):
+  """A round's `M@SERVER` (module docstring) from the clients' outputs and the server's."""
+  metrics = collections.OrderedDict()
+  if release_client_metrics:
+    metrics['client'] = tff.federated_mean(outputs.metrics, weight=outputs.num_examples)
+    metrics['num_examples'] = tff.federated_sum(outputs.num_examples)
+    metrics['non_finite_clients'] = tff.federated_sum(discarded)
+  metrics['server'] = server_metrics
+  metrics['aggregator'] = aggregator_measurements
+  return tff.federated_zip(metrics)
 
 
 def _aggregate_and_update(parts: _Round, state, outputs, discarded,
@@ -159,14 +188,8 @@ def _aggregate_and_update(parts: _Round, state, outputs, discarded,
   server_output = tff.federated_map(
       parts.server_update, (state, aggregate.result, aggregate.state)
   )
-  metrics = collections.OrderedDict()
-  if release_client_metrics:
-    metrics['client'] = tff.federated_mean(outputs.metrics, weight=outputs.num_examples)
-    metrics['num_examples'] = tff.federated_sum(outputs.num_examples)
-    metrics['non_finite_clients'] = tff.federated_sum(discarded)
-  metrics['server'] = server_output[1]
-  metrics['aggregator'] = aggregate.measurements
-  return server_output[0], tff.federated_zip(metrics)
+  return server_output[0], round_metrics(outputs, discarded, server_output[1],
+                                         aggregate.measurements, release_client_metrics)
 
 
 class GanProcess(tff.templates.IterativeProcess):

@@ -117,11 +117,8 @@ def build_multi_d_process(
   aggregation_process = composition.default_aggregator().create(output_type.delta,
                                                                 output_type.num_examples)
 
-  @tff.tensorflow.computation(model_state_type, aggregation_process.state_type.member)
-  def attach_aggregator_state(model_state, aggregator_state):
-    return model_state._replace(aggregator_state=aggregator_state)
-
-  state_type = attach_aggregator_state.type_signature.result
+  state_type, initialize = composition.with_aggregator_state(initial_model_state,
+                                                             aggregation_process)
 
   @tff.tensorflow.computation(state_type)
   def make_broadcast(state):
@@ -147,11 +144,6 @@ def build_multi_d_process(
         generator_optimizer_state=optimizer_state, aggregator_state=aggregator_state,
         round_num=state.round_num + 1), generator_ema_decay)
 
-  @tff.federated_computation
-  def initialize():
-    return tff.federated_map(attach_aggregator_state, (
-        tff.federated_eval(initial_model_state, tff.SERVER), aggregation_process.initialize()))
-
   @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
                              tff.FederatedType(data_type, tff.CLIENTS),
                              tff.FederatedType(client_state_type, tff.CLIENTS))
@@ -162,14 +154,10 @@ def build_multi_d_process(
     aggregate = aggregation_process.next(state.aggregator_state, outputs.delta,
                                          outputs.num_examples)
     new_state = tff.federated_map(server_update, (state, aggregate.result, aggregate.state))
-    metrics = collections.OrderedDict()
-    if release_client_metrics:
-      metrics['client'] = tff.federated_mean(outputs.metrics, weight=outputs.num_examples)
-      metrics['num_examples'] = tff.federated_sum(outputs.num_examples)
-      metrics['non_finite_clients'] = tff.federated_sum(discarded)
-    metrics['server'] = tff.federated_value(collections.OrderedDict(), tff.SERVER)
-    metrics['aggregator'] = aggregate.measurements
-    return new_state, new_client_states, tff.federated_zip(metrics)
+    metrics = composition.round_metrics(
+        outputs, discarded, tff.federated_value(collections.OrderedDict(), tff.SERVER),
+        aggregate.measurements, release_client_metrics)
+    return new_state, new_client_states, metrics
 
   return composition.GanProcess(initialize, next_fn, initial_client_state=initial_client_state)
 

@@ -113,10 +113,10 @@ def client_feedback_update(
     if mixture == 'mean':
       slope = generator_loss_slope(loss, logits)
       weight = tf.ones_like(logits)
-      weighted_gradient = _times(slope, logit_gradients)
+      weighted_gradient = _expand(slope, logit_gradients) * logit_gradients
     else:
       weight = tf.exp(tf.clip_by_value(logits, -MAX_LOGIT, MAX_LOGIT))
-      weighted_gradient = _times(weight, logit_gradients)
+      weighted_gradient = _expand(weight, logit_gradients) * logit_gradients
     weights.append(weight)
     weighted_gradients.append(weighted_gradient)
   new_state = DiscriminatorState(
@@ -127,12 +127,6 @@ def client_feedback_update(
       generator_loss=tf.reduce_mean(generator_losses))
   return (Feedback(weight=tf.stack(weights), weighted_gradient=tf.stack(weighted_gradients)),
           num_examples, metrics, new_state)
-
-
-def _times(per_sample, tensor):
-  """`per_sample` `[B]` times `tensor` `[B, ...]`, broadcast over the trailing dimensions."""
-  shape = tf.concat([tf.shape(per_sample), tf.ones([tf.rank(tensor) - 1], tf.int32)], 0)
-  return tf.reshape(per_sample, shape) * tensor
 
 
 def sample_gradients(mean_feedback: Feedback, *, loss: GanLoss, mixture: str):
@@ -149,8 +143,10 @@ def sample_gradients(mean_feedback: Feedback, *, loss: GanLoss, mixture: str):
 
 
 def _expand(per_sample, like):
-  """`per_sample` `[S, B]` reshaped to broadcast against `like` `[S, B, ...]`."""
-  shape = tf.concat([tf.shape(per_sample), tf.ones([tf.rank(like) - 2], tf.int32)], 0)
+  """`per_sample` (`[B]` or `[S, B]`) reshaped to broadcast against `like` (`[B, ...]` or
+  `[S, B, ...]`): ones appended for the sample's own dimensions."""
+  shape = tf.concat([tf.shape(per_sample),
+                     tf.ones([tf.rank(like) - tf.rank(per_sample)], tf.int32)], 0)
   return tf.reshape(per_sample, shape)
 
 
