@@ -28,10 +28,6 @@ class ClientStates:
     self.stacks = [np.repeat(np.asarray(value)[None], num_clients, axis=0)
                    for value in tf.nest.flatten(initial)]
 
-  @property
-  def num_bytes(self) -> int:
-    return sum(stack.nbytes for stack in self.stacks)
-
   def gather(self, client_ids) -> list:
     """The states of `client_ids`, one structure each."""
     return [tf.nest.pack_sequence_as(self._structure, [stack[int(k)] for stack in self.stacks])
