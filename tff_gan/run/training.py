@@ -150,10 +150,10 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
           config, keyed_process, population.num_clients, state, start_round=start_round,
           start_time=start_time, recorder=round_recorder, traffic=traffic)
       rounds.close()
-      _write_curves(config, task)
-      return TrainResult(state, last_row or row, process.generator_weights(state))
-    state, row = _train_sync(config, scheme, keyed_process, population, state, rounds,
-                             round_recorder, traffic, start_time, row, client_states)
+      row = last_row or row
+    else:
+      state, row = _train_sync(config, scheme, keyed_process, population, state, rounds,
+                               round_recorder, traffic, start_time, row, client_states)
   _write_curves(config, task)
   return TrainResult(state, row, process.generator_weights(state))
 
@@ -163,8 +163,8 @@ def _write_curves(config: TrainConfig, task) -> None:
   rows = rundir.read_metrics(config.output_dir)
   title = f'{config.task}, {config.scheme}, {config.partition} clients, seed {config.seed}'
   names = recorder.metric_names(config, task) + recorder.COVERAGE_METRICS
-  pictures.write_training_curves(rows, names,
-                               os.path.join(config.output_dir, rundir.CURVES_FILE), title)
+  pictures.write_training_curves(rows, names, os.path.join(config.output_dir, rundir.CURVES_FILE),
+                                 title)
 
 
 def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population, state,
