@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
   seed = config.seed + round_num if FLAGS.seed is None else FLAGS.seed
 
   _cli.quiet_tensorflow()
-  from tff_gan.run import export, recorder  # noqa: PLC0415
+  from tff_gan.run import export, recorder, schemes  # noqa: PLC0415
 
   try:
     task, models, generator_weights = _cli.load_round(FLAGS.output_dir, config, round_num)
@@ -73,8 +73,10 @@ def main(argv: list[str]) -> int:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
   samples = export.SampleGenerator(models)(generator_weights, num_samples, seed)
-  # The run's own cached classifier (image tasks), so the values match its metrics.csv.
-  task.prepare_evaluation(os.path.join(FLAGS.output_dir, rundir.CLASSIFIER_DIR))
+  # The run's own cached classifier (image tasks), or with --eval=federated the one FedAvg
+  # trains again on the run's clients (deterministically), so the values match metrics.csv.
+  clients = schemes.build_population(config, task) if config.eval == 'federated' else None
+  task.prepare_evaluation(os.path.join(FLAGS.output_dir, rundir.CLASSIFIER_DIR), clients=clients)
   metrics = recorder.evaluate_samples(task, samples, config.conditional)
   if FLAGS.json:
     print(json.dumps({name: json_value(value) for name, value in metrics.items()},

@@ -175,6 +175,12 @@ flags.DEFINE_float('dp_delta', None, f'delta at which epsilon is reported (defau
                    f'{choices.DEFAULT_DP_DELTA:g}); keep it well below 1/num_clients.')
 flags.DEFINE_string('dp_accountant', _DEFAULTS.dp_accountant, 'Privacy accountant: rdp (Renyi '
                     'DP) or pld (privacy loss distributions; needs --client_sampling=poisson).')
+flags.DEFINE_enum('eval', _DEFAULTS.eval, choices.EVAL_MODES, 'Where image metrics get their '
+                  'real side. pooled (simulation): a classifier trained on real images in one '
+                  'place and their activations. federated (' +
+                  ', '.join(choices.FEDERATED_EVAL_TASKS) + '): the classifier trained by FedAvg '
+                  "on the clients and the real activations' mean and covariance summed from "
+                  'the clients; no real image leaves its client (what a deployment can run).')
 flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every, 'Evaluate and write samples every N '
                      'rounds (and after the last round).')
 flags.DEFINE_integer('num_eval_samples', _DEFAULTS.num_eval_samples,

@@ -152,7 +152,8 @@ class Task(abc.ABC):
     if not self.has_natural_clients:
       raise ValueError(f"task '{self.name}' has no natural clients; choose --partition=iid, "
                        'dirichlet or pathological.')
-    return data.ClientPopulation(self.training_examples(conditional_gan), self.client_indices)
+    return data.ClientPopulation(self.training_examples(conditional_gan), self.client_indices,
+                                 labels=self.labels if self.labelled else None)
 
   def predict_labels(self, samples: np.ndarray) -> np.ndarray:
     """The class a task's own judge (a classifier, the nearest mode) sees in each sample.
@@ -188,14 +189,24 @@ class Task(abc.ABC):
   def evaluate(self, samples: np.ndarray) -> dict[str, float]:
     """Scores generator samples `[M, *data_shape]`; the keys are `metric_names`."""
 
-  def prepare_evaluation(self, cache_dir: str) -> dict[str, float]:
+  def prepare_evaluation(self, cache_dir: str, clients=None) -> dict[str, float]:
     """Builds what `evaluate` needs (e.g. a classifier), cached in `cache_dir`.
+
+    Args:
+      cache_dir: Where pooled evaluation caches what it trains.
+      clients: For federated evaluation (`tasks.federated_eval`), the run's population
+        (`ClientData`) to build the evaluation from, without pooling its data; None: pooled.
 
     Returns:
       The metrics of held-out real data, where a task has them: the scale users should read
       the generator's metrics against. `{}` by default.
+
+    Raises:
+      ValueError: If `clients` is given to a task with no federated evaluation.
     """
     del cache_dir
+    if clients is not None:
+      raise ValueError(f"task '{self.name}' has no federated evaluation; use --eval=pooled.")
     return {}
 
   @abc.abstractmethod

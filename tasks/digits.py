@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 from sklearn.datasets import load_digits
 
-from tasks import base, evaluation
+from tasks import base, evaluation, federated_eval
 
 _IMAGE_SIDE = 8
 _MAX_PIXEL = 16.0  # load_digits pixels are integers in [0, 16].
@@ -72,6 +72,7 @@ class DigitsTask(base.Task):
     num_heldout = round(_HELDOUT_FRACTION * len(order))
     self._heldout, self._classifier_split = order[:num_heldout], order[num_heldout:]
     self._classifier = None
+    self._federated = None  # A `federated_eval.FederatedEvaluation` when prepared so.
 
   def networks(self, generator_input_dim: int, discriminator_input_shape: tuple[int, ...]):
     """The generator and discriminator of the architecture `model`, scaled by `width`."""
@@ -90,8 +91,18 @@ class DigitsTask(base.Task):
                           self.scaled(128)),
     )
 
-  def prepare_evaluation(self, cache_dir: str) -> dict[str, float]:
-    """Trains (or loads from `cache_dir`) the classifier; returns the held-out real metrics."""
+  def prepare_evaluation(self, cache_dir: str, clients=None) -> dict[str, float]:
+    """Trains (or loads from `cache_dir`) the classifier; returns the held-out real metrics.
+
+    With `clients`, builds the evaluation on them instead (`tasks.federated_eval`); there is
+    no pooled held-out set then, and nothing is returned.
+    """
+    if clients is not None:
+      self._federated = federated_eval.prepare(
+          clients, image_shape=self.data_shape, num_classes=self.num_labels, seed=_SPLIT_SEED)
+      self._classifier = self._federated.classifier
+      return {}
+    self._federated = None
     self._classifier = evaluation.load_or_train_classifier(
         self.reference_images[self._classifier_split],
         self.reference_labels[self._classifier_split],
@@ -109,6 +120,8 @@ class DigitsTask(base.Task):
     samples = self._check_samples(samples).astype(np.float32)
     if self._classifier is None:
       self.prepare_evaluation(os.path.join(tempfile.gettempdir(), 'tff_gan_classifiers'))
+    if self._federated is not None:
+      return self._federated.metrics(samples)
     return evaluation.image_metrics(
         self._classifier, self.reference_images[self._classifier_split], samples)
 

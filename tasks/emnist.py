@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tasks import base, evaluation
+from tasks import base, evaluation, federated_eval
 from tasks.readers import emnist_sqlite
 from tasks.readers.emnist_sqlite import DATABASE_URL, EmnistError
 from tff_gan.clients import populations as data
@@ -47,6 +47,10 @@ from tff_gan.core import conditional
 # A batch size far beyond any writer's dataset, so one batch holds all of it; tf.data reserves
 # at most 65,536 slots up front, whatever the batch size.
 _ALL_OF_A_WRITER = 1 << 30
+# Federated evaluation's FedAvg classifier: rounds, and writers per round (about 15 passes'
+# worth of the pooled classifier's examples at ~100 images per writer and 2 local epochs).
+_FEDERATED_CLASSIFIER_ROUNDS = 50
+_FEDERATED_CLASSIFIER_WRITERS = 50
 _HELDOUT_FRACTION = 0.2  # Of the test split, kept from the classifier to calibrate the metrics.
 _SPLIT_SEED = 0  # Fixed: the classifier and the reference values do not change with --seed.
 # Passes of the evaluation classifier over its ~33k (digits) or ~62k (all classes) examples:
@@ -135,6 +139,7 @@ class EmnistTask(base.Task):
     self._heldout, self._classifier_split = order[:num_heldout], order[num_heldout:]
     self._classifier = None
     self._real_activations = None
+    self._federated = None  # A `federated_eval.FederatedEvaluation` when prepared so.
 
   @property
   def has_natural_clients(self) -> bool:
@@ -172,8 +177,21 @@ class EmnistTask(base.Task):
                           (self.scaled(64), self.scaled(128)), self.scaled(1024)),
     )
 
-  def prepare_evaluation(self, cache_dir: str) -> dict[str, float]:
-    """Trains (or loads from `cache_dir`) the classifier; returns the held-out real metrics."""
+  def prepare_evaluation(self, cache_dir: str, clients=None) -> dict[str, float]:
+    """Trains (or loads from `cache_dir`) the classifier; returns the held-out real metrics.
+
+    With `clients` (the run's writers), builds the evaluation on them instead
+    (`tasks.federated_eval`: FedAvg, `_FEDERATED_CLASSIFIER_ROUNDS` rounds of
+    `_FEDERATED_CLASSIFIER_WRITERS` writers); the test split is then not used, and nothing is
+    returned.
+    """
+    if clients is not None:
+      self._federated = federated_eval.prepare(
+          clients, image_shape=self.data_shape, num_classes=self.num_labels, seed=_SPLIT_SEED,
+          rounds=_FEDERATED_CLASSIFIER_ROUNDS, clients_per_round=_FEDERATED_CLASSIFIER_WRITERS)
+      self._classifier = self._federated.classifier
+      return {}
+    self._federated = None
     self._classifier = evaluation.load_or_train_classifier(
         self.examples[self._classifier_split], self.labels[self._classifier_split],
         cache_dir=cache_dir, num_classes=self.num_labels, epochs=_CLASSIFIER_EPOCHS)
@@ -211,6 +229,8 @@ class EmnistTask(base.Task):
   def _scores(self, images: np.ndarray) -> dict[str, float]:
     """`evaluation.image_metrics` of `images` against the cached reference activations."""
     self._ensure_classifier()
+    if self._federated is not None:
+      return self._federated.metrics(images)
     activations, logits = self._classifier.activations_and_logits(images)
     return {'frechet_distance': evaluation.frechet_distance(self._real_activations, activations),
             'classifier_score': evaluation.classifier_score(logits)}
@@ -249,10 +269,16 @@ class EmnistWriters(data.ClientData):
   def client_sizes(self) -> np.ndarray:
     return self._client_sizes.copy()
 
+  def _writer_rows(self, client_id: tf.Tensor) -> dict[str, tf.Tensor]:
+    writer = tf.gather(tf.constant(self._client_ids, tf.string), client_id)
+    return self._dataset_fn(writer).batch(_ALL_OF_A_WRITER).get_single_element()
+
+  def client_labels_tensor(self, client_id: tf.Tensor) -> tf.Tensor:
+    return tf.cast(self._writer_rows(client_id)['label'], tf.int64)
+
   def client_examples_tensor(self, client_id: tf.Tensor) -> tf.Tensor:
     """Writer `client_id`'s train examples `[n, 28, 28, 1]` (packed `[n, 28, 28, 1 + K]`)."""
-    writer = tf.gather(tf.constant(self._client_ids, tf.string), client_id)
-    everything = self._dataset_fn(writer).batch(_ALL_OF_A_WRITER).get_single_element()
+    everything = self._writer_rows(client_id)
     examples = emnist_sqlite.to_model_pixels(everything['pixels'])
     if not self._num_labels:
       return examples

@@ -28,9 +28,12 @@ from tff_gan import files
 
 __all__ = [
     'ImageClassifier',
+    'build_model',
     'cache_key',
     'classifier_score',
     'frechet_distance',
+    'frechet_distance_from_moments',
+    'forward',
     'image_metrics',
     'load_or_train_classifier',
     'real_data_reference',
@@ -64,18 +67,37 @@ def frechet_distance(real_activations, generated_activations) -> float:
     The squared Fréchet distance (>= 0), as TF-GAN's `frechet_classifier_distance` reports it.
   """
   real = _check_matrix(real_activations, 'real_activations', min_rows=2)
+  return frechet_distance_from_moments(real.mean(axis=0), _covariance(real),
+                                       generated_activations)
+
+
+def frechet_distance_from_moments(real_mean, real_covariance, generated_activations) -> float:
+  """`frechet_distance` with the real side given by its mean `[D]` and covariance `[D, D]`.
+
+  What federated evaluation uses: the real activations' moments are aggregated from client
+  sums (`tasks.federated_eval.feature_moments`), never pooled in one place.
+  """
+  real_mean = np.asarray(real_mean, np.float64)
+  cov_real = np.asarray(real_covariance, np.float64)
   generated = _check_matrix(generated_activations, 'generated_activations', min_rows=2)
-  if real.shape[1] != generated.shape[1]:
-    raise ValueError(f'activation sizes differ: real_activations has {real.shape[1]} columns, '
-                     f'generated_activations {generated.shape[1]}.')
-  mean_gap = real.mean(axis=0) - generated.mean(axis=0)
-  cov_real = np.cov(real, rowvar=False, ddof=1).reshape(real.shape[1], real.shape[1])
-  cov_generated = np.cov(generated, rowvar=False, ddof=1).reshape(cov_real.shape)
+  if real_mean.ndim != 1 or cov_real.shape != (len(real_mean),) * 2:
+    raise ValueError(f'real moments must be a mean [D] and a covariance [D, D], got shapes '
+                     f'{real_mean.shape} and {cov_real.shape}.')
+  if len(real_mean) != generated.shape[1]:
+    raise ValueError(f'activation sizes differ: the real activations have {len(real_mean)} '
+                     f'columns, generated_activations {generated.shape[1]}.')
+  mean_gap = real_mean - generated.mean(axis=0)
+  cov_generated = _covariance(generated)
   sqrt_real = _psd_sqrt(cov_real)
   product = sqrt_real @ cov_generated @ sqrt_real
   trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0, None)).sum()
   distance = mean_gap @ mean_gap + np.trace(cov_real) + np.trace(cov_generated) - 2 * trace_sqrt
   return float(max(distance, 0.0))
+
+
+def _covariance(activations: np.ndarray) -> np.ndarray:
+  columns = activations.shape[1]
+  return np.cov(activations, rowvar=False, ddof=1).reshape(columns, columns)
 
 
 def classifier_score(logits) -> float:
@@ -182,7 +204,7 @@ def load_or_train_classifier(images, labels, *, cache_dir: str, num_classes: int
   key = cache_key(images, labels, num_classes=num_classes, seed=seed, epochs=epochs,
                   batch_size=batch_size, learning_rate=learning_rate)
   path = os.path.join(cache_dir, f'image_classifier_{key}.npz')
-  model = _build_model(images.shape[1:], num_classes, seed)
+  model = build_model(images.shape[1:], num_classes, seed)
   if os.path.exists(path):
     try:
       with np.load(path, allow_pickle=False) as cached:
@@ -194,7 +216,7 @@ def load_or_train_classifier(images, labels, *, cache_dir: str, num_classes: int
     except Exception as error:  # Any unreadable or mismatched cache means retraining.
       logging.warning('Ignoring the corrupt classifier cache %s (%s: %s); retraining.', path,
                       type(error).__name__, error)
-      model = _build_model(images.shape[1:], num_classes, seed)
+      model = build_model(images.shape[1:], num_classes, seed)
   _train(model, images, labels.astype(np.int64), seed=seed, epochs=epochs,
          batch_size=batch_size, learning_rate=learning_rate)
   _save_atomically(path, {_KEY_ENTRY: np.array(key)}
@@ -244,7 +266,8 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
   return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ eigenvectors.T
 
 
-def _build_model(image_shape, num_classes: int, seed: int) -> tf.keras.Model:
+def build_model(image_shape, num_classes: int, seed: int) -> tf.keras.Model:
+  """The classifier network (`ARCHITECTURE`): images to `(activations, logits)`, seeded."""
   layers = tf.keras.layers
 
   def init(index):
@@ -259,6 +282,20 @@ def _build_model(image_shape, num_classes: int, seed: int) -> tf.keras.Model:
       layers.Flatten()(hidden))
   logits = layers.Dense(num_classes, kernel_initializer=init(3))(activations)
   return tf.keras.Model(inputs, [activations, logits])
+
+
+def forward(weights, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """`build_model`'s network as plain TF ops of its weights (`model.weights` order).
+
+  For TF graphs that receive the weights as values (`tasks.federated_eval`), where a Keras
+  model cannot be built; `tests/test_federated_eval.py` checks it against the Keras model.
+  """
+  kernel_0, bias_0, kernel_1, bias_1, kernel_2, bias_2, kernel_3, bias_3 = weights
+  hidden = tf.nn.relu(tf.nn.conv2d(images, kernel_0, 1, 'SAME') + bias_0)
+  hidden = tf.nn.relu(tf.nn.conv2d(hidden, kernel_1, 2, 'SAME') + bias_1)
+  flat = tf.reshape(hidden, [tf.shape(hidden)[0], -1])
+  activations = tf.nn.relu(tf.matmul(flat, kernel_2) + bias_2)
+  return activations, tf.matmul(activations, kernel_3) + bias_3
 
 
 def _train(model: tf.keras.Model, images: np.ndarray, labels: np.ndarray, *, seed: int,

@@ -99,9 +99,9 @@ class ImageFolderTask(base.Task):
                           self.scaled(128)),
     )
 
-  def prepare_evaluation(self, cache_dir: str) -> dict[str, float]:
-    """The metrics of the held-out real images against the rest (nothing to cache)."""
-    del cache_dir
+  def prepare_evaluation(self, cache_dir: str, clients=None) -> dict[str, float]:
+    """The metrics of the held-out real images against the rest (nothing to cache; pooled only)."""
+    super().prepare_evaluation(cache_dir, clients)  # Refuses federated evaluation.
     return image_folder_metrics(self.examples[self._rest], self.examples[self._heldout])
 
   def evaluate(self, samples: np.ndarray) -> dict[str, float]:

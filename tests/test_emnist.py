@@ -22,7 +22,7 @@ from conftest import REPO_ROOT, workers_logging_to
 from PIL import Image
 from tensorflow_federated.python.simulation.datasets import download
 
-from tasks import emnist
+from tasks import emnist, evaluation, federated_eval
 from tasks.readers import emnist_sqlite
 from tff_gan.clients import populations as data
 from tff_gan.core import conditional
@@ -233,6 +233,21 @@ def test_evaluate_predict_and_render(task, tmp_path):
   assert np.all(first[background] == 0)
 
 
+def test_federated_evaluation_reads_writers_and_labels_on_the_worker(task, emnist_dir,
+                                                                     tff_context):
+  population = task.natural_population()
+  pixels, labels = reference(emnist_dir[1][TRAIN])
+  for k, writer_labels in enumerate(np.split(labels, np.cumsum(TRAIN_SIZES)[:-1])):
+    np.testing.assert_array_equal(population.client_labels_tensor(tf.constant(k, tf.int64)),
+                                  writer_labels)
+  classifier = evaluation.ImageClassifier(evaluation.build_model((28, 28, 1), 10, 0), '', False)
+  count, mean, covariance = federated_eval.feature_moments(classifier, population)
+  pooled = classifier.activations(pixels).astype(np.float64)
+  assert count == sum(TRAIN_SIZES)
+  np.testing.assert_allclose(mean, pooled.mean(axis=0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(covariance, np.cov(pooled, rowvar=False), rtol=1e-4, atol=1e-7)
+
+
 def run_train(output_dir, data_dir, *extra):
   return subprocess.run(
       [sys.executable, TRAIN_BINARY, '--task=emnist', f'--data_dir={data_dir}', '--rounds=2',
@@ -244,6 +259,9 @@ def run_train(output_dir, data_dir, *extra):
 @pytest.mark.parametrize('extra, columns', [
     ((), ('frechet_distance', 'classifier_score')),
     (('--conditional',), ('frechet_distance', 'classifier_score', 'conditional_accuracy')),
+    # Packed conditional examples: the classifier drops the label planes, labels come from
+    # the writers' rows.
+    (('--conditional', '--eval=federated'), ('frechet_distance', 'conditional_accuracy')),
 ])
 def test_train_binary_runs_on_emnist(extra, columns, emnist_dir, tmp_path):
   result = run_train(tmp_path / 'run', emnist_dir[0], *extra)

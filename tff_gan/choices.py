@@ -61,6 +61,11 @@ DP_ACCOUNTANTS = ('rdp', 'pld')
 DEFAULT_DP_CLIP = 1.0
 DEFAULT_DP_DELTA = 1e-5
 
+# Evaluation: pooled real data (simulation only), or computed on the clients
+# (`tasks.federated_eval`) for the tasks whose metrics come from a classifier of labelled images.
+EVAL_MODES = ('pooled', 'federated')
+FEDERATED_EVAL_TASKS = ('digits', 'emnist')
+
 # Execution (`tff_gan.runtime`) and the round loop (`tff_gan.run`).
 EXECUTORS = ('local', 'remote')
 MODES = ('sync', 'async')

@@ -120,6 +120,16 @@ class ClientData(abc.ABC):
     del labels, num_labels
     return None
 
+  def client_labels_tensor(self, client_id: tf.Tensor) -> tf.Tensor:
+    """The int64 label of each of client `client_id`'s examples `[n]`, built in TF.
+
+    What federated evaluation trains its classifier on, on the executor
+    (`tasks.federated_eval`). Populations that do not know their labels raise.
+    """
+    del client_id
+    raise ValueError(f'{type(self).__name__} does not know its clients\' labels; build it with '
+                     'them (e.g. ClientPopulation(..., labels=...)).')
+
 
 class ClientPopulation(ClientData):
   """A task's fixed examples, split over clients by index lists (`tff_gan.clients.partition`).
@@ -130,9 +140,11 @@ class ClientPopulation(ClientData):
   Args:
     examples: All examples, `[N, *data_shape]`.
     client_indices: For each client, the indices of its examples in `examples`.
+    labels: Optional int `[N]`, the label of each example (`client_labels_tensor`).
   """
 
-  def __init__(self, examples: np.ndarray, client_indices: list[np.ndarray]):
+  def __init__(self, examples: np.ndarray, client_indices: list[np.ndarray],
+               labels: np.ndarray | None = None):
     if not client_indices:
       raise ValueError('a population needs at least one client.')
     empty = [i for i, idx in enumerate(client_indices) if len(idx) == 0]
@@ -141,6 +153,10 @@ class ClientPopulation(ClientData):
                        'partition.')
     self._examples = examples.astype(np.float32, copy=False)
     self._client_indices = [np.asarray(idx, np.int64) for idx in client_indices]
+    if labels is not None and np.shape(labels) != (len(examples),):
+      raise ValueError(f'labels must hold one label per example, got shape {np.shape(labels)} '
+                       f'for {len(examples)} examples.')
+    self._labels = None if labels is None else np.asarray(labels, np.int64)
 
   @property
   def num_clients(self) -> int:
@@ -161,10 +177,18 @@ class ClientPopulation(ClientData):
       held[k, np.asarray(labels)[indices]] = True
     return held
 
-  def client_examples_tensor(self, client_id: tf.Tensor) -> tf.Tensor:
+  def _client_gather(self, values: np.ndarray, client_id: tf.Tensor) -> tf.Tensor:
     indices = tf.RaggedTensor.from_row_lengths(np.concatenate(self._client_indices),
                                                self.client_sizes)
-    return tf.gather(tf.constant(self._examples), indices[client_id])
+    return tf.gather(tf.constant(values), indices[client_id])
+
+  def client_examples_tensor(self, client_id: tf.Tensor) -> tf.Tensor:
+    return self._client_gather(self._examples, client_id)
+
+  def client_labels_tensor(self, client_id: tf.Tensor) -> tf.Tensor:
+    if self._labels is None:
+      return super().client_labels_tensor(client_id)
+    return self._client_gather(self._labels, client_id)
 
   def round_datasets(
       self, client_ids, work: LocalWork, *, round_num: int, seed: int
@@ -286,3 +310,6 @@ class ClientSubset(ClientData):
   def client_labels(self, labels, num_labels):
     held = self.base.client_labels(labels, num_labels)
     return None if held is None else held[self.ids]
+
+  def client_labels_tensor(self, client_id: tf.Tensor) -> tf.Tensor:
+    return self.base.client_labels_tensor(tf.gather(tf.constant(self.ids), client_id))

@@ -29,6 +29,7 @@ ASYNC_CHOICE_SALT = 0xA5C  # Which idle clients an asynchronous dispatch sends t
 STRAGGLER_SALT = 0x5716  # Which clients are stragglers.
 LATENCY_SALT = 0x1A7  # How long a client's task takes.
 INVERTED_WRITERS_SALT = 0xB06  # Which writers the bug-finding scenario's app update inverts.
+EVAL_CLASSIFIER_SALT = 0xEC1  # Which clients a round of federated evaluation's FedAvg draws.
 # Generated clients (TF, folded into `[run seed, salt]`).
 GENERATED_LABELS_SALT = 0x6E4  # A generated client's label skew and labels.
 GENERATED_EXAMPLES_SALT = 0xE7A  # A generated client's examples.

@@ -112,7 +112,8 @@ def federated_population(config: TrainConfig, task) -> populations.ClientData:
         labels_per_client=config.labels_per_client,
         seed=config.seed,
     )
-    return populations.ClientPopulation(task.training_examples(config.conditional), client_indices)
+    return populations.ClientPopulation(task.training_examples(config.conditional), client_indices,
+                                        labels=task.labels if task.labelled else None)
   except ValueError as e:
     raise ConfigError(str(e)) from e
 

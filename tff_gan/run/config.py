@@ -76,6 +76,7 @@ class TrainConfig:
   dp_adaptive_clip_quantile: float | None = None
   dp_delta: float | None = None
   dp_accountant: str = 'rdp'
+  eval: str = 'pooled'
   eval_every: int = 10
   checkpoint_every: int = 10
   num_eval_samples: int = 2500
@@ -183,6 +184,7 @@ class TrainConfig:
         'mode': choices.MODES,
         'async_rule': choices.ASYNC_RULES,
         'discriminator_mixture': choices.DISCRIMINATOR_MIXTURES,
+        'eval': choices.EVAL_MODES,
     }
     for name, allowed in allowed_values.items():
       if getattr(self, name) not in allowed:
@@ -282,6 +284,9 @@ class TrainConfig:
         self.task not in choices.LABELLED_TASKS):
       raise ConfigError(f'--partition={self.partition} skews clients by class, and task '
                         f'{self.task} has no classes; use natural or iid.')
+    if self.eval == 'federated' and self.task not in choices.FEDERATED_EVAL_TASKS:
+      raise ConfigError(f'--eval=federated trains a classifier on the clients\' labelled images '
+                        f'({", ".join(choices.FEDERATED_EVAL_TASKS)}); use --eval=pooled here.')
     if self.conditional and self.task not in choices.LABELLED_TASKS:
       raise ConfigError('--conditional needs a task with classes '
                         f'({", ".join(choices.LABELLED_TASKS)}); '

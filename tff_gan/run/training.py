@@ -112,17 +112,13 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
 
   files.write_text(os.path.join(config.output_dir, rundir.CONFIG_FILE), config.to_json() + '\n')
   os.makedirs(os.path.join(config.output_dir, rundir.SAMPLES_DIR), exist_ok=True)
-  reference = task.prepare_evaluation(os.path.join(config.output_dir, rundir.CLASSIFIER_DIR))
-  if reference:
-    files.write_text(os.path.join(config.output_dir, rundir.REFERENCE_FILE),
-                     json.dumps(reference, indent=2, sort_keys=True) + '\n')
-    logging.info('held-out real data scores %s', reference)
   checkpoints = persistence.Checkpoints(config.output_dir)
   client_labels = (population.client_labels(task.labels, task.num_labels) if task.labelled
                    else None)
   release = persistence.MetricsRelease(
       config.output_dir, recorder.columns(config, task, coverage=client_labels is not None))
   with builders.execution_context(config, scheme.parallel_clients(config)):
+    _prepare_evaluation(config, task, population)
     state = process.initialize()
     client_states = None
     if process.initial_client_state is not None:
@@ -156,6 +152,17 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
                                round_recorder, traffic, start_time, row, client_states)
   _write_curves(config, task)
   return TrainResult(state, row, process.generator_weights(state))
+
+
+def _prepare_evaluation(config: TrainConfig, task, population) -> None:
+  """The task's evaluation, pooled or on the clients (`--eval`), in the run's TFF context."""
+  clients = population if config.eval == 'federated' else None
+  reference = task.prepare_evaluation(os.path.join(config.output_dir, rundir.CLASSIFIER_DIR),
+                                      clients=clients)
+  if reference:
+    files.write_text(os.path.join(config.output_dir, rundir.REFERENCE_FILE),
+                     json.dumps(reference, indent=2, sort_keys=True) + '\n')
+    logging.info('held-out real data scores %s', reference)
 
 
 def _write_curves(config: TrainConfig, task) -> None:
