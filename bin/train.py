@@ -161,13 +161,26 @@ flags.DEFINE_string('client_sampling', _DEFAULTS.client_sampling, 'fixed: exactl
                     'replace-one neighbouring datasets); poisson: each client joins with '
                     'probability clients_per_round/num_clients (privacy: add-or-remove-one '
                     'neighbouring datasets).')
-flags.DEFINE_float('dp_noise_multiplier', None, 'Turns on differential privacy (DP-FedAvg): '
-                   'each client update (D in dp_fedavg_gan, G and D in fedgan) is clipped to '
-                   '--dp_clip and Gaussian noise of std noise_multiplier*clip is added to the '
-                   'sum. Client losses are then not released.')
-flags.DEFINE_float('dp_clip', None, f'L2 clip norm of a client update (default '
-                   f'{choices.DEFAULT_DP_CLIP}); with --dp_adaptive_clip_quantile, its '
-                   'initial value.')
+flags.DEFINE_float('dp_noise_multiplier', None, 'Turns on differential privacy, of the unit '
+                   '--dp_unit names: Gaussian noise of std noise_multiplier*clip is added to '
+                   'each clipped sum. Client losses are then not released.')
+flags.DEFINE_enum('dp_unit', _DEFAULTS.dp_unit, choices.DP_UNITS, 'What the DP protects. '
+                  "client (DP-FedAvg): a client's whole data; each client update (D in "
+                  'dp_fedavg_gan, G and D in fedgan) is clipped to --dp_clip and the sum '
+                  "noised. example (DP-SGD; fedgan, dp_fedavg_gan): each example of a client; "
+                  "every client's discriminator steps run on Poisson batches (rate "
+                  'batch_size/n_k), each real example\'s gradient clipped to --dp_clip and the '
+                  "sum noised; the generator reads only that discriminator. metrics.csv's "
+                  'epsilon is the largest over clients, client_epsilon.csv has each. Each '
+                  "client's masks and noise come from its own entropy (see --dp_reproducible).")
+flags.DEFINE_bool('dp_reproducible', _DEFAULTS.dp_reproducible, '--dp_unit=example: draw '
+                  "the clients' Poisson masks and noise from --seed instead of their own "
+                  'entropy, so a run repeats exactly and resumes exactly. NOT PRIVATE: whoever '
+                  'knows the seed (the server) can recompute the noise. For tests and '
+                  'debugging only.')
+flags.DEFINE_float('dp_clip', None, f'L2 clip norm of a client update, or of one example\'s '
+                   f'gradient with --dp_unit=example (default {choices.DEFAULT_DP_CLIP}); with '
+                   '--dp_adaptive_clip_quantile, its initial value.')
 flags.DEFINE_float('dp_adaptive_clip_quantile', None, 'Adapt the clip norm toward this '
                    'quantile of client update norms, in (0, 1); the noised quantile estimate '
                    'is accounted for. Needs more than 10*noise_multiplier clients per round.')

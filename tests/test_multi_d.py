@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 from conftest import REPO_ROOT, as_numpy, tiny_mlp_gan_models
-from test_train_binary import TINY, read_rows, run_train
+from test_train_binary import TINY, run_whole_and_resumed
 
 from tff_gan.algorithms import communication, multi_d, optimizers
 from tff_gan.core import feedback, seeds, tf_fns
@@ -158,17 +158,7 @@ MULTI_D = ['--scheme=multi_d', '--server_gen_steps=2', '--batch_size=16',
 
 def test_resume_continues_every_clients_discriminator(tmp_path):
   flags = [f for f in TINY if not f.startswith('--rounds')] + MULTI_D
-  whole = run_train(*flags, '--rounds=3', f'--output_dir={tmp_path / "whole"}')
-  assert whole.returncode == 0, whole.stderr
-  first = run_train(*flags, '--rounds=2', f'--output_dir={tmp_path / "resumed"}')
-  assert first.returncode == 0, first.stderr
-  second = run_train(*flags, '--rounds=3', f'--output_dir={tmp_path / "resumed"}')
-  assert second.returncode == 0, second.stderr
-
-  def rows(name):
-    return [{k: v for k, v in row.items() if k != 'round_seconds'}
-            for row in read_rows(tmp_path / name / 'metrics.csv')]
-
+  rows = run_whole_and_resumed(tmp_path, *flags)
   assert rows('resumed') == rows('whole')
   assert float(rows('whole')[0]['bytes_up']) < float(rows('whole')[0]['bytes_down'])
   # A reader loads the saved round, client discriminators and all, and scores it again.

@@ -25,6 +25,25 @@ def read_rows(path):
     return list(csv.DictReader(f))
 
 
+def run_whole_and_resumed(tmp_path, *flags):
+  """3 rounds in one go (`whole/`) and as 2 + 1 after a restart (`resumed/`).
+
+  Returns:
+    `rows(name)`: the metrics rows of `whole` or `resumed`, without `round_seconds`.
+  """
+  whole = run_train(*flags, '--rounds=3', f'--output_dir={tmp_path / "whole"}')
+  assert whole.returncode == 0, whole.stderr
+  for rounds in (2, 3):
+    part = run_train(*flags, f'--rounds={rounds}', f'--output_dir={tmp_path / "resumed"}')
+    assert part.returncode == 0, part.stderr
+
+  def rows(name):
+    return [{k: v for k, v in row.items() if k != 'round_seconds'}
+            for row in read_rows(tmp_path / name / 'metrics.csv')]
+
+  return rows
+
+
 @pytest.fixture(scope='module')
 def two_runs(tmp_path_factory):
   """Two identical tiny runs of the default task (ring) with the same seed."""

@@ -58,6 +58,10 @@ MAX_BITS = 16  # The most tensor_encoding's uniform quantization allows.
 
 # Differential privacy (`privacy.accounting`).
 DP_ACCOUNTANTS = ('rdp', 'pld')
+# What a run's DP protects: a client's whole data (DP-FedAvg) or each example (DP-SGD).
+DP_UNITS = ('client', 'example')
+# The schemes whose clients' discriminators can train with DP-SGD (`core.dp_sgd`).
+EXAMPLE_DP_SCHEMES = ('fedgan', 'dp_fedavg_gan')
 DEFAULT_DP_CLIP = 1.0
 DEFAULT_DP_DELTA = 1e-5
 

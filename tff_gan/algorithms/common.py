@@ -74,3 +74,14 @@ def with_fresh_models(fn, models: GanModels, **bound):
   """
   return tf.function(functools.partial(
       fn, generator=models.generator_fn(), discriminator=models.discriminator_fn(), **bound))
+
+
+def data_spec(models: GanModels, example_dp) -> tf.TensorSpec | tuple[tf.TensorSpec, ...]:
+  """What a client dataset yields: batches, or `(batch, step seed)` pairs under example DP.
+
+  With example-level DP (`example_dp` a `core.dp_sgd.ExampleDp`), clients draw Poisson
+  batches that carry each step's seed (`core.dp_sgd.poisson_batches`).
+  """
+  if example_dp is None:
+    return models.data_spec()
+  return models.data_spec(), tf.TensorSpec([2], tf.int64)

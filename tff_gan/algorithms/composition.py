@@ -90,7 +90,8 @@ class _Round:
 def _build_round(scheme: SchemeFns, data_spec: tf.TensorSpec,
                  aggregator: AggregationFactory | None, generator_ema_decay: float) -> _Round:
   aggregator = aggregator or default_aggregator()
-  data_type = tff.SequenceType(tff.TensorType(data_spec.dtype.as_numpy_dtype, data_spec.shape))
+  data_type = tff.SequenceType(tf.nest.map_structure(
+      lambda spec: tff.TensorType(spec.dtype.as_numpy_dtype, spec.shape), data_spec))
 
   initial_model_state = tff.tensorflow.computation(scheme.initial_state)
   model_state_type = initial_model_state.type_signature.result
@@ -284,7 +285,8 @@ def build_process(
 
   Args:
     scheme: The scheme's `SchemeFns`.
-    data_spec: Spec of one client batch, e.g. `float32[None, 2]`.
+    data_spec: Spec of one client batch, e.g. `float32[None, 2]`; or of a `(batch, step
+      seed)` pair (`core.dp_sgd.poisson_batches`).
     aggregator: A `tff.aggregators` factory for the client deltas. A weighted factory is
       given each client's `num_examples` as weight. Defaults to `default_aggregator()`.
     release_client_metrics: Whether the round's metrics include the clients' aggregated

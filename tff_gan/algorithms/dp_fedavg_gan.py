@@ -17,7 +17,7 @@ import collections
 import tensorflow_federated as tff
 
 from tff_gan.algorithms import common, composition, optimizers
-from tff_gan.core import client_work, tf_fns
+from tff_gan.core import client_work, dp_sgd, tf_fns
 from tff_gan.core import losses as losses_lib
 from tff_gan.core.models import GanModels
 from tff_gan.core.state import GanWeights
@@ -37,6 +37,7 @@ def build_dp_fedavg_gan_process(
     aggregator: composition.AggregationFactory | None = None,
     release_client_metrics: bool = True,
     proximal_mu: float = 0.0,
+    example_dp: dp_sgd.ExampleDp | None = None,
     seed: int = 0,
     generator_ema_decay: float = 0.0,
 ) -> composition.GanProcess:
@@ -65,6 +66,8 @@ def build_dp_fedavg_gan_process(
     release_client_metrics: Whether round metrics include the clients' mean discriminator
       loss and example count; turn off under differential privacy.
     proximal_mu: FedProx's μ ≥ 0 for the clients' discriminator objective; 0 is FedAvg.
+    example_dp: If set (`core.dp_sgd.ExampleDp`), each client's discriminator steps are DP-SGD
+      on Poisson batches (example-level DP, instead of clipping and noising whole updates).
     seed: Seeds the initial weights and all noise.
     generator_ema_decay: If positive, the server keeps an average of the generator's weights
       over rounds with this decay (`ServerState.generator_ema`), used for samples.
@@ -91,6 +94,7 @@ def build_dp_fedavg_gan_process(
         discriminator_optimizer=client_optimizer,
         noise_dim=models.noise_dim,
         proximal_mu=proximal_mu,
+        example_dp=example_dp,
     )
     return local_work(dataset, broadcast)
 
@@ -132,6 +136,7 @@ def build_dp_fedavg_gan_process(
       client_update=client_update,
       server_update=server_update,
   )
-  return composition.build_process(scheme, data_spec=models.data_spec(), aggregator=aggregator,
+  return composition.build_process(scheme, data_spec=common.data_spec(models, example_dp),
+                                   aggregator=aggregator,
                                    release_client_metrics=release_client_metrics,
                                    generator_ema_decay=generator_ema_decay)

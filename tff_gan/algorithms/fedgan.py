@@ -14,7 +14,7 @@ import collections
 import tensorflow_federated as tff
 
 from tff_gan.algorithms import common, composition, optimizers
-from tff_gan.core import client_work, tf_fns
+from tff_gan.core import client_work, dp_sgd, tf_fns
 from tff_gan.core import losses as losses_lib
 from tff_gan.core.models import GanModels
 
@@ -29,6 +29,7 @@ def build_fedgan_process(
     aggregator: composition.AggregationFactory | None = None,
     release_client_metrics: bool = True,
     proximal_mu: float = 0.0,
+    example_dp: dp_sgd.ExampleDp | None = None,
     seed: int = 0,
     generator_ema_decay: float = 0.0,
 ) -> composition.GanProcess:
@@ -61,6 +62,8 @@ def build_fedgan_process(
     proximal_mu: FedProx's μ ≥ 0: both networks' local objectives gain
       (μ/2)‖w − w_broadcast‖², keeping local updates near the global model on
       heterogeneous clients. 0 (the default) is FedAvg exactly.
+    example_dp: If set (`core.dp_sgd.ExampleDp`), each client's discriminator steps are DP-SGD
+      on Poisson batches (example-level DP; the population's `LocalWork.poisson` draws them).
     seed: Seeds the initial weights and all generator noise.
     generator_ema_decay: If positive, the server keeps an average of the generator's weights
       over rounds with this decay (`ServerState.generator_ema`), used for samples.
@@ -85,6 +88,7 @@ def build_fedgan_process(
         discriminator_optimizer=discriminator_optimizer,
         noise_dim=models.noise_dim,
         proximal_mu=proximal_mu,
+        example_dp=example_dp,
     )
     return local_work(dataset, broadcast)
 
@@ -108,7 +112,8 @@ def build_fedgan_process(
       client_update=client_update,
       server_update=server_update,
   )
-  return composition.build_process(scheme, data_spec=models.data_spec(), aggregator=aggregator,
+  return composition.build_process(scheme, data_spec=common.data_spec(models, example_dp),
+                                   aggregator=aggregator,
                                    release_client_metrics=release_client_metrics,
                                    generator_ema_decay=generator_ema_decay)
 

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tff_gan.choices import SPLITS
-from tff_gan.core import seeds
+from tff_gan.core import dp_sgd, seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +33,19 @@ class LocalWork:
     batch_size: Examples per local step.
     local_epochs: Passes over the client's data per round.
     local_steps: Optional cap on the batches per round (None: no cap).
+    poisson: Draw batches by Poisson sampling (`core.dp_sgd.poisson_batches`, for
+      example-level DP): ⌈local_epochs · n / batch_size⌉ steps (capped by `local_steps`),
+      each holding every example with probability batch_size / n. Otherwise shuffled
+      passes in fixed-size batches.
+    secret_sampling: Draw the Poisson masks from `dp_sgd.secret_seed` (the client's own
+      entropy) instead of the round's key.
   """
 
   batch_size: int = 64
   local_epochs: int = 1
   local_steps: int | None = None
+  poisson: bool = False
+  secret_sampling: bool = False
 
   def __post_init__(self):
     if self.batch_size <= 0:
@@ -60,6 +68,13 @@ def client_dataset(examples, work: LocalWork, *, seed) -> tf.data.Dataset:
   """
   if isinstance(examples, np.ndarray):
     examples = examples.astype(np.float32, copy=False)
+  if work.poisson:
+    steps = dp_sgd.poisson_steps(tf.shape(examples, out_type=tf.int64)[0],
+                                 batch_size=work.batch_size, local_epochs=work.local_epochs,
+                                 local_steps=work.local_steps)
+    return dp_sgd.poisson_batches(
+        examples, batch_size=work.batch_size, steps=steps,
+        seed=dp_sgd.secret_seed() if work.secret_sampling else _stateless_seed(seed))
   dataset = tf.data.Dataset.from_tensor_slices(examples)
   buffer_size = tf.shape(examples, out_type=tf.int64)[0]
   dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
@@ -67,6 +82,11 @@ def client_dataset(examples, work: LocalWork, *, seed) -> tf.data.Dataset:
   if work.local_steps is not None:
     dataset = dataset.take(work.local_steps)
   return dataset
+
+
+def _stateless_seed(seed) -> tf.Tensor:
+  """The int64 `[2]` stateless seed of a shuffle seed (Python int or int64 scalar)."""
+  return tf.stack([tf.constant(0, tf.int64), tf.cast(seed, tf.int64)])
 
 
 def round_keys(client_ids, *, round_num: int, seed: int) -> list[np.ndarray]:

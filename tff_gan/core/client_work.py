@@ -12,8 +12,8 @@ import collections
 
 import tensorflow as tf
 
+from tff_gan.core import dp_sgd, seeds
 from tff_gan.core import losses as losses_lib
-from tff_gan.core import seeds
 from tff_gan.core.state import ClientOutput, GanWeights, ServerBroadcast
 from tff_gan.core.tf_fns import (
   assign_weights,
@@ -30,8 +30,10 @@ def local_loop(dataset: tf.data.Dataset, round_seed, step, carry, *, num_seeds: 
 
   For each batch, in order, `carry = step(batch, batch_size, step_seeds, carry)`, where
   `step_seeds` are `num_seeds` stateless seeds unique to (round seed, step, batch contents)
-  (`seeds.batch_seed`). Must run inside a `tf.function`; an iterator loop is far faster
-  than a dataset reduce.
+  (`seeds.batch_seed`); or, when the dataset yields `(batch, step_seed)` pairs (Poisson
+  batches, `dp_sgd.poisson_batches`), split from its `step_seed`, which does not depend on the
+  data. Must run inside a `tf.function`; an iterator loop is far faster than a dataset
+  reduce.
 
   Returns:
     `(carry, num_steps, num_examples)`: the final carry, the int64 number of batches and
@@ -39,10 +41,13 @@ def local_loop(dataset: tf.data.Dataset, round_seed, step, carry, *, num_seeds: 
   """
   num_steps = tf.constant(0, tf.int64)
   num_examples = tf.constant(0.0)
-  for batch in iter(dataset):
+  seeded = isinstance(dataset.element_spec, tuple)
+  for element in iter(dataset):
+    batch, step_seed = element if seeded else (element, None)
     batch_size = tf.shape(batch)[0]
-    step_seeds = tf.random.experimental.stateless_split(
-        seeds.batch_seed(round_seed, num_steps, batch), num_seeds)
+    if not seeded:
+      step_seed = seeds.batch_seed(round_seed, num_steps, batch)
+    step_seeds = tf.random.experimental.stateless_split(step_seed, num_seeds)
     carry = step(batch, batch_size, step_seeds, carry)
     num_steps += 1
     num_examples += tf.cast(batch_size, tf.float32)
@@ -51,6 +56,25 @@ def local_loop(dataset: tf.data.Dataset, round_seed, step, carry, *, num_seeds: 
 
 def _mean_over_steps(total, num_steps):
   return total / tf.maximum(tf.cast(num_steps, tf.float32), 1.0)
+
+
+def _discriminator_work(example_dp: dp_sgd.ExampleDp | None):
+  """`(step, fake_batch_size, num_examples)` of a client's discriminator steps.
+
+  Without example-level DP: `tf_fns.discriminator_step`, a generated batch as large as the
+  real one, and the examples actually trained on. With it: the DP-SGD step
+  (`dp_sgd.private_discriminator_step`), generated batches of the expected size B, and B per
+  step as the example count (the drawn Poisson sizes depend on private data, so nothing
+  reports them).
+  """
+  if example_dp is None:
+    return discriminator_step, (lambda batch_size: batch_size), (lambda steps, n: n)
+
+  def step(*args, **kwargs):
+    return dp_sgd.private_discriminator_step(*args, **kwargs, example_dp=example_dp)
+
+  return (step, (lambda batch_size: example_dp.batch_size),
+          (lambda steps, n: tf.cast(steps, tf.float32) * example_dp.batch_size))
 
 
 def fedgan_client_update(
@@ -64,6 +88,7 @@ def fedgan_client_update(
     discriminator_optimizer,
     noise_dim: int,
     proximal_mu: float = 0.0,
+    example_dp: dp_sgd.ExampleDp | None = None,
 ) -> ClientOutput:
   """FedGAN local work: adversarial training of D and G on one client's batches.
 
@@ -84,11 +109,14 @@ def fedgan_client_update(
     noise_dim: Length of the noise vector.
     proximal_mu: FedProx's μ ≥ 0: each network's local objective gains
       (μ/2)‖w − w_broadcast‖²; 0 is FedAvg.
+    example_dp: If set, the discriminator steps are DP-SGD (`_discriminator_work`) on
+      Poisson batches; the generator steps read only that discriminator (post-processing).
 
   Returns:
     A `ClientOutput` with the weight deltas, the number of real examples trained on and the
     mean losses over the local steps (0 when the dataset was empty).
   """
+  d_step, fake_batch_size, count_examples = _discriminator_work(example_dp)
   generator_variables = generator.trainable_variables
   discriminator_variables = discriminator.trainable_variables
   assign_weights(generator_variables, broadcast.weights.generator)
@@ -98,9 +126,9 @@ def fedgan_client_update(
 
   def step(batch, batch_size, step_seeds, carry):
     generator_state, discriminator_state, discriminator_loss_sum, generator_loss_sum = carry
-    discriminator_loss, discriminator_state = discriminator_step(
+    discriminator_loss, discriminator_state = d_step(
         batch,
-        sample_noise(batch_size, noise_dim, step_seeds[0]),
+        sample_noise(fake_batch_size(batch_size), noise_dim, step_seeds[0]),
         step_seeds[2],
         discriminator_state,
         generator=generator,
@@ -111,7 +139,7 @@ def fedgan_client_update(
         anchor=broadcast.weights.discriminator,
     )
     generator_loss, generator_state = generator_step(
-        sample_noise(batch_size, noise_dim, step_seeds[1]),
+        sample_noise(fake_batch_size(batch_size), noise_dim, step_seeds[1]),
         generator_state,
         generator=generator,
         discriminator=discriminator,
@@ -131,7 +159,7 @@ def fedgan_client_update(
           generator=weights_delta(generator_variables, broadcast.weights.generator),
           discriminator=weights_delta(discriminator_variables, broadcast.weights.discriminator),
       ),
-      num_examples=num_examples,
+      num_examples=count_examples(num_steps, num_examples),
       metrics=collections.OrderedDict(
           discriminator_loss=_mean_over_steps(discriminator_loss_sum, num_steps),
           generator_loss=_mean_over_steps(generator_loss_sum, num_steps),
@@ -149,11 +177,13 @@ def discriminator_client_update(
     discriminator_optimizer,
     noise_dim: int,
     proximal_mu: float = 0.0,
+    example_dp: dp_sgd.ExampleDp | None = None,
 ) -> ClientOutput:
   """DP-FedAvg-GAN local work: discriminator steps only, against the broadcast generator.
 
   Every batch gives one discriminator step (the client's real batch against a generated batch
-  of the same size); the generator is only sampled from. Must run inside a `tf.function`.
+  of the same size; with `example_dp`, a DP-SGD step as in `fedgan_client_update`); the
+  generator is only sampled from. Must run inside a `tf.function`.
 
   Returns:
     A `ClientOutput` whose `delta` is the discriminator's list of weight deltas.
@@ -162,12 +192,13 @@ def discriminator_client_update(
   assign_weights(generator.trainable_variables, broadcast.weights.generator)
   assign_weights(discriminator_variables, broadcast.weights.discriminator)
   discriminator_state = initialize_optimizer(discriminator_optimizer, discriminator_variables)
+  d_step, fake_batch_size, count_examples = _discriminator_work(example_dp)
 
   def step(batch, batch_size, step_seeds, carry):
     discriminator_state, loss_sum = carry
-    discriminator_loss, discriminator_state = discriminator_step(
+    discriminator_loss, discriminator_state = d_step(
         batch,
-        sample_noise(batch_size, noise_dim, step_seeds[0]),
+        sample_noise(fake_batch_size(batch_size), noise_dim, step_seeds[0]),
         step_seeds[1],
         discriminator_state,
         generator=generator,
@@ -184,7 +215,7 @@ def discriminator_client_update(
       num_seeds=2)
   return ClientOutput(
       delta=weights_delta(discriminator_variables, broadcast.weights.discriminator),
-      num_examples=num_examples,
+      num_examples=count_examples(num_steps, num_examples),
       metrics=collections.OrderedDict(
           discriminator_loss=_mean_over_steps(loss_sum, num_steps)),
   )

@@ -15,9 +15,12 @@ import tensorflow as tf
 from tff_gan import choices
 
 
-def _non_saturating_discriminator_loss(real_logits, fake_logits):
-  # -log D(x) - log(1 - D(G(z))) with D = sigmoid(logits), written with softplus.
-  return tf.reduce_mean(tf.nn.softplus(-real_logits)) + tf.reduce_mean(tf.nn.softplus(fake_logits))
+def _non_saturating_real(real_logits):
+  return tf.nn.softplus(-real_logits)  # -log D(x), D = sigmoid(logits).
+
+
+def _non_saturating_fake(fake_logits):
+  return tf.nn.softplus(fake_logits)  # -log(1 - D(G(z))).
 
 
 def _non_saturating_generator_loss(fake_logits):
@@ -25,8 +28,12 @@ def _non_saturating_generator_loss(fake_logits):
   return tf.reduce_mean(tf.nn.softplus(-fake_logits))
 
 
-def _wasserstein_discriminator_loss(real_logits, fake_logits):
-  return tf.reduce_mean(fake_logits) - tf.reduce_mean(real_logits)
+def _wasserstein_real(real_logits):
+  return -real_logits
+
+
+def _wasserstein_fake(fake_logits):
+  return fake_logits
 
 
 def _wasserstein_generator_loss(fake_logits):
@@ -37,29 +44,36 @@ def _wasserstein_generator_loss(fake_logits):
 class GanLoss:
   """A pair of GAN losses on discriminator logits.
 
+  The discriminator's loss is a mean over real examples plus a mean over generated ones;
+  its two per-example terms are kept apart so that example-level DP (`core.dp_sgd`) can clip
+  each real example's gradient and leave the generated side, which holds no private data,
+  as it is.
+
   Attributes:
     name: The name used on the command line.
-    discriminator_loss: `(real_logits, fake_logits) -> scalar`, minimized by D.
+    real_term: `real_logits [B] -> [B]`, each real example's part of D's loss.
+    fake_term: `fake_logits [B] -> [B]`, each generated example's part of D's loss.
     generator_loss: `fake_logits -> scalar`, minimized by G.
     gradient_penalty_weight: Weight λ of the WGAN-GP penalty added to the discriminator
       loss (0 disables it).
   """
 
   name: str
-  discriminator_loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+  real_term: Callable[[tf.Tensor], tf.Tensor]
+  fake_term: Callable[[tf.Tensor], tf.Tensor]
   generator_loss: Callable[[tf.Tensor], tf.Tensor]
   gradient_penalty_weight: float = 0.0
 
+  def discriminator_loss(self, real_logits, fake_logits):
+    """`(real_logits, fake_logits) -> scalar`, minimized by D (without the penalty)."""
+    return (tf.reduce_mean(self.real_term(real_logits))
+            + tf.reduce_mean(self.fake_term(fake_logits)))
 
-NON_SATURATING = GanLoss(
-    'non_saturating', _non_saturating_discriminator_loss, _non_saturating_generator_loss
-)
-WASSERSTEIN_GP = GanLoss(
-    'wasserstein_gp',
-    _wasserstein_discriminator_loss,
-    _wasserstein_generator_loss,
-    gradient_penalty_weight=10.0,
-)
+
+NON_SATURATING = GanLoss('non_saturating', _non_saturating_real, _non_saturating_fake,
+                         _non_saturating_generator_loss)
+WASSERSTEIN_GP = GanLoss('wasserstein_gp', _wasserstein_real, _wasserstein_fake,
+                         _wasserstein_generator_loss, gradient_penalty_weight=10.0)
 
 LOSSES = {loss.name: loss for loss in (NON_SATURATING, WASSERSTEIN_GP)}
 

@@ -153,17 +153,41 @@ def noise_multiplier_for_epsilon(
   ))
 
 
+def example_sampling(num_examples: int, batch_size: int) -> Sampling:
+  """A client's Poisson sampling of its own examples for DP-SGD: rate min(1, B / n).
+
+  Example-level DP (`--dp_unit=example`): the units are one client's examples, so the
+  accountant's add-or-remove-one relation is about one example of that client.
+  """
+  if num_examples < 1 or batch_size < 1:
+    raise ValueError(f'example-level accounting needs examples >= 1 and batch size >= 1, got '
+                     f'{num_examples} and {batch_size}.')
+  return Sampling('poisson', num_examples, min(batch_size, num_examples))
+
+
+def example_epsilon(num_examples: int, batch_size: int, noise_multiplier: float, steps: int,
+                    delta: float, accountant: str = 'rdp') -> float:
+  """ε at `delta` of one client's examples after `steps` DP-SGD steps (`example_sampling`)."""
+  return epsilon(dp_accounting.GaussianDpEvent(noise_multiplier),
+                 example_sampling(int(num_examples), int(batch_size)), int(steps), delta,
+                 accountant)
+
+
 def check_delta(delta: float) -> None:
   if not 0 < delta < 1:
     raise ValueError(f'--dp_delta must be in (0, 1), got {delta}.')
 
 
-def delta_warning(delta: float, num_clients: int) -> str | None:
-  """A warning to show when δ ≥ 1/num_clients (which permits leaking one client), else None."""
-  if delta >= 1 / num_clients:
-    return (f'--dp_delta={delta:g} is at least 1/num_clients = {1 / num_clients:g}: a '
-            'mechanism that publishes one random client\'s data outright meets such a δ. '
-            'Use δ well below 1/num_clients.')
+def delta_warning(delta: float, num_units: int, units: str = 'num_clients',
+                  unit: str = "client's data") -> str | None:
+  """A warning to show when δ ≥ 1/num_units (which permits leaking one unit), else None.
+
+  The units are clients under client-level DP, one client's examples under example-level DP.
+  """
+  if delta >= 1 / num_units:
+    return (f'--dp_delta={delta:g} is at least 1/{units} = {1 / num_units:g}: a '
+            f'mechanism that publishes one random {unit} outright meets such a δ. '
+            f'Use δ well below 1/{units}.')
   return None
 
 

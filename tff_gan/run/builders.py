@@ -9,21 +9,18 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import logging
 
 from tff_gan.algorithms import aggregators
 from tff_gan.clients import partition, populations
-from tff_gan.core import conditional, seeds
-from tff_gan.core.state import ServerState
-from tff_gan.privacy import accounting
+from tff_gan.core import conditional, dp_sgd, seeds
 from tff_gan.run import rundir
 from tff_gan.run.config import ConfigError, TrainConfig
 from tff_gan.runtime import contexts
 
 
 def build_aggregator(config: TrainConfig):
-  """The `tff.aggregators` factory `config` asks for (DP-FedAvg when DP is on)."""
-  if not config.dp_enabled:
+  """The `tff.aggregators` factory `config` asks for (DP-FedAvg under client-level DP)."""
+  if not config.client_dp:
     return aggregators.build_aggregator(config.aggregator, bits=config.effective_bits,
                                         hadamard=config.hadamard)
   try:
@@ -37,22 +34,13 @@ def build_aggregator(config: TrainConfig):
     raise ConfigError(str(e)) from e
 
 
-class EpsilonLedger:
-  """ε spent so far, from the round count and the DP event kept in the server state."""
-
-  def __init__(self, config: TrainConfig, num_clients: int):
-    self._sampling = accounting.Sampling(config.client_sampling, num_clients,
-                                         config.clients_per_aggregation)
-    self._delta = config.effective_dp_delta
-    self._accountant = config.dp_accountant
-    self._curve = None
-
-  def epsilon(self, state: ServerState) -> float:
-    if self._curve is None:  # The same mechanism every round: account for it once.
-      self._curve = accounting.EpsilonCurve(
-          accounting.round_event_from_aggregator_state(state.aggregator_state), self._sampling,
-          self._delta, self._accountant)
-    return self._curve(int(state.round_num))
+def example_dp(config: TrainConfig) -> dp_sgd.ExampleDp | None:
+  """The clients' DP-SGD settings under `--dp_unit=example`, else None."""
+  if not config.example_dp:
+    return None
+  return dp_sgd.ExampleDp(clip=config.effective_dp_clip,
+                          noise_multiplier=config.dp_noise_multiplier,
+                          batch_size=config.batch_size)
 
 
 def federated_population(config: TrainConfig, task) -> populations.ClientData:
@@ -131,13 +119,3 @@ def execution_context(config: TrainConfig, parallel_clients: int):
   return contexts.local_cpp_context(
       log_path=os.path.join(config.output_dir, rundir.WORKER_LOG),
       parallel_clients=parallel_clients)
-
-
-def epsilon_ledger(config: TrainConfig, num_clients: int) -> EpsilonLedger | None:
-  """The run's `EpsilonLedger` under differential privacy (warning about a large δ), else None."""
-  if not config.dp_enabled:
-    return None
-  message = accounting.delta_warning(config.effective_dp_delta, num_clients)
-  if message:
-    logging.warning(message)
-  return EpsilonLedger(config, num_clients)

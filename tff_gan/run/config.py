@@ -12,6 +12,7 @@ import math
 import os
 
 from tff_gan import choices
+from tff_gan.run import dp_settings
 from tff_gan.runtime.addresses import parse_address
 
 
@@ -76,6 +77,8 @@ class TrainConfig:
   dp_adaptive_clip_quantile: float | None = None
   dp_delta: float | None = None
   dp_accountant: str = 'rdp'
+  dp_unit: str = 'client'
+  dp_reproducible: bool = False
   eval: str = 'pooled'
   eval_every: int = 10
   checkpoint_every: int = 10
@@ -185,6 +188,7 @@ class TrainConfig:
         'async_rule': choices.ASYNC_RULES,
         'discriminator_mixture': choices.DISCRIMINATOR_MIXTURES,
         'eval': choices.EVAL_MODES,
+        'dp_unit': choices.DP_UNITS,
     }
     for name, allowed in allowed_values.items():
       if getattr(self, name) not in allowed:
@@ -368,30 +372,20 @@ class TrainConfig:
   def effective_dp_delta(self) -> float:
     return choices.DEFAULT_DP_DELTA if self.dp_delta is None else self.dp_delta
 
+  @property
+  def client_dp(self) -> bool:
+    """DP-FedAvg: each client's whole update clipped and noised (user-level DP)."""
+    return self.dp_enabled and self.dp_unit == 'client'
+
+  @property
+  def example_dp(self) -> bool:
+    """DP-SGD inside each client: each example's gradient clipped and noised."""
+    return self.dp_enabled and self.dp_unit == 'example'
+
   def _validate_dp(self) -> None:
-    if not self.dp_enabled:
-      for name in ('dp_clip', 'dp_adaptive_clip_quantile', 'dp_delta'):
-        if getattr(self, name) is not None:
-          raise ConfigError(f'--{name} has no effect without --dp_noise_multiplier; set it to '
-                            f'turn differential privacy on, or drop --{name}.')
-      if self.dp_accountant != 'rdp':
-        raise ConfigError('--dp_accountant has no effect without --dp_noise_multiplier.')
-      return
-    if self.aggregator != 'mean':
-      raise ConfigError(f'--aggregator={self.aggregator} cannot be combined with differential '
-                        'privacy, which brings its own aggregator (clip, sum, noise); drop one.')
-    if self.dp_noise_multiplier < 0:
-      raise ConfigError(f'--dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}.')
-    if not self.effective_dp_clip > 0:
-      raise ConfigError(f'--dp_clip must be positive, got {self.dp_clip}.')
-    if not 0 < self.effective_dp_delta < 1:
-      raise ConfigError(f'--dp_delta must be in (0, 1), got {self.dp_delta}.')
-    quantile = self.dp_adaptive_clip_quantile
-    if quantile is not None and not 0 < quantile < 1:
-      raise ConfigError(f'--dp_adaptive_clip_quantile must be in (0, 1), got {quantile}.')
-    if self.dp_accountant == 'pld' and self.client_sampling != 'poisson':
-      raise ConfigError('--dp_accountant=pld needs --client_sampling=poisson (PLD does not '
-                        'account for fixed-size sampling without replacement).')
+    problem = dp_settings.problem(self)
+    if problem:
+      raise ConfigError(problem)
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from tff_gan import files
 from tff_gan.algorithms import communication
 from tff_gan.core import conditional
 from tff_gan.core.state import ServerState
@@ -84,7 +85,9 @@ class RoundRecorder:
       generator_weights: `state -> weights`, the process's accessor
         (`GanProcess.generator_weights`).
       sample: `(generator_weights, num_samples, seed) -> samples` (`export.SampleGenerator`).
-      ledger: The run's `builders.EpsilonLedger`, or None without differential privacy.
+      ledger: The run's `ledgers` ledger, or None without differential privacy. One that
+        keeps each client's ε (`ledgers.ExampleLevelLedger`) also writes
+        `client_epsilon.csv` at every evaluation.
       release: The run's `persistence.MetricsRelease`.
       checkpoints: The run's `persistence.Checkpoints`.
       progress: A tqdm bar; the round loop advances it.
@@ -115,6 +118,9 @@ class RoundRecorder:
         samples, _ = conditional.unpack(samples, task.num_labels)
       if self._client_labels is not None:
         row.update(client_coverage(task.covered_labels(samples), self._client_labels))
+      if hasattr(self._ledger, 'client_table'):
+        files.write_text(os.path.join(config.output_dir, rundir.CLIENT_EPSILON_FILE),
+                         self._ledger.client_table(round_num))
       path = os.path.join(self._samples_dir, f'round_{round_num:05d}.png')
       task.render(samples, path)
       pictures.add_title(path, pictures.metrics_title(

@@ -56,6 +56,7 @@ class Scheme:
         client_optimizer=optimizers.build_optimizer(config.client_optimizer,
                                                     config.client_learning_rate),
         proximal_mu=config.proximal_mu,
+        example_dp=builders.example_dp(config),
     )
 
   def population(self, config: TrainConfig, task) -> populations.ClientData:
@@ -73,7 +74,9 @@ class Scheme:
     del task  # A client's work depends only on the settings.
     return populations.LocalWork(batch_size=config.batch_size,
                                  local_epochs=config.local_epochs,
-                                 local_steps=config.local_steps or None)
+                                 local_steps=config.local_steps or None,
+                                 poisson=config.example_dp,
+                                 secret_sampling=config.example_dp and not config.dp_reproducible)
 
   def client_ids(self, config: TrainConfig, num_clients: int, round_num: int) -> np.ndarray:
     """The clients round `round_num` samples."""

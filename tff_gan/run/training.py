@@ -36,6 +36,7 @@ from tff_gan.run import (
   async_training,
   builders,
   export,
+  ledgers,
   persistence,
   pictures,
   recorder,
@@ -108,7 +109,9 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
   traffic = communication.round_traffic(process.next)
   keyed_process = process.with_client_data(population, work)
   sample = export.SampleGenerator(models)
-  ledger = builders.epsilon_ledger(config, population.num_clients)
+  ledger = ledgers.epsilon_ledger(
+      config, population.client_sizes,
+      lambda round_num: scheme.client_ids(config, population.num_clients, round_num))
 
   files.write_text(os.path.join(config.output_dir, rundir.CONFIG_FILE), config.to_json() + '\n')
   os.makedirs(os.path.join(config.output_dir, rundir.SAMPLES_DIR), exist_ok=True)

@@ -1,0 +1,119 @@
+"""ε spent so far, as metrics.csv reports it: per run (client-level DP), per client (example).
+
+* `--dp_unit=client` (DP-FedAvg): every round is the aggregator's Gaussian mechanism on a
+  sample of clients; ε follows from the round count and the DP event kept in the server state
+  (`ClientLevelLedger`).
+* `--dp_unit=example` (DP-SGD in each client): each client protects its own examples, and its
+  ε follows from its own Poisson rate B / n_k and the DP-SGD steps it has taken: ⌈E·n_k / B⌉
+  (capped by `--local_steps`) in every round that sampled it, dropped out or not (it may have
+  trained before failing). A client never sampled has spent nothing. The run reports the
+  largest ε over its clients, and `client_epsilon.csv` lists every client's
+  (`ExampleLevelLedger`). Nothing is amplified by client sampling: the server knows which
+  clients it asked.
+
+Both are computed from the run's seed and round alone (the sample of each round is a function
+of them), so a resumed run reports the ε an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dp_accounting
+import numpy as np
+from absl import logging
+
+from tff_gan.core.state import ServerState
+from tff_gan.privacy import accounting
+from tff_gan.run.config import TrainConfig
+
+
+class ClientLevelLedger:
+  """ε of DP-FedAvg from the round count and the DP event kept in the server state."""
+
+  def __init__(self, config: TrainConfig, num_clients: int):
+    self._sampling = accounting.Sampling(config.client_sampling, num_clients,
+                                         config.clients_per_aggregation)
+    self._delta = config.effective_dp_delta
+    self._accountant = config.dp_accountant
+    self._curve = None
+
+  def epsilon(self, state: ServerState) -> float:
+    if self._curve is None:  # The same mechanism every round: account for it once.
+      self._curve = accounting.EpsilonCurve(
+          accounting.round_event_from_aggregator_state(state.aggregator_state), self._sampling,
+          self._delta, self._accountant)
+    return self._curve(int(state.round_num))
+
+
+class ExampleLevelLedger:
+  """Each client's ε under DP-SGD (module docstring); `epsilon` is the largest.
+
+  Args:
+    config: The run's configuration (`--dp_unit=example`).
+    client_sizes: n_k of every client.
+    client_ids: `round_num -> ids` of the clients that round sampled.
+  """
+
+  def __init__(self, config: TrainConfig, client_sizes, client_ids: Callable[[int], np.ndarray]):
+    self.client_sizes = np.asarray(client_sizes, np.int64)
+    steps = np.ceil(config.local_epochs * self.client_sizes / config.batch_size).astype(np.int64)
+    self.steps_per_round = np.minimum(steps, config.local_steps) if config.local_steps else steps
+    self._client_ids = client_ids
+    self._event = dp_accounting.GaussianDpEvent(config.dp_noise_multiplier)
+    self._batch_size, self._delta = config.batch_size, config.effective_dp_delta
+    self._accountant = config.dp_accountant
+    self._curves: dict[int, accounting.EpsilonCurve] = {}  # By client size.
+    self._rounds_sampled = np.zeros(len(self.client_sizes), np.int64)
+    self._counted_through = 0
+
+  def rounds_sampled(self, round_num: int) -> np.ndarray:
+    """How many of rounds 1..`round_num` sampled each client."""
+    if round_num < self._counted_through:
+      self._rounds_sampled[:], self._counted_through = 0, 0
+    for past in range(self._counted_through + 1, round_num + 1):
+      self._rounds_sampled[np.asarray(self._client_ids(past), np.int64)] += 1
+    self._counted_through = round_num
+    return self._rounds_sampled.copy()
+
+  def client_epsilons(self, round_num: int) -> np.ndarray:
+    """Each client's ε after round `round_num` (0 for a client never sampled)."""
+    steps = self.rounds_sampled(round_num) * self.steps_per_round
+    return np.array([self._curve(int(n))(int(s)) if s else 0.0
+                     for n, s in zip(self.client_sizes, steps, strict=True)])
+
+  def epsilon(self, state: ServerState) -> float:
+    return float(np.max(self.client_epsilons(int(state.round_num))))
+
+  def client_table(self, round_num: int) -> str:
+    """`client_epsilon.csv`: client, examples, rounds sampled, DP-SGD steps, epsilon."""
+    sampled = self.rounds_sampled(round_num)
+    epsilons = self.client_epsilons(round_num)
+    lines = ['client,examples,rounds_sampled,steps,epsilon']
+    lines += [f'{k},{n},{r},{r * s},{e:.6g}' for k, (n, r, s, e) in enumerate(
+        zip(self.client_sizes, sampled, self.steps_per_round, epsilons, strict=True))]
+    return '\n'.join(lines) + '\n'
+
+  def _curve(self, num_examples: int) -> accounting.EpsilonCurve:
+    if num_examples not in self._curves:
+      self._curves[num_examples] = accounting.EpsilonCurve(
+          self._event, accounting.example_sampling(num_examples, self._batch_size),
+          self._delta, self._accountant)
+    return self._curves[num_examples]
+
+
+def epsilon_ledger(config: TrainConfig, client_sizes,
+                   client_ids: Callable[[int], np.ndarray]):
+  """The run's ledger under differential privacy (warning about a large δ), else None."""
+  if not config.dp_enabled:
+    return None
+  if config.example_dp:
+    message = accounting.delta_warning(config.effective_dp_delta, int(np.min(client_sizes)),
+                                       "(the smallest client's examples)", 'example')
+  else:
+    message = accounting.delta_warning(config.effective_dp_delta, len(client_sizes))
+  if message:
+    logging.warning(message)
+  if config.example_dp:
+    return ExampleLevelLedger(config, client_sizes, client_ids)
+  return ClientLevelLedger(config, len(client_sizes))
