@@ -25,6 +25,28 @@ from absl import flags, logging  # noqa: E402
 USAGE_ERROR = 2
 
 
+def run(main) -> int:
+  """`main(sys.argv)`'s exit status; Ctrl-C and SIGTERM end it with one line (130 / 143).
+
+  A run that training stopped says where and how to resume (`signals.RunStopped`); a stop
+  anywhere else (loading, preparing) just says so. Never a traceback.
+  """
+  from tff_gan.runtime import signals  # noqa: PLC0415 (no TensorFlow)
+
+  program = os.path.basename(sys.argv[0])
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, signals.raise_on_signal)
+  try:
+    return main(sys.argv)
+  except signals.RunStopped as e:
+    print(f'{program}: {e}', file=sys.stderr)
+    return e.exit_code
+  except (KeyboardInterrupt, signals.Terminated) as e:
+    terminated = isinstance(e, signals.Terminated)
+    print(f'{program}: stopped by {"SIGTERM" if terminated else "SIGINT"}.', file=sys.stderr)
+    return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
 def usage_error(program: str, message: str) -> None:
   """Prints `program: error: message` on stderr and exits with status 2."""
   print(f'{program}: error: {message}', file=sys.stderr)

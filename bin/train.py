@@ -78,9 +78,10 @@ flags.DEFINE_integer('num_clients', _UNRESOLVED['num_clients'], 'Number of clien
                      'tasks: simulated clients the data is split over (default '
                      f'{choices.DEFAULT_NUM_CLIENTS}). --partition=natural: N of the '
                      "data's clients drawn at random (seeded), or 0 (default) for all.")
-flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round,
+flags.DEFINE_integer('clients_per_round', _UNRESOLVED['clients_per_round'],
                      'Clients per round: exactly (--client_sampling=fixed) or in expectation '
-                     '(poisson).')
+                     f'(poisson). Default: {choices.DEFAULT_CLIENTS_PER_ROUND}, or every client '
+                     'when the data has fewer.')
 flags.DEFINE_integer('rounds', _DEFAULTS.rounds, 'Number of federated rounds.')
 flags.DEFINE_string('partition', _UNRESOLVED['partition'], 'How examples are split over clients: '
                     'iid, dirichlet (label skew, see --dirichlet_alpha) or pathological '
@@ -286,7 +287,7 @@ def main(argv: list[str]) -> int:
                             overwrite=FLAGS.overwrite)
   except config_lib.ConfigError as e:
     _cli.usage_error(program, str(e))
-  except (persistence.CheckpointError, WorkerError) as e:
+  except (persistence.CheckpointError, persistence.StorageError, WorkerError) as e:
     print(f'{program}: error: {e}', file=sys.stderr)
     return 1
   summary = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
@@ -297,4 +298,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  sys.exit(_cli.run(main))

@@ -129,6 +129,7 @@ def run(config: BugFindingConfig, *, show_progress: bool = True,
   """
   config.validate()
   rundir.check_output_dir_writable(config.output_dir)
+  os.makedirs(config.output_dir, exist_ok=True)
   base_task = DigitsTask(seed=config.seed, width=config.model_width)
   classifier_dir = os.path.join(config.output_dir, rundir.CLASSIFIER_DIR)
   base_task.prepare_evaluation(classifier_dir)

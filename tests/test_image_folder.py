@@ -84,6 +84,21 @@ def test_bad_folders_get_one_clear_error(tmp_path, layout, message):
   assert '\n' not in str(error.value)
 
 
+def test_sixteen_bit_grey_reads_on_the_eight_bit_scale(tmp_path):
+  # A 16-bit PNG used to become all white (Pillow's convert('L') clips above 255).
+  ramp = (np.arange(16 * 16).reshape(16, 16) * 257).astype(np.uint16)  # 0..65535.
+  (tmp_path / 'deep').mkdir()
+  (tmp_path / 'shallow').mkdir()
+  Image.fromarray(ramp).save(tmp_path / 'deep' / 'x.png')
+  Image.fromarray((ramp // 257).astype(np.uint8)).save(tmp_path / 'shallow' / 'x.png')
+  assert Image.open(tmp_path / 'deep' / 'x.png').mode.startswith('I;16')
+  folder = load_image_folder(str(tmp_path), 16)
+  deep, shallow = (folder.examples[indices] for indices in folder.client_indices)
+  assert folder.channels == 1
+  np.testing.assert_allclose(deep, shallow, atol=1e-5)
+  assert deep.min() == -1 and deep.max() == 1
+
+
 def test_image_size_must_be_usable(tmp_path):
   with pytest.raises(ImageFolderError, match='at least 4'):
     load_image_folder(str(tmp_path), image_size=2)
@@ -173,6 +188,16 @@ def test_bin_train_trains_on_the_folders(hospitals, tmp_path):
     assert int(row['num_examples']) in {a + b for a in sampled_sizes for b in sampled_sizes}
     assert float(row['pixel_frechet_distance']) >= 0
   assert sorted(os.listdir(tmp_path / 'samples')) == ['round_00001.png', 'round_00002.png']
+
+
+def test_unset_clients_per_round_fits_three_hospitals_and_resumes(hospitals, tmp_path):
+  # The default (10) used to stop with an error about a flag the user never set.
+  for rounds in (1, 2):  # The second run resumes: the resolved value matches the saved one.
+    result = run_train(f'--data_dir={hospitals}', f'--rounds={rounds}', f'--output_dir={tmp_path}')
+    assert result.returncode == 0, result.stderr
+  assert json.loads((tmp_path / 'config.json').read_text())['clients_per_round'] == 3
+  with open(tmp_path / 'metrics.csv', newline='') as f:
+    assert [int(row['clients']) for row in csv.DictReader(f)] == [3, 3]
 
 
 @pytest.mark.parametrize('args, message', [

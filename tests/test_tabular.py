@@ -209,6 +209,7 @@ def bad_layout(root, layout):
       'empty_cell': 'x,y\n1,2\n,4\n',
       'nan': 'x,y\n1,2\n3,NaN\n',
       'inf': 'x,y\n1,2\n3,2\n-inf,1\n',
+      'huge': 'x,y\n1,2\n3,1e308\n',  # Finite, but its square overflows: the std was inf.
       'one_column': 'x\n1\n',
       'semicolons': 'x;y\n1;2\n',
       'wrong_field_count': 'x,y\n1,2,3\n',
@@ -245,6 +246,7 @@ def bad_layout(root, layout):
     ('empty_cell', "line 3, column 'x': empty cell; fill in the missing value or drop the row"),
     ('nan', "line 3, column 'y': nan is not a finite number; replace NaN and infinite"),
     ('inf', "line 4, column 'x': -inf is not a finite number"),
+    ('huge', "line 3, column 'y': 1e[+]308 is beyond ±1e[+]150, .*rescale the column"),
     ('one_column', "has 1 column \\('x'\\); the tabular task needs at least 2 numeric columns"),
     ('semicolons', "has 1 column \\('x;y'\\);.*separated by commas"),
     ('wrong_field_count', 'line 2: 3 fields, but the header has 2 columns'),

@@ -23,6 +23,11 @@ _MIN_COLUMNS = 2  # Correlations need a pair; a lone column is often a wrong del
 _MIN_ROWS = 2  # In all files together: a std needs two rows.
 
 
+# Values up to this size keep a column's sum of squares finite in float64 for up to 1e8 rows
+# ((1e150)² · 1e8 = 1e308); beyond it the mean and std would become inf and training NaN.
+MAX_ABS_VALUE = 1e150
+
+
 class TabularError(ValueError):
   """The folder cannot be read as a federated table; the message says why and what to do."""
 
@@ -119,6 +124,12 @@ def _read_csv(path: str) -> tuple[tuple[str, ...], np.ndarray]:
     raise TabularError(f'{path}, line {lines[row]}, column {names[column]!r}: '
                        f'{values[row, column]} is not a finite number; replace NaN and infinite '
                        'values, or drop the row.')
+  too_large = np.argwhere(np.abs(values) > MAX_ABS_VALUE)
+  if len(too_large):
+    row, column = too_large[0]
+    raise TabularError(f'{path}, line {lines[row]}, column {names[column]!r}: '
+                       f'{values[row, column]:g} is beyond ±{MAX_ABS_VALUE:g}, where the column\'s '
+                       'sums of squares overflow; rescale the column (e.g. to other units).')
   return names, values
 
 

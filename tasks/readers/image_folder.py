@@ -24,7 +24,8 @@ from PIL import Image, UnidentifiedImageError
 EXTENSIONS = ('.png', '.jpg', '.jpeg')
 # Pillow modes with one grey band (alpha aside). Palette ('P') images are grey when every
 # colour they use is; all other modes are colour.
-_GRAYSCALE_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')
+_GRAYSCALE_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F')
+_MAX_16_BIT = 65535
 
 
 class ImageFolderError(ValueError):
@@ -62,13 +63,25 @@ def _read(path: str, image_size: int) -> tuple[np.ndarray, int]:
     with Image.open(path) as image:
       image.load()
       channels = _channels(image)
-      converted = image.convert('L' if channels == 1 else 'RGB')
+      if image.mode.startswith('I'):  # 16-bit grey: convert('L') would clip it to white.
+        converted = _grey_from_integers(image, path)
+      else:
+        converted = image.convert('L' if channels == 1 else 'RGB')
   except (UnidentifiedImageError, OSError, SyntaxError) as e:
     raise ImageFolderError(f'{path} is not a readable PNG or JPEG image ({e}); replace or '
                            'remove it.') from e
   resized = converted.resize((image_size, image_size), Image.BILINEAR)
   pixels = np.asarray(resized, np.float32).reshape(image_size, image_size, channels)
   return pixels / 127.5 - 1.0, channels
+
+
+def _grey_from_integers(image: Image.Image, path: str) -> Image.Image:
+  """A 16-bit grey image (Pillow mode `I;16*` or `I`) as a float image on the 8-bit scale."""
+  values = np.asarray(image, np.float64)
+  if values.size and (values.min() < 0 or values.max() > _MAX_16_BIT):
+    raise ImageFolderError(f'{path} holds grey values outside 0..{_MAX_16_BIT} (mode '
+                           f'{image.mode}); save it as an 8- or 16-bit PNG.')
+  return Image.fromarray((values * (255 / _MAX_16_BIT)).astype(np.float32), mode='F')
 
 
 def load_image_folder(root: str, image_size: int) -> ImageFolder:

@@ -18,13 +18,21 @@ import math
 
 import numpy as np
 
-from tff_gan.choices import SPLITS
+from tff_gan.choices import MIN_DIRICHLET_ALPHA, SPLITS
 
 # How many times the Dirichlet scheme redraws all proportions to avoid empty clients before it
 # falls back to moving single examples into them.
 _MAX_DIRICHLET_DRAWS = 100
 # Random shard swaps per shard used to mix the pathological scheme's initial assignment.
 _SWAPS_PER_SHARD = 20
+
+
+def alpha_problem(alpha: float) -> str:
+  """The one-line refusal of a Dirichlet concentration outside [MIN_DIRICHLET_ALPHA, ∞)."""
+  return (f'--dirichlet_alpha must be a finite number >= {MIN_DIRICHLET_ALPHA:g}, got {alpha:g} '
+          f'(below it every label already lands on one client, and numpy\'s sampler takes '
+          f'minutes); use e.g. 0.1 for strong label skew, 100 for nearly IID clients, or '
+          f'--partition=pathological --labels_per_client=1.')
 
 
 def partition(
@@ -91,11 +99,8 @@ def partition(
   if scheme == 'iid':
     client_indices = np.array_split(rng.permutation(num_examples), num_clients)
   elif scheme == 'dirichlet':
-    if not (math.isfinite(dirichlet_alpha) and dirichlet_alpha > 0):
-      raise ValueError(
-          f'dirichlet_alpha must be a positive finite number, got {dirichlet_alpha}; '
-          'use e.g. 0.1 for strong label skew or 100 for nearly IID clients.'
-      )
+    if not (math.isfinite(dirichlet_alpha) and dirichlet_alpha >= MIN_DIRICHLET_ALPHA):
+      raise ValueError(alpha_problem(dirichlet_alpha))
     client_indices = _dirichlet_split(labels, num_clients, dirichlet_alpha, rng)
   else:
     num_distinct_labels = np.unique(labels).size

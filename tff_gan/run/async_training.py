@@ -56,6 +56,7 @@ from tff_gan.clients.clock import ClientClock
 from tff_gan.core import seeds
 from tff_gan.run.config import ConfigError
 from tff_gan.run.recorder import round_row
+from tff_gan.runtime import signals
 
 _SUB_ROUND = 1 << 40  # Separates the key seeds of several dispatches at one model version.
 
@@ -150,7 +151,8 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
     """
     if not pending:
       return
-    outputs = client_work(state, [task.key for task in pending])
+    with signals.deferred():  # A signal stops the run after this call, not inside it.
+      outputs = client_work(state, [task.key for task in pending])
     for task, (output, discarded) in zip(pending, outputs, strict=True):
       task.output, task.discarded = output, discarded
     pending.clear()
@@ -164,9 +166,10 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
     scales = staleness_weight(staleness, config.staleness_exponent)
     if config.async_rule == 'fedasync':
       scales = config.fedasync_mixing * scales
-    state, metrics = server_step(
-        state, [task.output for task, _ in buffer], [task.discarded for task, _ in buffer],
-        [np.float32(scale) for scale in scales])
+    with signals.deferred():
+      state, metrics = server_step(
+          state, [task.output for task, _ in buffer], [task.discarded for task, _ in buffer],
+          [np.float32(scale) for scale in scales])
     version += 1
     dispatches_at_version = 0
     row = round_row(version, time.perf_counter() - wall_start, len(buffer),

@@ -12,8 +12,8 @@ import math
 import os
 
 from tff_gan import choices
-from tff_gan.run import dp_settings
-from tff_gan.runtime.addresses import parse_address
+from tff_gan.clients import partition as partition_lib
+from tff_gan.run import config_checks
 
 
 class ConfigError(ValueError):
@@ -47,7 +47,7 @@ class TrainConfig:
   model: str = ''
   model_width: float = 1.0
   num_clients: int = 0
-  clients_per_round: int = 10
+  clients_per_round: int = 0
   rounds: int = 300
   partition: str = ''
   dirichlet_alpha: float = 0.5
@@ -115,6 +115,9 @@ class TrainConfig:
                          choices.DEFAULT_SERVER_GEN_STEPS.get(self.scheme, 1))
     if not self.num_clients and self.partition != 'natural':
       object.__setattr__(self, 'num_clients', choices.DEFAULT_NUM_CLIENTS)
+    if not self.clients_per_round and self.num_clients:  # Else once the data is read.
+      object.__setattr__(self, 'clients_per_round',
+                         min(choices.DEFAULT_CLIENTS_PER_ROUND, self.num_clients))
     if self.mode == 'async':
       if not self.client_latency:
         object.__setattr__(self, 'client_latency', choices.DEFAULT_ASYNC_LATENCY)
@@ -124,6 +127,13 @@ class TrainConfig:
         concurrent = 2 * self.buffer_size
         object.__setattr__(self, 'max_concurrent_clients',
                            min(concurrent, self.num_clients) if self.num_clients else concurrent)
+
+  def with_population(self, num_clients: int) -> TrainConfig:
+    """This configuration with `clients_per_round` resolved for `num_clients` clients."""
+    if self.clients_per_round:
+      return self
+    return dataclasses.replace(
+        self, clients_per_round=min(choices.DEFAULT_CLIENTS_PER_ROUND, num_clients))
 
   @property
   def clients_per_aggregation(self) -> int:
@@ -143,19 +153,29 @@ class TrainConfig:
 
   def validate(self) -> TrainConfig:
     """Returns `self` if valid; raises `ConfigError` otherwise."""
+    for field in dataclasses.fields(self):  # No setting is NaN or infinite.
+      value = getattr(self, field.name)
+      if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f'--{field.name} must be a finite number, got {value}.')
     if self.num_clients < 0 or (self.num_clients == 0 and self.partition != 'natural'):
       raise ConfigError(f'--num_clients must be positive (or 0: every client of the data, '
                         f'with --partition=natural), got {self.num_clients}.')
-    positive = ('clients_per_round', 'rounds', 'local_epochs', 'batch_size',
+    if self.clients_per_round < 0 or (self.clients_per_round == 0 and self.num_clients):
+      raise ConfigError(f'--clients_per_round must be positive (or 0: '
+                        f'{choices.DEFAULT_CLIENTS_PER_ROUND}, or every client when the data has '
+                        f'fewer), got {self.clients_per_round}.')
+    positive = ('rounds', 'local_epochs', 'batch_size',
                 'eval_every', 'checkpoint_every', 'num_eval_samples', 'labels_per_client',
                 'server_gen_steps')
     for name in positive:
       if getattr(self, name) <= 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
     for name in ('client_learning_rate', 'server_learning_rate', 'generator_learning_rate',
-                 'dirichlet_alpha', 'model_width'):
+                 'model_width'):
       if not getattr(self, name) > 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
+    if not self.dirichlet_alpha >= choices.MIN_DIRICHLET_ALPHA:
+      raise ConfigError(partition_lib.alpha_problem(self.dirichlet_alpha))
     if not 0 <= self.generator_ema < 1:
       raise ConfigError(f'--generator_ema must be in [0, 1) (0: off), got {self.generator_ema}.')
     if not 0 <= self.dropout_rate < 1:
@@ -199,8 +219,10 @@ class TrainConfig:
     self._validate_data()
     self._validate_compression()
     self._validate_dp()
-    self._validate_executor()
-    self._validate_timing()
+    for check in (config_checks.executor_problem, config_checks.timing_problem):
+      problem = check(self)
+      if problem:
+        raise ConfigError(problem)
     return self
 
   @property
@@ -221,46 +243,6 @@ class TrainConfig:
                         f"{choices.DEFAULT_ASYNC_LATENCY}),"
                         f" got '{self.client_latency}'.")
     return mu, sigma
-
-  def _validate_timing(self) -> None:
-    self.latency  # noqa: B018 (parses it, raising ConfigError if malformed)
-    if not 0 <= self.straggler_fraction < 1:
-      raise ConfigError(f'--straggler_fraction must be in [0, 1), got {self.straggler_fraction}.')
-    if not self.straggler_slowdown >= 1:
-      raise ConfigError(f'--straggler_slowdown must be >= 1, got {self.straggler_slowdown}.')
-    if not self.client_timeout >= 0:
-      raise ConfigError(f'--client_timeout must be >= 0 (0: automatic), got '
-                        f'{self.client_timeout}.')
-    if not self.client_latency and (self.straggler_fraction or self.client_timeout):
-      raise ConfigError('--straggler_fraction and --client_timeout need --client_latency (or '
-                        '--mode=async, which defaults it).')
-    if self.mode == 'sync':
-      async_only = {'async_rule': 'fedbuff', 'buffer_size': 0, 'max_concurrent_clients': 0,
-                    'staleness_exponent': 0.5, 'fedasync_mixing': 0.5}
-      for name, neutral in async_only.items():
-        if getattr(self, name) != neutral:
-          raise ConfigError(f'--{name} applies to --mode=async; set that, or drop --{name}.')
-      return
-    if self.scheme == 'centralized':
-      raise ConfigError('--mode=async needs clients; --scheme=centralized has none.')
-    if self.scheme == 'multi_d':
-      raise ConfigError('--mode=async is not built for --scheme=multi_d; use --mode=sync.')
-    if self.client_sampling != 'fixed':
-      raise ConfigError('--client_sampling has no meaning in --mode=async, where a client is '
-                        'drawn whenever one finishes; drop it.')
-    if self.buffer_size < 1 or self.max_concurrent_clients < 1:
-      raise ConfigError('--buffer_size and --max_concurrent_clients must be positive.')
-    if self.async_rule == 'fedbuff' and self.max_concurrent_clients < self.buffer_size:
-      raise ConfigError(f'--max_concurrent_clients={self.max_concurrent_clients} is below '
-                        f'--buffer_size={self.buffer_size}: the buffer could never fill.')
-    if self.num_clients and self.max_concurrent_clients > self.num_clients:
-      raise ConfigError(f'--max_concurrent_clients={self.max_concurrent_clients} exceeds '
-                        f'--num_clients={self.num_clients}; lower it.')
-    if not self.staleness_exponent >= 0:
-      raise ConfigError(f'--staleness_exponent must be >= 0 (0: no staleness discount), got '
-                        f'{self.staleness_exponent}.')
-    if not 0 < self.fedasync_mixing <= 1:
-      raise ConfigError(f'--fedasync_mixing must be in (0, 1], got {self.fedasync_mixing}.')
 
   def _validate_data(self) -> None:
     if self.reads_files and not self.data_dir:
@@ -300,26 +282,6 @@ class TrainConfig:
   def worker_addresses(self) -> list[str]:
     """`workers` as a list of `host:port` strings."""
     return [address.strip() for address in self.workers.split(',') if address.strip()]
-
-  def _validate_executor(self) -> None:
-    if not self.worker_timeout > 0:
-      raise ConfigError(f'--worker_timeout must be positive (seconds), got '
-                        f'{self.worker_timeout}.')
-    if self.executor == 'local':
-      if self.workers:
-        raise ConfigError('--workers needs --executor=remote; drop it to train on a local '
-                          'worker.')
-      return
-    if not self.worker_addresses:
-      raise ConfigError('--executor=remote needs --workers=host:port[,host:port...] (start '
-                        'each with bin/worker.py).')
-    for address in self.worker_addresses:
-      try:
-        parse_address(address)
-      except ValueError as e:
-        raise ConfigError(f'--workers: {e}') from e
-    if len(set(self.worker_addresses)) < len(self.worker_addresses):
-      raise ConfigError(f'--workers lists a worker twice ({self.workers}); list each once.')
 
   @property
   def dp_enabled(self) -> bool:
@@ -383,7 +345,7 @@ class TrainConfig:
     return self.dp_enabled and self.dp_unit == 'example'
 
   def _validate_dp(self) -> None:
-    problem = dp_settings.problem(self)
+    problem = config_checks.dp_problem(self)
     if problem:
       raise ConfigError(problem)
 

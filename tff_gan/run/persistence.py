@@ -54,6 +54,10 @@ class CheckpointError(Exception):
   """A checkpoint cannot be read; the message names it and what to do."""
 
 
+class StorageError(Exception):
+  """The run directory cannot be written (disk full, permissions); the message is one line."""
+
+
 class Checkpoints:
   """Saves and loads the server state by round number."""
 
@@ -85,7 +89,22 @@ class Checkpoints:
     return os.path.join(self.root, f'{CHECKPOINT_PREFIX}{round_num}')
 
   def save(self, state, round_num: int) -> None:
-    _run(self._manager.save(state, round_num))
+    """Saves `state` as round `round_num`, or leaves the saved rounds as they were.
+
+    Raises:
+      StorageError: If the save fails (a full disk, permissions); its partial files are
+        removed first.
+    """
+    try:
+      _run(self._manager.save(state, round_num))
+    except Exception as e:  # noqa: BLE001  (TF raises its own kinds for a failed write)
+      self._remove_interrupted_writes()
+      kept = self.latest_round()
+      raise StorageError(
+          f'cannot save the checkpoint of round {round_num} in {self.root} '
+          f'({first_line(e)[:200]}); '
+          + (f'the checkpoint of round {kept} is kept: ' if kept else '')
+          + 'free space or fix permissions, then rerun the same command to resume.') from e
 
   def load(self, round_num: int, template):
     """The state saved at `round_num`, in the structure of `template` (e.g. the initial state).

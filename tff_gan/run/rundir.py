@@ -16,8 +16,10 @@ command line can be checked in milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -38,6 +40,7 @@ REFERENCE_FILE = 'real_data_metrics.json'  # The task's metrics of held-out real
 # What `remove_outputs` deletes (`--overwrite`); the cached classifier is kept.
 CURVES_FILE = 'training_curves.png'  # Losses, quality and ε against rounds, at the end.
 CLIENT_EPSILON_FILE = 'client_epsilon.csv'  # Each client's ε under --dp_unit=example.
+LOCK_FILE = '.lock'  # Held by the run writing here (`run_lock`); never removed by it.
 OUTPUTS = (CONFIG_FILE, METRICS_FILE, SAMPLES_DIR, WORKER_LOG, REFERENCE_FILE, CHECKPOINT_DIR,
            TENSORBOARD_DIR, CURVES_FILE, CLIENT_EPSILON_FILE)
 _ROUND_DIR = re.compile(rf'{CHECKPOINT_PREFIX}(\d+)')
@@ -92,9 +95,13 @@ def check_same_run(config: TrainConfig) -> None:
   current = dataclasses.asdict(config)
   # A setting added after the run was saved took its default there.
   saved = dataclasses.asdict(TrainConfig()) | saved
+  # Settings resolved only once the data is read (0 now) match whatever the data gave.
+  unresolved = {name for name in ('clients_per_round', 'buffer_size', 'max_concurrent_clients')
+                if not current[name]}
   differences = [f'--{name}={saved.get(name)!r} there, {current[name]!r} now'
                  for name in sorted(current)
-                 if name not in RESUMABLE_FIELDS and saved.get(name) != current[name]]
+                 if name not in RESUMABLE_FIELDS and name not in unresolved
+                 and saved.get(name) != current[name]]
   if differences:
     raise ConfigError(f'--output_dir {config.output_dir} holds a run with other settings '
                       f'({"; ".join(differences)}); rerun with the same flags to resume it, '
@@ -102,15 +109,47 @@ def check_same_run(config: TrainConfig) -> None:
 
 
 def check_output_dir_writable(output_dir: str) -> None:
-  """Creates `output_dir` if needed; raises `ConfigError` if it cannot be written."""
+  """Raises `ConfigError` if `output_dir` could not be created or written (creates nothing)."""
+  try:
+    check_writable_dir(output_dir, '--output_dir')
+  except RunError as e:
+    raise ConfigError(str(e)) from None
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: str):
+  """Holds `output_dir` for one writer for the `with` block (creating the directory).
+
+  An exclusive `flock` on `LOCK_FILE`, which holds the writer's pid: a second writer gets a
+  `ConfigError` naming it. The kernel drops the lock when its process ends, however it ends,
+  so the lock file of a killed run never blocks the next. If the block fails before anything
+  but the lock was written to a directory it created, the directory is removed again.
+  """
+  created = not os.path.isdir(output_dir)
   try:
     os.makedirs(output_dir, exist_ok=True)
+    descriptor = os.open(os.path.join(output_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
     raise ConfigError(f'cannot create --output_dir {output_dir}: {e.strerror}; choose a '
                       'writable directory.') from e
-  if not os.access(output_dir, os.W_OK | os.X_OK):
-    raise ConfigError(f'--output_dir {output_dir} is not writable; choose a writable '
-                      'directory.')
+  try:
+    try:
+      fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(descriptor, 32).decode(errors='replace').strip() or 'unknown'
+      raise ConfigError(f'another trainer (pid {holder}) is writing to --output_dir '
+                        f'{output_dir}; wait for it to end, or choose another '
+                        '--output_dir.') from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f'{os.getpid()}\n'.encode())
+    try:
+      yield
+    except BaseException:
+      if created and set(os.listdir(output_dir)) <= {LOCK_FILE}:
+        shutil.rmtree(output_dir, ignore_errors=True)
+      raise
+  finally:
+    os.close(descriptor)
 
 
 class RunError(ValueError):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -45,7 +46,7 @@ from tff_gan.run import (
 )
 from tff_gan.run.client_states import ClientStates, load_run_state, run_state
 from tff_gan.run.config import ConfigError, TrainConfig
-from tff_gan.runtime import remote
+from tff_gan.runtime import remote, signals
 
 
 @dataclasses.dataclass
@@ -91,11 +92,38 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
   """
   config.validate()
   rundir.check_output_dir_writable(config.output_dir)
+  with rundir.run_lock(config.output_dir):
+    try:
+      return _train(config, task, show_progress=show_progress, overwrite=overwrite)
+    except (signals.Interrupted, signals.Terminated) as stop:
+      raise _stopped(stop.signum, config) from None
+    except OSError as e:  # Writing metrics, samples or pictures: a full disk, permissions.
+      raise persistence.StorageError(
+          f'cannot write {e.filename or config.output_dir} ({e.strerror or e}); free space or '
+          'fix permissions, then rerun the same command to resume from the last '
+          'checkpoint.') from e
+
+
+def _stopped(signum: int, config: TrainConfig) -> signals.RunStopped:
+  """Where a signal stopped the run, what is kept, and how to resume, as one line."""
+  rows = rundir.read_metrics(config.output_dir)
+  try:
+    saved = persistence.Checkpoints(config.output_dir, read_only=True).latest_round()
+  except Exception:  # noqa: BLE001 (no readable checkpoint: say so, do not fail again)
+    saved = None
+  where = f'after round {rows[-1]["round"]}' if rows else 'before its first round'
+  kept = (f'the checkpoint of round {saved} in {config.output_dir} is kept' if saved
+          else 'no checkpoint was saved yet')
+  return signals.RunStopped(f'stopped by {signal.Signals(signum).name} {where} of '
+                            f'{config.rounds}; {kept}: rerun the same command to resume.',
+                            signum)
+
+
+def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -> TrainResult:
+  """`train` once the run directory is held: every check first, then the first write."""
   if config.executor == 'remote':  # Before the minutes of preparation below.
     remote.check_workers_answer(config.worker_addresses, config.worker_timeout)
-  if overwrite:
-    rundir.remove_outputs(config.output_dir)
-  else:
+  if not overwrite:
     rundir.check_same_run(config)
   scheme = schemes.for_config(config)
   try:
@@ -103,6 +131,7 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
   except ValueError as e:
     raise ConfigError(str(e)) from e
   population = scheme.population(config, task)
+  config = config.with_population(population.num_clients).validate()
   scheme.check_population(config, population)
   work = scheme.local_work(config, task)
   process = scheme.build_process(config, models)
@@ -113,6 +142,8 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
       config, population.client_sizes,
       lambda round_num: scheme.client_ids(config, population.num_clients, round_num))
 
+  if overwrite:  # Only now, when every usage error would have been raised.
+    rundir.remove_outputs(config.output_dir)
   files.write_text(os.path.join(config.output_dir, rundir.CONFIG_FILE), config.to_json() + '\n')
   os.makedirs(os.path.join(config.output_dir, rundir.SAMPLES_DIR), exist_ok=True)
   checkpoints = persistence.Checkpoints(config.output_dir)
@@ -188,12 +219,13 @@ def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population
     start = time.perf_counter()
     if len(completed) or not len(client_ids):
       keys = populations.round_keys(completed, round_num=round_num, seed=config.seed)
-      if client_states is None:
-        state, metrics = process.next(state, keys)
-      else:  # Each client brings its own state and takes the new one back.
-        state, new_client_states, metrics = process.next(state, keys,
-                                                         client_states.gather(completed))
-        client_states.scatter(completed, new_client_states)
+      with signals.deferred():  # A signal stops the run after this call, not inside it.
+        if client_states is None:
+          state, metrics = process.next(state, keys)
+        else:  # Each client brings its own state and takes the new one back.
+          state, new_client_states, metrics = process.next(state, keys,
+                                                           client_states.gather(completed))
+          client_states.scatter(completed, new_client_states)
     else:  # All sampled clients failed: the model stays as it is, and the row says so.
       metrics = None
       logging.warning('round %d: all %d sampled clients dropped out; model unchanged.',

@@ -38,6 +38,7 @@ from tensorflow_federated.python.core.impl.execution_contexts import (
 )
 from tensorflow_federated.python.core.impl.types import type_conversions
 
+from tff_gan.runtime import signals
 from tff_gan.runtime.remote import RemoteWorker
 from tff_gan.runtime.workers import (
   LocalWorker,
@@ -92,7 +93,7 @@ def execution_context_installed() -> bool:
 def _raise_system_exit_on_sigterm(signum, frame):
   del frame
   stop_all_workers()
-  raise SystemExit(128 + signum)
+  raise signals.exception_for(signum)
 
 
 @contextlib.contextmanager

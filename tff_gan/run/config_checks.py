@@ -1,0 +1,130 @@
+"""Checks of a run's settings that span several flags, without TensorFlow.
+
+Each function returns the first problem it finds as one line naming it and the fix, or None;
+`TrainConfig.validate` raises it as a `ConfigError`.
+"""
+
+from __future__ import annotations
+
+from tff_gan import choices
+from tff_gan.runtime.addresses import parse_address
+
+
+def dp_problem(config) -> str | None:
+  """The first thing wrong with `config`'s differential-privacy settings, or None."""
+  if not config.dp_enabled:
+    for name in ('dp_clip', 'dp_adaptive_clip_quantile', 'dp_delta'):
+      if getattr(config, name) is not None:
+        return (f'--{name} has no effect without --dp_noise_multiplier; set it to turn '
+                f'differential privacy on, or drop --{name}.')
+    if config.dp_accountant != 'rdp':
+      return '--dp_accountant has no effect without --dp_noise_multiplier.'
+    if config.dp_unit != 'client':
+      return ('--dp_unit=example needs --dp_noise_multiplier (the DP-SGD noise on each '
+              "client's discriminator steps).")
+    if config.dp_reproducible:
+      return '--dp_reproducible has no effect without --dp_noise_multiplier; drop it.'
+
+    return None
+  if config.aggregator != 'mean':
+    return (f'--aggregator={config.aggregator} cannot be combined with differential privacy, '
+            'which brings its own aggregator (clip, sum, noise); drop one.')
+  if config.dp_noise_multiplier < 0:
+    return f'--dp_noise_multiplier must be >= 0, got {config.dp_noise_multiplier}.'
+  if not config.effective_dp_clip > 0:
+    return f'--dp_clip must be positive, got {config.dp_clip}.'
+  if not 0 < config.effective_dp_delta < 1:
+    return f'--dp_delta must be in (0, 1), got {config.dp_delta}.'
+  quantile = config.dp_adaptive_clip_quantile
+  if quantile is not None and not 0 < quantile < 1:
+    return f'--dp_adaptive_clip_quantile must be in (0, 1), got {quantile}.'
+  if config.dp_unit == 'example':
+    return _example_problem(config)
+  if config.dp_reproducible:
+    return ('--dp_reproducible applies to --dp_unit=example (DP-FedAvg\'s noise comes from '
+            'TFF\'s aggregator); drop it.')
+  if config.dp_accountant == 'pld' and config.client_sampling != 'poisson':
+    return ('--dp_accountant=pld needs --client_sampling=poisson (PLD does not account for '
+            'fixed-size sampling without replacement).')
+  return None
+
+
+def _example_problem(config) -> str | None:
+  if config.scheme not in choices.EXAMPLE_DP_SCHEMES:
+    return (f'--dp_unit=example trains client discriminators with DP-SGD in '
+            f'{" and ".join(choices.EXAMPLE_DP_SCHEMES)}, not --scheme={config.scheme}.')
+  if config.loss != 'non_saturating':
+    return ('--dp_unit=example clips each real example\'s loss gradient, and the '
+            'wasserstein_gp penalty mixes real and generated examples; use '
+            '--loss=non_saturating.')
+  if config.mode != 'sync':
+    return '--dp_unit=example accounts for synchronous rounds; drop --mode=async.'
+  if config.dp_adaptive_clip_quantile is not None:
+    return ('--dp_adaptive_clip_quantile adapts the clip of whole client updates '
+            '(--dp_unit=client); DP-SGD here clips each example to --dp_clip.')
+  return None
+
+
+def timing_problem(config) -> str | None:
+  """Simulated client timing and the asynchronous mode's settings."""
+  config.latency  # noqa: B018 (parses it, raising ConfigError if malformed)
+  if not 0 <= config.straggler_fraction < 1:
+    return f'--straggler_fraction must be in [0, 1), got {config.straggler_fraction}.'
+  if not config.straggler_slowdown >= 1:
+    return f'--straggler_slowdown must be >= 1, got {config.straggler_slowdown}.'
+  if not config.client_timeout >= 0:
+    return f'--client_timeout must be >= 0 (0: automatic), got {config.client_timeout}.'
+  if not config.client_latency and (config.straggler_fraction or config.client_timeout):
+    return ('--straggler_fraction and --client_timeout need --client_latency (or '
+            '--mode=async, which defaults it).')
+  if config.mode == 'sync':
+    async_only = {'async_rule': 'fedbuff', 'buffer_size': 0, 'max_concurrent_clients': 0,
+                  'staleness_exponent': 0.5, 'fedasync_mixing': 0.5}
+    for name, neutral in async_only.items():
+      if getattr(config, name) != neutral:
+        return f'--{name} applies to --mode=async; set that, or drop --{name}.'
+    return None
+  if config.scheme == 'centralized':
+    return '--mode=async needs clients; --scheme=centralized has none.'
+  if config.scheme == 'multi_d':
+    return '--mode=async is not built for --scheme=multi_d; use --mode=sync.'
+  if config.client_sampling != 'fixed':
+    return ('--client_sampling has no meaning in --mode=async, where a client is drawn '
+            'whenever one finishes; drop it.')
+  if not config.clients_per_round:  # Resolved once the data is read; so are the next two.
+    return None
+  if config.buffer_size < 1 or config.max_concurrent_clients < 1:
+    return '--buffer_size and --max_concurrent_clients must be positive.'
+  if config.async_rule == 'fedbuff' and config.max_concurrent_clients < config.buffer_size:
+    return (f'--max_concurrent_clients={config.max_concurrent_clients} is below '
+            f'--buffer_size={config.buffer_size}: the buffer could never fill.')
+  if config.num_clients and config.max_concurrent_clients > config.num_clients:
+    return (f'--max_concurrent_clients={config.max_concurrent_clients} exceeds '
+            f'--num_clients={config.num_clients}; lower it.')
+  if not config.staleness_exponent >= 0:
+    return (f'--staleness_exponent must be >= 0 (0: no staleness discount), got '
+            f'{config.staleness_exponent}.')
+  if not 0 < config.fedasync_mixing <= 1:
+    return f'--fedasync_mixing must be in (0, 1], got {config.fedasync_mixing}.'
+  return None
+
+
+def executor_problem(config) -> str | None:
+  """Where the computations run: the local worker, or the listed remote ones."""
+  if not config.worker_timeout > 0:
+    return f'--worker_timeout must be positive (seconds), got {config.worker_timeout}.'
+  if config.executor == 'local':
+    if config.workers:
+      return '--workers needs --executor=remote; drop it to train on a local worker.'
+    return None
+  if not config.worker_addresses:
+    return ('--executor=remote needs --workers=host:port[,host:port...] (start each with '
+            'bin/worker.py).')
+  for address in config.worker_addresses:
+    try:
+      parse_address(address)
+    except ValueError as e:
+      return f'--workers: {e}'
+  if len(set(config.worker_addresses)) < len(config.worker_addresses):
+    return f'--workers lists a worker twice ({config.workers}); list each once.'
+  return None
