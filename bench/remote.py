@@ -7,7 +7,11 @@ The same FedGAN process (the `bin/train.py` defaults: `ring`, 10 clients × 16 s
 * one remote worker: a worker as `bin/worker.py` runs it, reached over gRPC at
   `localhost:PORT` through `contexts.remote_context` (`--executor=remote`);
 * two remote workers: two such workers, each given half the cores, sharing each round's
-  clients through TFF's mergeable-computation context.
+  clients through TFF's mergeable-computation context;
+* one TLS worker: a worker as `bin/worker.py --tls_cert ... --tls_client_ca ...
+  --auth_token_file ...` runs it: confined in its own network namespace, behind the TLS front
+  (client certificate and token checked on every call), with certificates `make_certs`
+  makes; its time is also printed as a ratio to the plaintext remote worker's.
 
 On one machine the remote cases cannot be faster (the cores are shared); the benchmark shows
 what the remote path costs: its gRPC hops and, with two workers, the split and the merge.
@@ -18,12 +22,15 @@ Usage: python bench/remote.py [--blocks=3] [--rounds_per_block=3]
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
+import make_certs  # noqa: E402
 from absl import flags  # noqa: E402
 
 flags.DEFINE_integer('blocks', 3, 'Blocks of rounds per setup, alternating between setups.')
@@ -35,12 +42,16 @@ def main(argv):
   _cli.parse_flags(argv, __doc__)
   _cli.quiet_tensorflow()
   import numpy as np  # noqa: PLC0415
+  import portpicker  # noqa: PLC0415
 
   import tasks  # noqa: PLC0415
   from tff_gan.clients import populations as data
   from tff_gan.run import config as config_lib  # noqa: PLC0415
   from tff_gan.run import schemes  # noqa: PLC0415
-  from tff_gan.runtime import contexts  # noqa: PLC0415
+  from tff_gan.runtime import (
+    contexts,  # noqa: PLC0415
+    tls,  # noqa: PLC0415
+  )
   from tff_gan.runtime import workers as worker_lib
 
   config = config_lib.TrainConfig().validate()
@@ -53,12 +64,30 @@ def main(argv):
   one = worker_lib.LocalWorker(threads=worker_lib.WorkerThreads.for_parallel_clients(cores)).start()
   halves = [worker_lib.LocalWorker(threads=worker_lib.WorkerThreads.for_parallel_clients(
       max(1, cores // 2), max(1, cores // 2))).start() for _ in range(2)]
+  private = tempfile.mkdtemp(prefix='bench_tls_')
+  make_certs.make(private, ['localhost', '127.0.0.1'])
+
+  def read(name):
+    with open(os.path.join(private, name), 'rb') as f:
+      return f.read()
+
+  token = tls.read_token(os.path.join(private, 'token'))
+  confined = worker_lib.LocalWorker(
+      threads=worker_lib.WorkerThreads.for_parallel_clients(cores),
+      confined_socket=os.path.join(private, 'executor.sock')).start()
+  tls_port = portpicker.pick_unused_port()
+  front = tls.serve(f'unix:{confined.confined_socket}', f'localhost:{tls_port}', tls.ServerTls(
+      certificate=read('worker.pem'), private_key=read('worker.key'),
+      client_ca=read('ca.pem'), token=token))
+  client = tls.ClientTls(ca=read('ca.pem'), certificate=read('trainer.pem'),
+                         private_key=read('trainer.key'), token=token)
   setups = {
       'local worker': lambda: contexts.local_cpp_context(
           parallel_clients=config.clients_per_round),
       'one remote worker': lambda: contexts.remote_context([f'localhost:{one.port}']),
       'two remote workers': lambda: contexts.remote_context(
           [f'localhost:{worker.port}' for worker in halves]),
+      'one TLS worker': lambda: contexts.remote_context([f'localhost:{tls_port}'], tls=client),
   }
   times = {name: [] for name in setups}
   client_ids = np.arange(config.clients_per_round)
@@ -77,8 +106,10 @@ def main(argv):
             if index:  # The first round of a block warms the context up (compiling).
               times[name].append(time.perf_counter() - start)
   finally:
-    for worker in [one, *halves]:
+    front.stop(grace=1.0).wait()
+    for worker in [one, *halves, confined]:
       worker.stop()
+    shutil.rmtree(private, ignore_errors=True)
 
   base = statistics.median(times['local worker'])
   print(f'ring, {config.clients_per_round} clients x {work.local_epochs} epoch of batch '
@@ -86,6 +117,9 @@ def main(argv):
   for name, seconds in times.items():
     median = statistics.median(seconds)
     print(f'  {name:20s} {median * 1000:7.0f} ms   x{median / base:.2f} of local')
+  ratio = statistics.median(times['one TLS worker']) / statistics.median(
+      times['one remote worker'])
+  print(f'  TLS worker / plaintext remote worker: x{ratio:.2f} (goal: at most x1.10)')
   return 0
 
 

@@ -212,6 +212,15 @@ flags.DEFINE_string('workers', _DEFAULTS.workers, 'With --executor=remote: host:
 flags.DEFINE_float('worker_timeout', _DEFAULTS.worker_timeout, 'Seconds to wait for a remote '
                    'worker to answer at start, or to come back after a lost connection, before '
                    'the run ends with an error.')
+flags.DEFINE_string('tls_ca', _DEFAULTS.tls_ca, '--executor=remote: PEM file of the CA that '
+                    "signed the workers' certificates; turns TLS on for every worker "
+                    '(bin/worker.py --tls_cert/--tls_key).')
+flags.DEFINE_string('tls_client_cert', _DEFAULTS.tls_client_cert, 'With --tls_ca: PEM client '
+                    'certificate, for workers started with --tls_client_ca.')
+flags.DEFINE_string('tls_client_key', _DEFAULTS.tls_client_key, 'With --tls_ca: the PEM '
+                    'private key of --tls_client_cert.')
+flags.DEFINE_string('auth_token_file', _DEFAULTS.auth_token_file, 'With --tls_ca: file '
+                    "holding the token the workers expect (their --auth_token_file).")
 flags.DEFINE_enum('mode', _DEFAULTS.mode, choices.MODES, 'sync: rounds of sampled clients '
                   'that the server waits for. async: the server keeps '
                   '--max_concurrent_clients clients at work and updates the model as they '

@@ -111,17 +111,19 @@ def test_an_unreachable_worker_is_one_line_naming_it(tmp_path):
 def test_bin_worker_serves_refuses_a_taken_port_and_stops_on_signals(tmp_path, signum):
   port = portpicker.pick_unused_port()
   server = subprocess.Popen(
-      [sys.executable, WORKER, f'--port={port}', f'--log_file={tmp_path / "worker.log"}'],
+      [sys.executable, WORKER, f'--port={port}', '--insecure',
+       f'--log_file={tmp_path / "worker.log"}'],
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     banner = server.stdout.readline()
-    assert f'listening on port {port}' in banner, banner + server.stderr.read()
+    assert f'127.0.0.1:{port}, plaintext' in banner, banner + server.stderr.read()
     worker_pid = int(banner.split('(pid ')[1].split(';')[0])
     assert pid_alive(worker_pid)
     remote_lib.RemoteWorker(f'localhost:{port}', timeout_seconds=10).connect().close()
 
-    second = subprocess.run([sys.executable, WORKER, f'--port={port}'], capture_output=True,
+    second = subprocess.run([sys.executable, WORKER, f'--port={port}', '--insecure'],
+                            capture_output=True,
                             text=True, timeout=60, cwd=REPO_ROOT)
     assert second.returncode == 1
     assert f'port {port} is taken' in second.stderr and len(second.stderr.splitlines()) == 1

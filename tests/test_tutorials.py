@@ -149,7 +149,7 @@ def test_remote_workers(tmp_path, monkeypatch, no_worker_survives):
   for log in logs:
     assert 'ExecutorService started' in log.read_text()
   output = printed(notebook)
-  assert output.count('listening on port') == 2
+  assert output.count('TFF worker on 127.0.0.1:') == 2
   assert output.count("exited with status 0: ['worker.py: stopped.']") == 2
   assert 'same clients, examples and bytes in all 3 rounds: True' in output
   assert 'the two runs agree within 1e-4 in all 3 rounds' in output

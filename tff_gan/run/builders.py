@@ -15,7 +15,7 @@ from tff_gan.clients import partition, populations
 from tff_gan.core import conditional, dp_sgd, seeds
 from tff_gan.run import rundir
 from tff_gan.run.config import ConfigError, TrainConfig
-from tff_gan.runtime import contexts
+from tff_gan.runtime import contexts, tls
 
 
 def build_aggregator(config: TrainConfig):
@@ -106,6 +106,25 @@ def federated_population(config: TrainConfig, task) -> populations.ClientData:
     raise ConfigError(str(e)) from e
 
 
+def client_tls(config: TrainConfig) -> tls.ClientTls | None:
+  """The trainer's TLS settings for its remote workers, read from `config`'s files."""
+  if not config.tls_ca:
+    return None
+
+  def read(path: str) -> bytes | None:
+    if not path:
+      return None
+    with open(path, 'rb') as f:
+      return f.read()
+
+  try:
+    token = tls.read_token(config.auth_token_file) if config.auth_token_file else None
+    return tls.ClientTls(ca=read(config.tls_ca), certificate=read(config.tls_client_cert),
+                         private_key=read(config.tls_client_key), token=token)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'cannot read the TLS files: {e}') from e
+
+
 def execution_context(config: TrainConfig, parallel_clients: int):
   """Where the run's computations execute: a local worker, or `config.workers`.
 
@@ -115,7 +134,8 @@ def execution_context(config: TrainConfig, parallel_clients: int):
   """
   if config.executor == 'remote':
     return contexts.remote_context(config.worker_addresses,
-                                   timeout_seconds=config.worker_timeout)
+                                   timeout_seconds=config.worker_timeout,
+                                   tls=client_tls(config))
   return contexts.local_cpp_context(
       log_path=os.path.join(config.output_dir, rundir.WORKER_LOG),
       parallel_clients=parallel_clients)

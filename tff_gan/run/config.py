@@ -88,6 +88,10 @@ class TrainConfig:
   executor: str = 'local'
   workers: str = ''
   worker_timeout: float = 30.0
+  tls_ca: str = ''
+  tls_client_cert: str = ''
+  tls_client_key: str = ''
+  auth_token_file: str = ''
   mode: str = 'sync'
   async_rule: str = 'fedbuff'
   buffer_size: int = 0

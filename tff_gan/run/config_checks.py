@@ -6,8 +6,13 @@ Each function returns the first problem it finds as one line naming it and the f
 
 from __future__ import annotations
 
+import os
+
 from tff_gan import choices
 from tff_gan.runtime.addresses import parse_address
+
+# The trainer's TLS and token files for --executor=remote (`tff_gan.runtime.tls`).
+TLS_FILES = ('tls_ca', 'tls_client_cert', 'tls_client_key', 'auth_token_file')
 
 
 def dp_problem(config) -> str | None:
@@ -113,10 +118,23 @@ def executor_problem(config) -> str | None:
   """Where the computations run: the local worker, or the listed remote ones."""
   if not config.worker_timeout > 0:
     return f'--worker_timeout must be positive (seconds), got {config.worker_timeout}.'
+  secure = {name: getattr(config, name) for name in TLS_FILES if getattr(config, name)}
   if config.executor == 'local':
     if config.workers:
       return '--workers needs --executor=remote; drop it to train on a local worker.'
+    if secure:
+      return (f'--{next(iter(secure))} applies to --executor=remote (a local worker is '
+              'reached only by this process); drop it.')
     return None
+  if bool(config.tls_client_cert) != bool(config.tls_client_key):
+    return '--tls_client_cert and --tls_client_key go together; give both or neither.'
+  if secure and not config.tls_ca:
+    return (f'--{next(iter(secure))} needs --tls_ca (the CA that signed the workers\' '
+            'certificates): gRPC sends tokens and client certificates only over TLS.')
+  for name, path in secure.items():
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+      return f'--{name}={path} is not a readable file; check the path.'
+
   if not config.worker_addresses:
     return ('--executor=remote needs --workers=host:port[,host:port...] (start each with '
             'bin/worker.py).')

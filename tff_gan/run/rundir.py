@@ -49,7 +49,8 @@ _ROUND_DIR = re.compile(rf'{CHECKPOINT_PREFIX}(\d+)')
 # far (`rounds` extends or shortens the run; the rest are where and how often state is saved,
 # and where the computations run).
 RESUMABLE_FIELDS = ('rounds', 'checkpoint_every', 'output_dir', 'executor', 'workers',
-                    'worker_timeout')
+                    'worker_timeout', 'tls_ca', 'tls_client_cert', 'tls_client_key',
+                    'auth_token_file')
 
 
 def remove_outputs(output_dir: str) -> None:

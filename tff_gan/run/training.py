@@ -122,7 +122,8 @@ def _stopped(signum: int, config: TrainConfig) -> signals.RunStopped:
 def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -> TrainResult:
   """`train` once the run directory is held: every check first, then the first write."""
   if config.executor == 'remote':  # Before the minutes of preparation below.
-    remote.check_workers_answer(config.worker_addresses, config.worker_timeout)
+    remote.check_workers_answer(config.worker_addresses, config.worker_timeout,
+                                builders.client_tls(config))
   if not overwrite:
     rundir.check_same_run(config)
   scheme = schemes.for_config(config)

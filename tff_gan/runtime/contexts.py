@@ -206,7 +206,7 @@ class _MergeableContext(
 
 @contextlib.contextmanager
 def remote_context(addresses: list[str], *, timeout_seconds: float = 30.0,
-                   default_num_clients: int = 0):
+                   default_num_clients: int = 0, tls=None):
   """Installs an execution context on TFF workers at `addresses`, for the `with` block.
 
   With one worker, TFF's usual context over a `tff.framework.RemoteExecutor`; with several,
@@ -214,7 +214,8 @@ def remote_context(addresses: list[str], *, timeout_seconds: float = 30.0,
   clients, merges their partial aggregates and runs the server's part on one of them. Every
   worker must answer within `timeout_seconds` at start (else `WorkerError`, naming it), and a
   worker lost mid-run ends the run with `WorkerLostError` once it has not answered again for
-  `timeout_seconds`.
+  `timeout_seconds`. With `tls` (`tff_gan.runtime.tls.ClientTls`), every channel is TLS,
+  with the token when one is set.
 
   Yields:
     The `RemoteWorker`s, in the order of `addresses`.
@@ -223,7 +224,7 @@ def remote_context(addresses: list[str], *, timeout_seconds: float = 30.0,
   workers: list[RemoteWorker] = []
   try:
     for address in addresses:
-      workers.append(RemoteWorker(address, timeout_seconds).connect())
+      workers.append(RemoteWorker(address, timeout_seconds, tls).connect())
     if len(workers) == 1:
       context = _worker_context(tff.framework.SyncExecutionContext, workers[0],
                                 default_num_clients)

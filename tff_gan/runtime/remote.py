@@ -6,9 +6,13 @@ TFF alone would retry a vanished worker forever.
 
 from __future__ import annotations
 
+import re
+import time
+
 import grpc
 import tensorflow_federated as tff
 
+from tff_gan.runtime import tls as tls_lib
 from tff_gan.runtime.addresses import parse_address
 from tff_gan.runtime.workers import (
   GRPC_CHANNEL_OPTIONS,
@@ -16,6 +20,13 @@ from tff_gan.runtime.workers import (
   close_channel,
   executor_factory,
 )
+
+# A readiness probe's own deadline; the probe repeats until the worker's timeout.
+_PROBE_SECONDS = 2.0
+# A worker that closes this many connections in a row at once refuses the handshake.
+_CLOSED_IN_A_ROW = 3
+# What gRPC's UNAVAILABLE details say when the TLS handshake, not the network, failed.
+_TLS_FAILURE = re.compile(r'ssl|tls|handshake|certificate|WRONG_VERSION', re.IGNORECASE)
 
 
 class WorkerLostError(WorkerError):
@@ -76,10 +87,13 @@ class RemoteWorker:
       (tests use it to see how a round was split).
   """
 
-  def __init__(self, address: str, timeout_seconds: float = 30.0):
+  def __init__(self, address: str, timeout_seconds: float = 30.0,
+               tls: tls_lib.ClientTls | None = None):
     parse_address(address)
     self.address = address.strip()
     self.timeout_seconds = timeout_seconds
+    self.tls = tls
+    self.last_failure = ''  # Why the last readiness probe failed, for error messages.
     self.clients_served: list[int] = []
     self._channel: grpc.Channel | None = None
     self.stub = None
@@ -91,31 +105,66 @@ class RemoteWorker:
         ('grpc.keepalive_time_ms', 10_000),
         ('grpc.keepalive_timeout_ms', max(1000, int(self.timeout_seconds * 1000))),
     ]
-    self._channel = grpc.insecure_channel(self.address, options)
+    if self.tls is None:
+      self._channel = grpc.insecure_channel(self.address, options)
+    else:
+      self._channel = grpc.secure_channel(self.address, tls_lib.channel_credentials(self.tls),
+                                          options)
     if not self.wait_until_ready():
       self.close()
       host, port = parse_address(self.address)
+      last = f' (last: {self.last_failure})' if self.last_failure else ''
       raise WorkerError(
-          f'no TFF worker answered at {self.address} within {self.timeout_seconds:g} s; start '
-          f'one there (`bin/worker.py --port={port}`), check --workers, or raise '
-          '--worker_timeout.')
+          f'no TFF worker answered at {self.address} within {self.timeout_seconds:g} s{last}; '
+          f'start one there (`bin/worker.py --port={port}`), check --workers and, for a TLS '
+          'worker, --tls_ca and the client certificate, or raise --worker_timeout.')
     self.stub = _GuardedStub(self._channel, self)
     return self
 
   def wait_until_ready(self) -> bool:
     """Whether the worker answers within `timeout_seconds`.
 
-    Asks with a call to a method no server has: a live server answers UNIMPLEMENTED at once,
-    while the call waits for a connection until its deadline. (Unlike gRPC's
-    `channel_ready_future`, this leaves no connectivity poller behind, which would fail
-    loudly when the channel is closed.)
+    Asks, again and again until then, with a call to a method no server has: a live server
+    answers UNIMPLEMENTED. (Unlike gRPC's `channel_ready_future`, this leaves no connectivity
+    poller behind, which would fail loudly when the channel is closed.)
+
+    Raises:
+      WorkerError: At once, if the worker refuses the token, or the TLS handshake fails (a
+        certificate its CA did not sign, a plaintext peer), naming the cause.
     """
     probe = self._channel.unary_unary('/tff_gan.Probe/Ping')
-    try:
-      probe(b'', timeout=self.timeout_seconds, wait_for_ready=True)
-    except grpc.RpcError as e:
-      return e.code() != grpc.StatusCode.DEADLINE_EXCEEDED
-    return True
+    deadline = time.monotonic() + self.timeout_seconds
+    self.last_failure = ''
+    closed = 0  # Connections the worker closed at once, in a row.
+    while True:
+      remaining = deadline - time.monotonic()
+      if remaining <= 0:
+        return False
+      try:
+        probe(b'', timeout=min(remaining, _PROBE_SECONDS))
+        return True
+      except grpc.RpcError as e:
+        code, details = e.code(), e.details() or ''
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+          raise WorkerError(f'the TFF worker at {self.address} refused this trainer\'s token '
+                            '(--auth_token_file): give both sides the same token file.') from None
+        if code == grpc.StatusCode.UNAVAILABLE and _TLS_FAILURE.search(details):
+          raise WorkerError(f'no TLS connection to the TFF worker at {self.address} '
+                            f'({_first_reason(details)}): check --tls_ca (the CA that signed '
+                            'its certificate), the client certificate, and that both sides '
+                            'use TLS.') from None
+        if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+          return True  # It answered (UNIMPLEMENTED, as it should).
+        self.last_failure = _first_reason(details)
+        closed = closed + 1 if 'Socket closed' in details else 0
+        if closed >= _CLOSED_IN_A_ROW:
+          raise WorkerError(
+              f'the TFF worker at {self.address} closed every connection at once: it serves '
+              'TLS and needs '
+              + ('a client certificate (--tls_client_cert, --tls_client_key)'
+                 if self.tls else 'TLS from this trainer (--tls_ca)')
+              + ', or it is not a TFF worker.') from None
+      time.sleep(0.1)
 
   def executor_factory(self, default_num_clients: int = 0):
     """A `tff.framework.ExecutorFactory` whose executors run on this worker."""
@@ -127,7 +176,14 @@ class RemoteWorker:
       self._channel = None
 
 
-def check_workers_answer(addresses: list[str], timeout_seconds: float) -> None:
+def check_workers_answer(addresses: list[str], timeout_seconds: float,
+                         tls: tls_lib.ClientTls | None = None) -> None:
   """Raises `WorkerError`, naming the first worker that does not answer in time."""
   for address in addresses:
-    RemoteWorker(address, timeout_seconds).connect().close()
+    RemoteWorker(address, timeout_seconds, tls).connect().close()
+
+
+def _first_reason(details: str) -> str:
+  """The most telling part of gRPC's connection-failure details, shortened."""
+  reason = details.split('last error:')[-1].strip()
+  return reason[:160]

@@ -25,8 +25,10 @@ import ctypes
 import ctypes.util
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +37,8 @@ import grpc
 import portpicker
 import tensorflow_federated as tff
 from absl import logging
+
+from tff_gan.runtime import confine
 
 WORKER_BINARY = os.path.join(os.path.dirname(tff.__file__), 'data', 'worker_binary')
 
@@ -107,6 +111,26 @@ class WorkerThreads:
     return cls(concurrent_calls=concurrent, intra_op_threads=max(1, cores // concurrent))
 
 
+def confinement_prefix(socket_path: str, port: int) -> list[str]:
+  """The command prefix that runs a server on `port` confined, reached at `socket_path`.
+
+  Raises:
+    WorkerError: If this machine cannot make a private network namespace (no `unshare`, or
+      user namespaces disabled), in one line naming the fix.
+  """
+  unshare = shutil.which('unshare')
+  if unshare is None:
+    raise WorkerError('confining the worker needs `unshare` (util-linux); install it.')
+  prefix = [unshare, '--user', '--map-root-user', '--net', '--']
+  probe = subprocess.run([*prefix, 'true'], capture_output=True, text=True, check=False)
+  if probe.returncode:
+    raise WorkerError('this machine refuses private network namespaces to this user ('
+                      f'{probe.stderr.strip()[:120]}); allow unprivileged user namespaces '
+                      '(sysctl kernel.unprivileged_userns_clone=1, or on Ubuntu '
+                      'kernel.apparmor_restrict_unprivileged_userns=0).')
+  return [*prefix, sys.executable, confine.__file__, socket_path, str(port), '--']
+
+
 class LocalWorker:
   """A `worker_binary` subprocess serving TFF's executor on a loopback port.
 
@@ -116,6 +140,10 @@ class LocalWorker:
     threads: The worker's `WorkerThreads`; defaults to one client per core.
     port: Port to listen on; a free one is picked by default.
     start_timeout_seconds: How long to wait for the worker to accept connections.
+    confined_socket: If set, the worker runs in a network namespace of its own, which no other
+      host (and no other process's TCP connection) can reach, and is spoken to through this
+      Unix socket (`tff_gan.runtime.confine`; needs `unshare` and user namespaces). The
+      port is then the worker's inside that namespace.
   """
 
   def __init__(
@@ -125,6 +153,7 @@ class LocalWorker:
       threads: WorkerThreads | None = None,
       port: int | None = None,
       start_timeout_seconds: float = 60.0,
+      confined_socket: str | None = None,
   ):
     self._owns_log = log_path is None  # A temporary log, deleted when the worker is stopped.
     if log_path is None:
@@ -134,6 +163,7 @@ class LocalWorker:
     self.port = port or portpicker.pick_unused_port()
     self.threads = threads or WorkerThreads.for_parallel_clients(available_cores())
     self._start_timeout_seconds = start_timeout_seconds
+    self.confined_socket = confined_socket
     self._process: subprocess.Popen | None = None
     self._channel: grpc.Channel | None = None
     self.stub = None
@@ -151,13 +181,15 @@ class LocalWorker:
     if not os.path.isfile(WORKER_BINARY):
       raise WorkerError(f'TFF worker binary not found at {WORKER_BINARY}; reinstall with '
                         '`uv sync --frozen`.')
+    command = [WORKER_BINARY, f'--port={self.port}',
+               f'--max_concurrent_computation_calls={self.threads.concurrent_calls}']
+    target = f'localhost:{self.port}'
+    if self.confined_socket:
+      command = confinement_prefix(self.confined_socket, self.port) + command
+      target = f'unix:{self.confined_socket}'
     with open(self.log_path, 'ab') as log_file:
       self._process = subprocess.Popen(
-          [
-              WORKER_BINARY,
-              f'--port={self.port}',
-              f'--max_concurrent_computation_calls={self.threads.concurrent_calls}',
-          ],
+          command,
           # TensorFlow's runtime in the worker sizes its per-op thread pool from this.
           env={**os.environ, 'TF_NUM_INTRAOP_THREADS': str(self.threads.intra_op_threads)},
           stdin=subprocess.DEVNULL,
@@ -171,7 +203,7 @@ class LocalWorker:
     logging.info('Started TFF worker pid=%d on port %d (%d concurrent calls, %d threads per op; '
                  'log: %s)', self.pid, self.port, self.threads.concurrent_calls,
                  self.threads.intra_op_threads, self.log_path)
-    self._channel = grpc.insecure_channel(f'localhost:{self.port}', GRPC_CHANNEL_OPTIONS)
+    self._channel = grpc.insecure_channel(target, GRPC_CHANNEL_OPTIONS)
     self.stub = tff.framework.RemoteExecutorGrpcStub(self._channel)
     deadline = time.monotonic() + self._start_timeout_seconds
     while not self.stub.is_ready:
