@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -21,10 +20,20 @@ contexts.refuse_unowned_execution()
 
 
 def worker_pids() -> set[int]:
-  """Pids of every running TFF `worker_binary` on this machine."""
-  found = subprocess.run(['pgrep', '-f', worker_lib.WORKER_BINARY], capture_output=True,
-                         text=True, check=False)
-  return {int(pid) for pid in found.stdout.split()}
+  """Pids of every running TFF `worker_binary` on this machine (the program itself, not a
+  launcher that names it among its arguments, as a confined worker's does)."""
+  pids = set()
+  for entry in os.listdir('/proc'):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/cmdline', 'rb') as f:
+        program = f.read().split(b'\0')[0].decode(errors='replace')
+    except OSError:  # Gone meanwhile.
+      continue
+    if program == worker_lib.WORKER_BINARY:
+      pids.add(int(entry))
+  return pids
 
 
 def workers_logging_to(log_path) -> set[int]:

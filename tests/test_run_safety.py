@@ -140,3 +140,17 @@ def test_a_full_disk_at_checkpoint_time_is_one_line_and_keeps_the_last_checkpoin
   assert 'the checkpoint of round 2 is kept' in message
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['round_2']  # The partial one gone.
   assert not workers_logging_to(tmp_path / 'worker.log')
+
+
+def test_ctrl_c_at_start_up_is_one_line_and_leaves_nothing(tmp_path):
+  output_dir = tmp_path / 'run'
+  process = subprocess.Popen([sys.executable, TRAIN, *FLAGS, '--rounds=5',
+                              f'--output_dir={output_dir}'], stderr=subprocess.PIPE, text=True,
+                             cwd=REPO_ROOT)
+  time.sleep(1.5)  # Loading TensorFlow.
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and 'Traceback' not in stderr and 'stopped by SIGINT' in lines[0]
+  assert not output_dir.exists() or not os.listdir(output_dir)

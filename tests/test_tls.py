@@ -156,3 +156,17 @@ def test_insecure_serves_loopback_only_and_nothing_else_is_refused():
                            text=True, timeout=60, cwd=REPO_ROOT)
   assert refused.returncode == 2
   assert 'give --tls_cert and --tls_key' in refused.stderr and '--insecure' in refused.stderr
+
+
+def test_the_local_training_worker_is_confined_too():
+  from tff_gan.runtime import contexts  # noqa: PLC0415
+
+  # TFF's worker would otherwise accept anyone's computations on every interface while a
+  # local run trains.
+  with contexts.local_cpp_context(parallel_clients=1) as worker:
+    assert worker.confined_socket and os.path.exists(worker.confined_socket)
+    (worker_binary,) = children(worker.pid)
+    assert os.readlink(f'/proc/{worker_binary}/ns/net') != os.readlink('/proc/self/ns/net')
+    with socket.socket() as probe:
+      assert probe.connect_ex(('127.0.0.1', worker.port)) != 0
+  assert not os.path.exists(os.path.dirname(worker.confined_socket))

@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import os
 import shutil
 import signal
@@ -42,6 +43,8 @@ from tff_gan.runtime import confine
 
 WORKER_BINARY = os.path.join(os.path.dirname(tff.__file__), 'data', 'worker_binary')
 
+# How `unshare` gives a confined worker a user and a network namespace of its own.
+_UNSHARE_FLAGS = ('--user', '--map-root-user', '--net')
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
 GRPC_CHANNEL_OPTIONS = [
     ('grpc.max_message_length', _GRPC_MAX_MESSAGE_BYTES),
@@ -111,6 +114,22 @@ class WorkerThreads:
     return cls(concurrent_calls=concurrent, intra_op_threads=max(1, cores // concurrent))
 
 
+@functools.cache
+def confinement_problem() -> str | None:
+  """Why this machine cannot confine a worker (no `unshare`, no user namespaces), or None."""
+  unshare = shutil.which('unshare')
+  if unshare is None:
+    return 'confining the worker needs `unshare` (util-linux); install it.'
+  probe = subprocess.run([unshare, *_UNSHARE_FLAGS, 'true'], capture_output=True, text=True,
+                         check=False)
+  if probe.returncode:
+    return ('this machine refuses private network namespaces to this user ('
+            f'{probe.stderr.strip()[:120]}); allow unprivileged user namespaces (sysctl '
+            'kernel.unprivileged_userns_clone=1, or on Ubuntu '
+            'kernel.apparmor_restrict_unprivileged_userns=0).')
+  return None
+
+
 def confinement_prefix(socket_path: str, port: int) -> list[str]:
   """The command prefix that runs a server on `port` confined, reached at `socket_path`.
 
@@ -118,17 +137,12 @@ def confinement_prefix(socket_path: str, port: int) -> list[str]:
     WorkerError: If this machine cannot make a private network namespace (no `unshare`, or
       user namespaces disabled), in one line naming the fix.
   """
-  unshare = shutil.which('unshare')
-  if unshare is None:
-    raise WorkerError('confining the worker needs `unshare` (util-linux); install it.')
-  prefix = [unshare, '--user', '--map-root-user', '--net', '--']
-  probe = subprocess.run([*prefix, 'true'], capture_output=True, text=True, check=False)
-  if probe.returncode:
-    raise WorkerError('this machine refuses private network namespaces to this user ('
-                      f'{probe.stderr.strip()[:120]}); allow unprivileged user namespaces '
-                      '(sysctl kernel.unprivileged_userns_clone=1, or on Ubuntu '
-                      'kernel.apparmor_restrict_unprivileged_userns=0).')
+  problem = confinement_problem()
+  if problem:
+    raise WorkerError(problem)
+  prefix = [shutil.which('unshare'), *_UNSHARE_FLAGS, '--']
   return [*prefix, sys.executable, confine.__file__, socket_path, str(port), '--']
+
 
 
 class LocalWorker:
