@@ -47,7 +47,8 @@ def test_without_average_the_weights_are_sampled_and_training_is_unchanged(tff_c
   assert GanProcess.generator_weights(state) is state.weights.generator
 
 
-@pytest.mark.parametrize('decay', [-0.1, 1.0, float('nan')])
-def test_decay_out_of_range_is_refused(decay):
-  with pytest.raises(ConfigError, match='--generator_ema must be in'):
+@pytest.mark.parametrize('decay, message', [(-0.1, 'in'), (1.0, 'in'),
+                                            (float('nan'), 'a finite number')])
+def test_decay_out_of_range_is_refused(decay, message):
+  with pytest.raises(ConfigError, match=f'--generator_ema must be {message}'):
     TrainConfig(generator_ema=decay).validate()
