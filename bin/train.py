@@ -20,8 +20,11 @@ Examples:
   python bin/train.py --task=digits --conditional --model=dcgan --output_dir=runs/cgan
   python bin/train.py --mode=async --num_clients=100 --buffer_size=10 \\
       --max_concurrent_clients=20 --straggler_fraction=0.2 --output_dir=runs/fedbuff
-  python bin/train.py --executor=remote --workers=10.0.0.5:8000,10.0.0.6:8000
-      (workers started with bin/worker.py --port=8000; see docs/deployment.md)
+  python bin/train.py --executor=remote --workers=10.0.0.5:8000,10.0.0.6:8000 \\
+      --tls_ca=certs/ca.pem --tls_client_cert=certs/trainer.pem \\
+      --tls_client_key=certs/trainer.key --auth_token_file=certs/token
+      (workers started with bin/worker.py --port=8000 and their TLS files, made by
+      bin/make_certs.py; see docs/deployment.md)
 """
 
 from __future__ import annotations

@@ -116,7 +116,8 @@ class RemoteWorker:
       last = f' (last: {self.last_failure})' if self.last_failure else ''
       raise WorkerError(
           f'no TFF worker answered at {self.address} within {self.timeout_seconds:g} s{last}; '
-          f'start one there (`bin/worker.py --port={port}`), check --workers and, for a TLS '
+          f'start one there (`bin/worker.py --port={port}` with TLS, or --insecure on this '
+          'machine), check --workers and, for a TLS '
           'worker, --tls_ca and the client certificate, or raise --worker_timeout.')
     self.stub = _GuardedStub(self._channel, self)
     return self
