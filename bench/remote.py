@@ -67,20 +67,18 @@ def main(argv):
   private = tempfile.mkdtemp(prefix='bench_tls_')
   make_certs.make(private, ['localhost', '127.0.0.1'])
 
-  def read(name):
-    with open(os.path.join(private, name), 'rb') as f:
-      return f.read()
+  def path(name):
+    return os.path.join(private, name)
 
-  token = tls.read_token(os.path.join(private, 'token'))
   confined = worker_lib.LocalWorker(
       threads=worker_lib.WorkerThreads.for_parallel_clients(cores),
       confined_socket=os.path.join(private, 'executor.sock')).start()
   tls_port = portpicker.pick_unused_port()
-  front = tls.serve(f'unix:{confined.confined_socket}', f'localhost:{tls_port}', tls.ServerTls(
-      certificate=read('worker.pem'), private_key=read('worker.key'),
-      client_ca=read('ca.pem'), token=token))
-  client = tls.ClientTls(ca=read('ca.pem'), certificate=read('trainer.pem'),
-                         private_key=read('trainer.key'), token=token)
+  front = tls.serve(f'unix:{confined.confined_socket}', f'localhost:{tls_port}',
+                    tls.ServerTls.from_files(path('worker.pem'), path('worker.key'),
+                                             path('ca.pem'), path('token')))
+  client = tls.ClientTls.from_files(path('ca.pem'), path('trainer.pem'), path('trainer.key'),
+                                    path('token'))
   setups = {
       'local worker': lambda: contexts.local_cpp_context(
           parallel_clients=config.clients_per_round),

@@ -86,15 +86,10 @@ def server_tls(program: str):
                      'try), or --insecure for a plaintext worker reached from this machine '
                      'only.')
   try:
-    contents = {}
-    for name in secure:
-      with open(FLAGS[name].value, 'rb') as f:
-        contents[name] = f.read()
-    token = tls.read_token(FLAGS.auth_token_file) if FLAGS.auth_token_file else None
+    return tls.ServerTls.from_files(FLAGS.tls_cert, FLAGS.tls_key, FLAGS.tls_client_ca,
+                                    FLAGS.auth_token_file)
   except (OSError, ValueError) as e:
     _cli.usage_error(program, f'cannot read the TLS files: {e}')
-  return tls.ServerTls(certificate=contents['tls_cert'], private_key=contents['tls_key'],
-                       client_ca=contents.get('tls_client_ca'), token=token)
 
 
 def main(argv: list[str]) -> int:

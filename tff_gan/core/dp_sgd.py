@@ -24,9 +24,8 @@ examples a batch holds, and the noise protects only if nobody can recompute it. 
 default every random draw a client makes on private data — its Poisson masks, its noise, its
 generated batches — descends from `secret_seed` (`poisson_batches` hands each step its seed):
 a fresh draw of TF's unseeded generator, which the runtime seeds from OS entropy, on the
-client. It is not a
-cryptographic generator (like Opacus outside its `secure_mode`); runs are then neither
-reproducible nor exactly resumable. Seeded from the round's key instead
+client. It is not a cryptographic generator (like Opacus outside its `secure_mode`); runs
+are then neither reproducible nor exactly resumable. Seeded from the round's key instead
 (`LocalWork.secret_sampling` off, `--dp_reproducible`), runs repeat and resume exactly, but
 anyone who knows the run seed can recompute the masks and the noise, so that mode protects
 nothing against the server. It is for tests and debugging.

@@ -110,32 +110,25 @@ def client_tls(config: TrainConfig) -> tls.ClientTls | None:
   """The trainer's TLS settings for its remote workers, read from `config`'s files."""
   if not config.tls_ca:
     return None
-
-  def read(path: str) -> bytes | None:
-    if not path:
-      return None
-    with open(path, 'rb') as f:
-      return f.read()
-
   try:
-    token = tls.read_token(config.auth_token_file) if config.auth_token_file else None
-    return tls.ClientTls(ca=read(config.tls_ca), certificate=read(config.tls_client_cert),
-                         private_key=read(config.tls_client_key), token=token)
+    return tls.ClientTls.from_files(config.tls_ca, config.tls_client_cert,
+                                    config.tls_client_key, config.auth_token_file)
   except (OSError, ValueError) as e:
     raise ConfigError(f'cannot read the TLS files: {e}') from e
 
 
-def execution_context(config: TrainConfig, parallel_clients: int):
+def execution_context(config: TrainConfig, parallel_clients: int,
+                      tls_settings: tls.ClientTls | None = None):
   """Where the run's computations execute: a local worker, or `config.workers`.
 
   Args:
     config: The run's configuration.
     parallel_clients: How many clients a round runs side by side (sizes a local worker).
+    tls_settings: `client_tls(config)`, read once by the caller (remote workers only).
   """
   if config.executor == 'remote':
     return contexts.remote_context(config.worker_addresses,
-                                   timeout_seconds=config.worker_timeout,
-                                   tls=client_tls(config))
+                                   timeout_seconds=config.worker_timeout, tls=tls_settings)
   return contexts.local_cpp_context(
       log_path=os.path.join(config.output_dir, rundir.WORKER_LOG),
       parallel_clients=parallel_clients)

@@ -29,7 +29,6 @@ def dp_problem(config) -> str | None:
               "client's discriminator steps).")
     if config.dp_reproducible:
       return '--dp_reproducible has no effect without --dp_noise_multiplier; drop it.'
-
     return None
   if config.aggregator != 'mean':
     return (f'--aggregator={config.aggregator} cannot be combined with differential privacy, '

@@ -23,6 +23,7 @@ import dp_accounting
 import numpy as np
 from absl import logging
 
+from tff_gan.core import dp_sgd
 from tff_gan.core.state import ServerState
 from tff_gan.privacy import accounting
 from tff_gan.run.config import TrainConfig
@@ -57,8 +58,10 @@ class ExampleLevelLedger:
 
   def __init__(self, config: TrainConfig, client_sizes, client_ids: Callable[[int], np.ndarray]):
     self.client_sizes = np.asarray(client_sizes, np.int64)
-    steps = np.ceil(config.local_epochs * self.client_sizes / config.batch_size).astype(np.int64)
-    self.steps_per_round = np.minimum(steps, config.local_steps) if config.local_steps else steps
+    # The steps the clients' Poisson datasets take (`populations.client_dataset`).
+    self.steps_per_round = np.asarray(dp_sgd.poisson_steps(
+        self.client_sizes, batch_size=config.batch_size, local_epochs=config.local_epochs,
+        local_steps=config.local_steps or None))
     self._client_ids = client_ids
     self._event = dp_accounting.GaussianDpEvent(config.dp_noise_multiplier)
     self._batch_size, self._delta = config.batch_size, config.effective_dp_delta
@@ -108,12 +111,12 @@ def epsilon_ledger(config: TrainConfig, client_sizes,
   if not config.dp_enabled:
     return None
   if config.example_dp:
+    ledger = ExampleLevelLedger(config, client_sizes, client_ids)
     message = accounting.delta_warning(config.effective_dp_delta, int(np.min(client_sizes)),
                                        "(the smallest client's examples)", 'example')
   else:
+    ledger = ClientLevelLedger(config, len(client_sizes))
     message = accounting.delta_warning(config.effective_dp_delta, len(client_sizes))
   if message:
     logging.warning(message)
-  if config.example_dp:
-    return ExampleLevelLedger(config, client_sizes, client_ids)
-  return ClientLevelLedger(config, len(client_sizes))
+  return ledger

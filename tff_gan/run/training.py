@@ -121,9 +121,9 @@ def _stopped(signum: int, config: TrainConfig) -> signals.RunStopped:
 
 def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -> TrainResult:
   """`train` once the run directory is held: every check first, then the first write."""
+  tls_settings = builders.client_tls(config)  # The TLS files, read once.
   if config.executor == 'remote':  # Before the minutes of preparation below.
-    remote.check_workers_answer(config.worker_addresses, config.worker_timeout,
-                                builders.client_tls(config))
+    remote.check_workers_answer(config.worker_addresses, config.worker_timeout, tls_settings)
   if not overwrite:
     rundir.check_same_run(config)
   scheme = schemes.for_config(config)
@@ -152,7 +152,7 @@ def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -
                    else None)
   release = persistence.MetricsRelease(
       config.output_dir, recorder.columns(config, task, coverage=client_labels is not None))
-  with builders.execution_context(config, scheme.parallel_clients(config)):
+  with builders.execution_context(config, scheme.parallel_clients(config), tls_settings):
     _prepare_evaluation(config, task, population)
     state = process.initialize()
     client_states = None

@@ -34,11 +34,25 @@ _CHUNK = 1 << 16
 _CONNECT_SECONDS = 60.0
 
 
+def _libc_prctl():
+  libc_name = ctypes.util.find_library('c')
+  if libc_name is None:
+    return None
+  try:
+    return ctypes.CDLL(libc_name, use_errno=True).prctl
+  except (OSError, AttributeError):
+    return None
+
+
+# Looked up once, here: `die_with_parent` also runs between fork and exec, where
+# `find_library` (which starts subprocesses) has no place.
+_PRCTL = _libc_prctl()
+
+
 def die_with_parent() -> None:
-  """Asks the kernel to SIGKILL this process when its parent ends."""
-  name = ctypes.util.find_library('c')
-  if name:
-    ctypes.CDLL(name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+  """Asks the kernel to SIGKILL this process when its parent ends (safe before exec)."""
+  if _PRCTL is not None:
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def loopback_up() -> None:

@@ -42,6 +42,18 @@ class ServerTls:
   client_ca: bytes | None = None
   token: str | None = None
 
+  @classmethod
+  def from_files(cls, certificate: str, private_key: str, client_ca: str = '',
+                 token: str = '') -> ServerTls:
+    """Reads the settings from PEM files and a token file ('' for one not given).
+
+    Raises:
+      OSError: If a file cannot be read.
+      ValueError: If the token file holds no single token (`read_token`).
+    """
+    return cls(certificate=_read(certificate), private_key=_read(private_key),
+               client_ca=_read(client_ca), token=read_token(token) if token else None)
+
 
 @dataclasses.dataclass(frozen=True)
 class ClientTls:
@@ -58,6 +70,26 @@ class ClientTls:
   certificate: bytes | None = None
   private_key: bytes | None = None
   token: str | None = None
+
+  @classmethod
+  def from_files(cls, ca: str, certificate: str = '', private_key: str = '',
+                 token: str = '') -> ClientTls:
+    """Reads the settings from PEM files and a token file ('' for one not given).
+
+    Raises:
+      OSError: If a file cannot be read.
+      ValueError: If the token file holds no single token (`read_token`).
+    """
+    return cls(ca=_read(ca), certificate=_read(certificate), private_key=_read(private_key),
+               token=read_token(token) if token else None)
+
+
+def _read(path: str) -> bytes | None:
+  """The bytes of file `path`, or None for ''."""
+  if not path:
+    return None
+  with open(path, 'rb') as f:
+    return f.read()
 
 
 def read_token(path: str) -> str:

@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import functools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,7 +48,6 @@ GRPC_CHANNEL_OPTIONS = [
     ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES),
     ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
 ]
-_PR_SET_PDEATHSIG = 1
 
 _live_workers: set[LocalWorker] = set()
 _live_workers_lock = threading.Lock()
@@ -61,22 +57,8 @@ class WorkerError(RuntimeError):
   """The TFF worker could not be started or stopped working."""
 
 
-def _libc_prctl():
-  libc_name = ctypes.util.find_library('c')
-  if libc_name is None:
-    return None
-  try:
-    return ctypes.CDLL(libc_name, use_errno=True).prctl
-  except (OSError, AttributeError):
-    return None
-
-
-_PRCTL = _libc_prctl()
-
-
 def _die_with_parent():  # Runs in the child between fork and exec.
-  if _PRCTL is not None:
-    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+  confine.die_with_parent()
   # Its own process group: a terminal's Ctrl-C reaches only us, and we stop it in order.
   os.setpgrp()
 
@@ -142,7 +124,6 @@ def confinement_prefix(socket_path: str, port: int) -> list[str]:
     raise WorkerError(problem)
   prefix = [shutil.which('unshare'), *_UNSHARE_FLAGS, '--']
   return [*prefix, sys.executable, confine.__file__, socket_path, str(port), '--']
-
 
 
 class LocalWorker:
