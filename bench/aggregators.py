@@ -81,4 +81,4 @@ def per_round(rows, column: str) -> float:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  sys.exit(_cli.run(main))

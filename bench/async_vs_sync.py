@@ -75,4 +75,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  main(sys.argv)
+  sys.exit(_cli.run(main))

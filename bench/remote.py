@@ -8,10 +8,11 @@ The same FedGAN process (the `bin/train.py` defaults: `ring`, 10 clients × 16 s
   `localhost:PORT` through `contexts.remote_context` (`--executor=remote`);
 * two remote workers: two such workers, each given half the cores, sharing each round's
   clients through TFF's mergeable-computation context;
-* one TLS worker: a worker as `bin/worker.py --tls_cert ... --tls_client_ca ...
-  --auth_token_file ...` runs it: confined in its own network namespace, behind the TLS front
-  (client certificate and token checked on every call), with certificates `make_certs`
-  makes; its time is also printed as a ratio to the plaintext remote worker's.
+* one TLS worker: `bin/worker.py --tls_cert ... --tls_client_ca ... --auth_token_file ...`
+  itself, as a deployment runs it: its worker confined in its own network namespace, behind
+  the TLS front in the `bin/worker.py` process (client certificate and token checked on
+  every call), with certificates `make_certs` makes; its time is also printed as a ratio to
+  the plaintext remote worker's.
 
 On one machine the remote cases cannot be faster (the cores are shared); the benchmark shows
 what the remote path costs: its gRPC hops and, with two workers, the split and the merge.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,10 +50,7 @@ def main(argv):
   from tff_gan.clients import populations as data
   from tff_gan.run import config as config_lib  # noqa: PLC0415
   from tff_gan.run import schemes  # noqa: PLC0415
-  from tff_gan.runtime import (
-    contexts,  # noqa: PLC0415
-    tls,  # noqa: PLC0415
-  )
+  from tff_gan.runtime import contexts, tls  # noqa: PLC0415
   from tff_gan.runtime import workers as worker_lib
 
   config = config_lib.TrainConfig().validate()
@@ -70,13 +69,14 @@ def main(argv):
   def path(name):
     return os.path.join(private, name)
 
-  confined = worker_lib.LocalWorker(
-      threads=worker_lib.WorkerThreads.for_parallel_clients(cores),
-      confined_socket=os.path.join(private, 'executor.sock')).start()
   tls_port = portpicker.pick_unused_port()
-  front = tls.serve(f'unix:{confined.confined_socket}', f'localhost:{tls_port}',
-                    tls.ServerTls.from_files(path('worker.pem'), path('worker.key'),
-                                             path('ca.pem'), path('token')))
+  tls_worker = subprocess.Popen(
+      [sys.executable, os.path.join(os.path.dirname(_cli.__file__), 'worker.py'),
+       f'--port={tls_port}', f'--tls_cert={path("worker.pem")}', f'--tls_key={path("worker.key")}',
+       f'--tls_client_ca={path("ca.pem")}', f'--auth_token_file={path("token")}'],
+      stdout=subprocess.PIPE, text=True)
+  if 'TFF worker on' not in tls_worker.stdout.readline():
+    raise RuntimeError('bin/worker.py did not start; run it by hand to see why.')
   client = tls.ClientTls.from_files(path('ca.pem'), path('trainer.pem'), path('trainer.key'),
                                     path('token'))
   setups = {
@@ -104,8 +104,9 @@ def main(argv):
             if index:  # The first round of a block warms the context up (compiling).
               times[name].append(time.perf_counter() - start)
   finally:
-    front.stop(grace=1.0).wait()
-    for worker in [one, *halves, confined]:
+    tls_worker.terminate()
+    tls_worker.wait()
+    for worker in [one, *halves]:
       worker.stop()
     shutil.rmtree(private, ignore_errors=True)
 
@@ -122,4 +123,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  sys.exit(_cli.run(main))

@@ -20,6 +20,24 @@ signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 # Let `python bin/x.py` import the project packages from a source checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+def _stop_before_run(signum, frame):
+  """Ctrl-C or SIGTERM while the program's modules load: nothing is open or written yet."""
+  del frame
+  name = signal.Signals(signum).name
+  os.write(2, f'{os.path.basename(sys.argv[0])}: stopped by {name}.\n'.encode())
+  os._exit(128 + signum)
+
+
+def _stop_on_signals() -> dict:
+  """Makes SIGINT and SIGTERM end the program at once; returns the handlers they had."""
+  return {signum: signal.signal(signum, _stop_before_run)
+          for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+# From here until `run` takes over (a traceback from the middle of an import otherwise).
+_stop_on_signals()
+
 from absl import flags, logging  # noqa: E402
 
 USAGE_ERROR = 2
@@ -34,14 +52,15 @@ def run(main) -> int:
   from tff_gan.runtime import signals  # noqa: PLC0415 (no TensorFlow)
 
   program = os.path.basename(sys.argv[0])
-  for signum in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(signum, signals.raise_on_signal)
+  signals.install()
   try:
     return main(sys.argv)
   except signals.RunStopped as e:
+    signals.handled()
     print(f'{program}: {e}', file=sys.stderr)
     return e.exit_code
   except (KeyboardInterrupt, signals.Terminated) as e:
+    signals.handled()
     terminated = isinstance(e, signals.Terminated)
     print(f'{program}: stopped by {"SIGTERM" if terminated else "SIGINT"}.', file=sys.stderr)
     return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
@@ -75,13 +94,21 @@ def quiet_tensorflow() -> None:
 
   TFF's default execution context would start a worker nobody stops; from here on, only the
   contexts of `tff_gan.runtime.contexts` run computations.
+
+  An import cut short by a signal leaves modules half made (later errors that are not the
+  user's), and every program calls this before writing anything: a signal meanwhile ends
+  the program at once, in one line.
   """
+  previous = _stop_on_signals()
   import tensorflow as tf  # noqa: PLC0415 (after the environment is set)
 
-  from tff_gan.runtime import contexts  # noqa: PLC0415
+  from tff_gan.runtime import contexts  # noqa: PLC0415 (imports TFF)
 
+  tf.keras.layers  # noqa: B018 (Keras loads lazily: here, with the rest)
   tf.get_logger().setLevel('ERROR')
   contexts.refuse_unowned_execution()
+  for signum, handler in previous.items():
+    signal.signal(signum, handler)
 
 
 class LoadError(Exception):

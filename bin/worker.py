@@ -114,13 +114,13 @@ def main(argv: list[str]) -> int:
   cores = workers.available_cores()
   threads = workers.WorkerThreads.for_parallel_clients(
       FLAGS.max_concurrent_computation_calls or cores, cores)
+  stop = []
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, lambda number, frame: stop.append(number))
   private_dir = tempfile.mkdtemp(prefix='tff_gan_worker_')  # 0700: this user's only.
   worker = workers.LocalWorker(log_path=FLAGS.log_file or None, threads=threads,
                                confined_socket=os.path.join(private_dir, 'executor.sock'))
   address = f'[::]:{FLAGS.port}' if credentials else f'127.0.0.1:{FLAGS.port}'
-  stop = []
-  for signum in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(signum, lambda number, frame: stop.append(number))
   front = None
   try:
     worker.start()
@@ -150,8 +150,9 @@ def main(argv: list[str]) -> int:
       front.stop(grace=1.0).wait()
     worker.stop()
     shutil.rmtree(private_dir, ignore_errors=True)
-  print(f'{program}: stopped.', flush=True)
-  return 0
+  signum = stop[0]
+  print(f'{program}: stopped by {signal.Signals(signum).name}.', flush=True)
+  return 128 + signum
 
 
 if __name__ == '__main__':

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import math
 import os
+import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 
 import pytest
@@ -28,20 +33,78 @@ def rows_without_timings(output_dir):
           for row in read_rows(os.path.join(output_dir, 'metrics.csv'))]
 
 
-def stop_mid_run(output_dir, signum, rounds=12, after_rows=3):
-  """Starts a run of `rounds`, sends `signum` once `after_rows` rows are written."""
-  process = subprocess.Popen([sys.executable, TRAIN, *FLAGS, f'--rounds={rounds}',
-                              f'--output_dir={output_dir}'], stderr=subprocess.PIPE, text=True,
-                             cwd=REPO_ROOT)
+class Terminal:
+  """A program run with a pseudo-terminal as its controlling terminal, as from a shell.
+
+  `ctrl_c()` types Ctrl-C there: the kernel then sends SIGINT to the terminal's foreground
+  process group, the program and every child that did not leave the group.
+  """
+
+  def __init__(self, args, env=None):
+    master, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))
+    self.process = subprocess.Popen(
+        args, stdin=terminal, stdout=terminal, stderr=terminal, cwd=REPO_ROOT, env=env,
+        start_new_session=True,  # A session of its own, which the terminal then controls.
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(terminal)
+    self._master, self._output = master, []
+    self._reader = threading.Thread(target=self._read, daemon=True)
+    self._reader.start()
+
+  def _read(self):
+    while True:
+      try:
+        data = os.read(self._master, 4096)
+      except OSError:  # EIO: the program and its children closed the terminal.
+        return
+      if not data:
+        return
+      self._output.append(data)
+
+  def ctrl_c(self):
+    os.write(self._master, b'\x03')
+
+  def wait(self, timeout=120):
+    """`(exit status, what the terminal showed, as lines)`."""
+    code = self.process.wait(timeout)
+    self._reader.join(10)
+    os.close(self._master)
+    return code, b''.join(self._output).decode(errors='replace').replace('\r\n', '\n')
+
+
+def what_was_said(shown):
+  """The lines a terminal showed, but the progress bar's and the echoed ^C."""
+  return [line for line in shown.replace('^C', '').split('\n')
+          if line.strip() and 'rounds:' not in line]
+
+
+def wait_for_rows(output_dir, process, rows):
   metrics = os.path.join(output_dir, 'metrics.csv')
   deadline = time.monotonic() + 240
   while time.monotonic() < deadline and process.poll() is None:
-    if os.path.exists(metrics) and len(read_rows(metrics)) >= after_rows:
-      break
+    if os.path.exists(metrics) and len(read_rows(metrics)) >= rows:
+      return
     time.sleep(0.05)
-  process.send_signal(signum)
-  _, stderr = process.communicate(timeout=120)
-  return process.returncode, stderr
+  raise AssertionError(f'{metrics} did not reach {rows} rows')
+
+
+# bin/train.py with a checkpoint save that takes 3 s at round 6, announced by a file.
+SLOW_CHECKPOINT = """
+import os, runpy, sys, time
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+import _cli
+import tensorflow_federated as tff
+real_save = tff.program.FileProgramStateManager.save
+async def slow_save(self, state, version):
+  if version == 6:
+    open(os.environ['SAVING'], 'w').close()
+    time.sleep(3)
+  return await real_save(self, state, version)
+tff.program.FileProgramStateManager.save = slow_save
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
 
 
 @pytest.fixture(scope='module')
@@ -53,21 +116,55 @@ def uninterrupted(tmp_path_factory):
   return rows_without_timings(output_dir)
 
 
-@pytest.mark.parametrize('signum', [signal.SIGINT])  # SIGTERM: the same path (below).
-def test_a_signal_mid_run_stops_in_one_line_and_the_run_resumes_exactly(signum, tmp_path,
-                                                                        uninterrupted):
-  stopped = tmp_path / 'stopped'
-  code, stderr = stop_mid_run(stopped, signum, rounds=8)
-  assert code == 128 + signum, stderr
-  lines = stderr.strip().splitlines()
-  assert len(lines) == 1 and 'Traceback' not in stderr, stderr
-  name = signal.Signals(signum).name
-  assert f'stopped by {name} after round' in lines[0]
-  assert 'rerun the same command to resume' in lines[0]
-  assert not workers_logging_to(stopped / 'worker.log')
-  resumed = run_train(*FLAGS, '--rounds=8', f'--output_dir={stopped}')
+def test_ctrl_c_mid_round_and_while_checkpointing_stops_in_one_line_and_resumes_exactly(
+    tmp_path, uninterrupted):
+  run = tmp_path / 'run'
+  flags = [f for f in FLAGS if f != '--noprogress'] + ['--rounds=8', f'--output_dir={run}']
+  # Ctrl-C in round 4 (3 rows written, the checkpoint of round 2 saved).
+  terminal = Terminal([sys.executable, TRAIN, *flags])
+  wait_for_rows(run, terminal.process, 3)
+  terminal.ctrl_c()
+  code, shown = terminal.wait()
+  assert code == 130 and 'Traceback' not in shown, shown
+  said = what_was_said(shown)
+  assert len(said) == 1, shown
+  assert re.fullmatch(r'train\.py: stopped by SIGINT after round [34] of 8; the checkpoint of '
+                      rf'round 2 in {run} is kept: rerun the same command to resume\.', said[0])
+  assert not workers_logging_to(run / 'worker.log')
+
+  # The same command resumes; Ctrl-C while it saves round 6 lets the save finish.
+  saving = tmp_path / 'saving'
+  terminal = Terminal([sys.executable, '-c', SLOW_CHECKPOINT, TRAIN, *flags],
+                      env={**os.environ, 'SAVING': str(saving)})
+  deadline = time.monotonic() + 240
+  while not saving.exists() and terminal.process.poll() is None:
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+  terminal.ctrl_c()
+  code, shown = terminal.wait()
+  assert code == 130 and 'Traceback' not in shown, shown
+  assert what_was_said(shown) == [
+      f'train.py: stopped by SIGINT after round 6 of 8; the checkpoint of round 6 in {run} is '
+      'kept: rerun the same command to resume.'], shown
+  assert sorted(os.listdir(run / 'checkpoints'))[-1] == 'round_6'
+  assert not workers_logging_to(run / 'worker.log')
+
+  resumed = run_train(*FLAGS, '--rounds=8', f'--output_dir={run}')
   assert resumed.returncode == 0, resumed.stderr
-  assert rows_without_timings(stopped) == uninterrupted
+  assert rows_without_timings(run) == uninterrupted
+
+
+@pytest.mark.parametrize('seconds', [0.5, 2.5])  # Loading modules, then TensorFlow.
+def test_ctrl_c_at_start_up_is_one_line_and_leaves_nothing(tmp_path, seconds):
+  output_dir = tmp_path / 'run'
+  terminal = Terminal([sys.executable, TRAIN, *FLAGS, '--rounds=5',
+                       f'--output_dir={output_dir}'])
+  time.sleep(seconds)
+  terminal.ctrl_c()
+  code, shown = terminal.wait()
+  assert code == 130 and 'Traceback' not in shown, shown
+  assert what_was_said(shown) == ['train.py: stopped by SIGINT.'], shown
+  assert not output_dir.exists() or not os.listdir(output_dir)
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
@@ -149,20 +246,6 @@ def test_a_full_disk_at_checkpoint_time_is_one_line_and_keeps_the_last_checkpoin
   assert 'the checkpoint of round 2 is kept' in message
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['round_2']  # The partial one gone.
   assert not workers_logging_to(tmp_path / 'worker.log')
-
-
-def test_ctrl_c_at_start_up_is_one_line_and_leaves_nothing(tmp_path):
-  output_dir = tmp_path / 'run'
-  process = subprocess.Popen([sys.executable, TRAIN, *FLAGS, '--rounds=5',
-                              f'--output_dir={output_dir}'], stderr=subprocess.PIPE, text=True,
-                             cwd=REPO_ROOT)
-  time.sleep(1.5)  # Loading TensorFlow.
-  process.send_signal(signal.SIGINT)
-  _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 130, stderr
-  lines = stderr.strip().splitlines()
-  assert len(lines) == 1 and 'Traceback' not in stderr and 'stopped by SIGINT' in lines[0]
-  assert not output_dir.exists() or not os.listdir(output_dir)
 
 
 @pytest.mark.parametrize('signum, raised', [(signal.SIGTERM, signals.Terminated),

@@ -42,7 +42,8 @@ def start_worker(*flags):
 
 def stop_worker(process):
   process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=30) == 0
+  assert process.wait(timeout=30) == 128 + signal.SIGTERM
+  assert process.stdout.read().strip() == 'worker.py: stopped by SIGTERM.'
 
 
 @pytest.fixture(scope='module')

@@ -20,6 +20,19 @@ def run_train(*args, timeout=300):
                         timeout=timeout, cwd=REPO_ROOT)
 
 
+def run_trains(*arg_lists, timeout=300):
+  """`run_train` of each argument list, all at once (most of a tiny run is single-threaded
+  start-up, so two share 2 cores well); their `CompletedProcess`es, in order."""
+  processes = [subprocess.Popen([sys.executable, TRAIN, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+               for args in arg_lists]
+  results = []
+  for process in processes:
+    stdout, stderr = process.communicate(timeout=timeout)
+    results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+  return results
+
+
 def read_rows(path):
   with open(path, newline='') as f:
     return list(csv.DictReader(f))
@@ -31,11 +44,12 @@ def run_whole_and_resumed(tmp_path, *flags):
   Returns:
     `rows(name)`: the metrics rows of `whole` or `resumed`, without `round_seconds`.
   """
-  whole = run_train(*flags, '--rounds=3', f'--output_dir={tmp_path / "whole"}')
+  whole, first = run_trains([*flags, '--rounds=3', f'--output_dir={tmp_path / "whole"}'],
+                            [*flags, '--rounds=2', f'--output_dir={tmp_path / "resumed"}'])
   assert whole.returncode == 0, whole.stderr
-  for rounds in (2, 3):
-    part = run_train(*flags, f'--rounds={rounds}', f'--output_dir={tmp_path / "resumed"}')
-    assert part.returncode == 0, part.stderr
+  assert first.returncode == 0, first.stderr
+  second = run_train(*flags, '--rounds=3', f'--output_dir={tmp_path / "resumed"}')
+  assert second.returncode == 0, second.stderr
 
   def rows(name):
     return [{k: v for k, v in row.items() if k != 'round_seconds'}
@@ -48,13 +62,11 @@ def run_whole_and_resumed(tmp_path, *flags):
 def two_runs(tmp_path_factory):
   """Two identical tiny runs of the default task (ring) with the same seed."""
   before = worker_pids()
-  outputs = []
-  for name in ('a', 'b'):
-    output_dir = tmp_path_factory.mktemp(name)
-    result = run_train(*TINY, f'--output_dir={output_dir}')
+  output_dirs = [tmp_path_factory.mktemp(name) for name in ('a', 'b')]
+  results = run_trains(*([*TINY, f'--output_dir={output_dir}'] for output_dir in output_dirs))
+  for result in results:
     assert result.returncode == 0, result.stderr
-    outputs.append((output_dir, result))
-  return outputs, before
+  return list(zip(output_dirs, results, strict=True)), before
 
 
 def test_writes_config_metrics_and_samples(two_runs):

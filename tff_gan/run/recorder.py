@@ -14,6 +14,7 @@ from tff_gan.core import conditional
 from tff_gan.core.state import ServerState
 from tff_gan.run import pictures, rundir
 from tff_gan.run.config import TrainConfig
+from tff_gan.runtime import signals
 
 BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'clients_completed', 'bytes_down',
                 'bytes_up', 'd_loss', 'g_loss', 'num_examples', 'non_finite_clients')
@@ -107,6 +108,12 @@ class RoundRecorder:
     self._latest_evaluation: dict[str, Any] = {}  # Shown on the progress bar in between.
 
   def finish(self, row: dict[str, Any], state: ServerState, round_num: int) -> None:
+    """Records round `round_num` whole: a signal meanwhile stops the run once it is done, so
+    a stop never leaves a round's row, samples or checkpoint half written."""
+    with signals.deferred():
+      self._finish(row, state, round_num)
+
+  def _finish(self, row: dict[str, Any], state: ServerState, round_num: int) -> None:
     config, task = self._config, self._task
     if self._ledger is not None:
       row['epsilon'] = self._ledger.epsilon(state)

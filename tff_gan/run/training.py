@@ -96,6 +96,7 @@ def train(config: TrainConfig, task, *, show_progress: bool = True,
     try:
       return _train(config, task, show_progress=show_progress, overwrite=overwrite)
     except (signals.Interrupted, signals.Terminated) as stop:
+      signals.handled()
       raise _stopped(stop.signum, config) from None
     except OSError as e:  # Writing metrics, samples or pictures: a full disk, permissions.
       raise persistence.StorageError(

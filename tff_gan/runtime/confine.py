@@ -83,11 +83,15 @@ def _connect(port: int) -> socket.socket:
   deadline = time.monotonic() + _CONNECT_SECONDS
   while True:
     try:
-      return socket.create_connection(('127.0.0.1', port))
+      upstream = socket.create_connection(('127.0.0.1', port))
     except OSError:
       if time.monotonic() > deadline:
         raise
       time.sleep(0.05)
+      continue
+    # gRPC's small frames would otherwise wait for the previous one's ACK (Nagle).
+    upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return upstream
 
 
 def relay(listener: socket.socket, port: int) -> None:

@@ -8,12 +8,18 @@ second signal during the call raises at once (the user insists).
 
 SIGINT raises `Interrupted` (a `KeyboardInterrupt`), SIGTERM `Terminated` (a `SystemExit`
 with status 143); both carry the signal number, so a program can exit with 128 + signum.
+
+Python drops an exception raised inside a garbage-collector callback or a `__del__` (JAX
+registers such a callback, and importing TensorFlow or building TFF computations runs it
+often): a Ctrl-C landing there would be lost. So `raise_on_signal` also remembers the
+signal until `handled()`, and `check()` and every `deferred` block raise it again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 
@@ -36,18 +42,52 @@ def exception_for(signum: int) -> BaseException:
   return Terminated() if signum == signal.SIGTERM else Interrupted()
 
 
+_unhandled: list[int] = []  # Signals `raise_on_signal` raised that nobody handled yet.
+
+
 def raise_on_signal(signum, frame):
-  """A handler raising `exception_for(signum)` at once."""
+  """A handler raising `exception_for(signum)` at once, and again from `check()` if the first
+  exception is swallowed (see the module docstring)."""
   del frame
+  _unhandled.append(signum)
   raise exception_for(signum)
+
+
+def install() -> None:
+  """From here on SIGINT and SIGTERM raise (`raise_on_signal`) in the main thread, and the
+  exception of one that Python had to drop is not printed (the next `check` raises it)."""
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, raise_on_signal)
+  print_unraisable = sys.unraisablehook
+
+  def hook(unraisable):
+    if not isinstance(unraisable.exc_value, Interrupted | Terminated):
+      print_unraisable(unraisable)
+
+  sys.unraisablehook = hook
+
+
+def check() -> None:
+  """Raises the exception of a signal `raise_on_signal` received that nobody handled."""
+  if _unhandled:
+    raise exception_for(_unhandled[0])
+
+
+def handled() -> None:
+  """Marks the signals received so far as handled (the program reported the stop)."""
+  _unhandled.clear()
 
 
 @contextlib.contextmanager
 def deferred():
-  """Within the block, SIGINT and SIGTERM are held and raised when it ends (main thread)."""
+  """Within the block, SIGINT and SIGTERM are held and raised when it ends (main thread).
+
+  A signal received earlier and not handled (see `check`) raises on entry.
+  """
   if threading.current_thread() is not threading.main_thread():
     yield
     return
+  check()
   received: list[int] = []
 
   def hold(signum, frame):
