@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -99,6 +101,24 @@ def pytest_sessionfinish(session, exitstatus):
   if leaked:
     print(f'\nERROR: TFF worker processes left running after the tests: {sorted(leaked)}')
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# A tiny `bin/train.py` run of 8 rounds, evaluated every 4 and saved every 2: what runs that
+# are stopped, killed or resumed must end up equal to (tests/test_program, test_run_safety).
+RESUMABLE = ['--rounds=8', '--eval_every=4', '--checkpoint_every=2', '--model_width=0.03125',
+             '--num_clients=4', '--clients_per_round=3', '--local_steps=2', '--batch_size=16',
+             '--num_eval_samples=200', '--noprogress']
+
+
+@pytest.fixture(scope='session')
+def uninterrupted(tmp_path_factory):
+  """The output directory of the `RESUMABLE` run, uninterrupted."""
+  output_dir = tmp_path_factory.mktemp('uninterrupted')
+  result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'bin', 'train.py'),
+                           *RESUMABLE, f'--output_dir={output_dir}'], capture_output=True,
+                          text=True, timeout=300, cwd=REPO_ROOT)
+  assert result.returncode == 0, result.stderr
+  return output_dir
 
 
 @pytest.fixture(scope='session')

@@ -116,7 +116,8 @@ def test_train_binary_evaluates_on_the_clients(tmp_path):
   result = subprocess.run(
       [sys.executable, os.path.join(REPO_ROOT, 'bin', 'train.py'), '--task=digits',
        '--eval=federated', '--partition=pathological', '--rounds=2', '--eval_every=1',
-       '--num_eval_samples=200', '--noprogress', f'--output_dir={output_dir}'],
+       '--num_eval_samples=200', '--model_width=0.25', '--local_steps=2', '--batch_size=16',
+       '--noprogress', f'--output_dir={output_dir}'],
       capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
   assert result.returncode == 0, result.stderr
   rows = rundir.read_metrics(str(output_dir))

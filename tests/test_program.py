@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO_ROOT, truncate_checkpoint, workers_logging_to
+from conftest import REPO_ROOT, RESUMABLE, truncate_checkpoint, workers_logging_to
 from tensorflow_federated.python.program import file_utils
 from test_train_binary import TRAIN, run_train
 
@@ -21,9 +21,6 @@ from tff_gan.run import config as config_lib
 from tff_gan.run import persistence as program
 from tff_gan.run import rundir
 
-RESUMABLE = ['--rounds=8', '--eval_every=3', '--checkpoint_every=3', '--model_width=0.03125',
-             '--num_clients=4', '--clients_per_round=3', '--local_steps=2', '--batch_size=16',
-             '--num_eval_samples=200', '--noprogress']
 TIMING = 'round_seconds'  # Wall time differs from run to run; every other column must not.
 
 
@@ -57,14 +54,6 @@ def kill_after_rows(output_dir, rows, timeout=240):
   finally:
     process.wait()
   return len(read_rows(metrics))
-
-
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
-  output_dir = tmp_path_factory.mktemp('uninterrupted')
-  result = run_train(*RESUMABLE, f'--output_dir={output_dir}')
-  assert result.returncode == 0, result.stderr
-  return output_dir
 
 
 @pytest.mark.parametrize('kill_at_rows', [2, 4])

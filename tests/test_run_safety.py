@@ -7,6 +7,7 @@ import fcntl
 import math
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -16,16 +17,15 @@ import threading
 import time
 
 import pytest
-from conftest import REPO_ROOT, workers_logging_to
-from test_train_binary import TINY, read_rows, run_train
+from conftest import REPO_ROOT, RESUMABLE, workers_logging_to
+from test_train_binary import read_rows, run_train
 
 from tff_gan.run import rundir
 from tff_gan.run.config import ConfigError, TrainConfig
 from tff_gan.runtime import signals
 
 TRAIN = os.path.join(REPO_ROOT, 'bin', 'train.py')
-FLAGS = [f for f in TINY if not f.startswith(('--rounds', '--eval_every'))] + [
-    '--eval_every=4', '--checkpoint_every=2']
+FLAGS = [f for f in RESUMABLE if not f.startswith('--rounds')]
 
 
 def rows_without_timings(output_dir):
@@ -107,15 +107,6 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 """
 
 
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
-  """The rows of an uninterrupted run of 8 rounds, for the stopped ones to match."""
-  output_dir = tmp_path_factory.mktemp('whole')
-  whole = run_train(*FLAGS, '--rounds=8', f'--output_dir={output_dir}')
-  assert whole.returncode == 0, whole.stderr
-  return rows_without_timings(output_dir)
-
-
 def test_ctrl_c_mid_round_and_while_checkpointing_stops_in_one_line_and_resumes_exactly(
     tmp_path, uninterrupted):
   run = tmp_path / 'run'
@@ -151,7 +142,7 @@ def test_ctrl_c_mid_round_and_while_checkpointing_stops_in_one_line_and_resumes_
 
   resumed = run_train(*FLAGS, '--rounds=8', f'--output_dir={run}')
   assert resumed.returncode == 0, resumed.stderr
-  assert rows_without_timings(run) == uninterrupted
+  assert rows_without_timings(run) == rows_without_timings(uninterrupted)
 
 
 @pytest.mark.parametrize('seconds', [0.5, 2.5])  # Loading modules, then TensorFlow.
@@ -181,16 +172,16 @@ def test_a_killed_runs_lock_file_does_not_block(tmp_path):
   assert result.returncode == 0, result.stderr
 
 
-def test_overwrite_with_a_late_usage_error_keeps_the_old_run(tmp_path):
-  first = run_train(*FLAGS, '--rounds=1', f'--output_dir={tmp_path}')
-  assert first.returncode == 0, first.stderr
-  before = sorted(os.listdir(tmp_path))
+def test_overwrite_with_a_late_usage_error_keeps_the_old_run(tmp_path, uninterrupted):
+  run = tmp_path / 'run'
+  shutil.copytree(uninterrupted, run)
+  before = sorted(os.listdir(run))
   # 100 labels per client is refused only once the partition is built, after TF loads.
   late = run_train(*FLAGS, '--rounds=1', '--overwrite', '--partition=pathological',
-                   '--labels_per_client=100', f'--output_dir={tmp_path}')
+                   '--labels_per_client=100', f'--output_dir={run}')
   assert late.returncode == 2 and len(late.stderr.strip().splitlines()) == 1, late.stderr
-  assert sorted(os.listdir(tmp_path)) == before
-  assert len(read_rows(tmp_path / 'metrics.csv')) == 1
+  assert sorted(os.listdir(run)) == before
+  assert rows_without_timings(run) == rows_without_timings(uninterrupted)
 
 
 def test_a_late_usage_error_leaves_no_empty_directory(tmp_path):
