@@ -129,8 +129,8 @@ def test_bin_worker_serves_refuses_a_taken_port_and_stops_on_signals(tmp_path, s
     assert f'port {port} is taken' in second.stderr and len(second.stderr.splitlines()) == 1
 
     server.send_signal(signum)
-    assert server.wait(timeout=30) == 0
-    assert 'stopped' in server.stdout.read()
+    assert server.wait(timeout=30) == 128 + signum
+    assert server.stdout.read().strip() == f'worker.py: stopped by {signal.Signals(signum).name}.'
     assert not pid_alive(worker_pid)
   finally:
     server.kill()

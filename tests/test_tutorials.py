@@ -150,7 +150,7 @@ def test_remote_workers(tmp_path, monkeypatch, no_worker_survives):
     assert 'ExecutorService started' in log.read_text()
   output = printed(notebook)
   assert output.count('TFF worker on 127.0.0.1:') == 2
-  assert output.count("exited with status 0: ['worker.py: stopped.']") == 2
+  assert output.count("exited with status 143: ['worker.py: stopped by SIGTERM.']") == 2
   assert 'same clients, examples and bytes in all 3 rounds: True' in output
   assert 'the two runs agree within 1e-4 in all 3 rounds' in output
   assert images_shown(notebook) == 2  # The differences per round, the round times.
