@@ -5,7 +5,7 @@ UV := $(PYTHON) -m uv
 VENV_PYTHON := .venv/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test bench lint venv
+.PHONY: demo test bench lint venv notebook
 
 venv: .venv/.synced
 
@@ -21,6 +21,12 @@ demo: venv
 
 test: venv
 	$(VENV_PYTHON) -m pytest
+
+# JupyterLab on the project's .venv, its kernel registered as "tff-gan (.venv)"; it prints
+# the URL to open. For Colab's local runtime: make notebook NOTEBOOK_ARGS=--colab.
+NOTEBOOK_ARGS ?=
+notebook: venv
+	$(VENV_PYTHON) bin/notebook.py $(NOTEBOOK_ARGS)
 
 bench: venv
 	$(VENV_PYTHON) bench/throughput.py

@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 
 import dp_accounting
 import nbclient
@@ -154,3 +155,17 @@ def test_remote_workers(tmp_path, monkeypatch, no_worker_survives):
   assert 'same clients, examples and bytes in all 3 rounds: True' in output
   assert 'the two runs agree within 1e-4 in all 3 rounds' in output
   assert images_shown(notebook) == 2  # The differences per round, the round times.
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_the_install_cell_on_another_python_says_so_in_one_line(name, monkeypatch, capsys):
+  install = read_notebook(name).cells[2].source
+  monkeypatch.setattr(sys, 'version_info', (3, 12, 1, 'final', 0))  # Hosted Colab's.
+  monkeypatch.setattr(sys, 'version', '3.12.1 (main, Dec  1 2026) [GCC 11.4.0]')
+  with pytest.raises(SystemExit) as exited:
+    exec(compile(install, f'{name}.ipynb, cell 3', 'exec'), {})  # noqa: S102
+  assert exited.value.code == 1
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1, lines
+  assert 'needs Python 3.11' in lines[0] and 'this kernel runs 3.12.1' in lines[0]
+  assert 'make notebook' in lines[0]
