@@ -1,7 +1,8 @@
 """Serve TFF's executor on this machine, for `bin/train.py --executor=remote` elsewhere.
 
 Runs the `worker_binary` that ships in the tensorflow-federated wheel (TFF's C++ executor
-service), with one client per core by default, until Ctrl-C or SIGTERM. That binary speaks
+service), with one client per core by default, until Ctrl-C or SIGTERM (exit status 130 or
+143, after stopping it). That binary speaks
 plaintext gRPC on every interface and authenticates no one, so it always runs confined here:
 in a network namespace of its own (`unshare`), which no other host can reach, spoken to
 through a Unix socket only this user can open. In front of it, on --port:
