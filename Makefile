@@ -5,7 +5,7 @@ UV := $(PYTHON) -m uv
 VENV_PYTHON := .venv/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test bench lint venv notebook
+.PHONY: demo test bench lint venv notebook tutorials
 
 venv: .venv/.synced
 
@@ -27,6 +27,11 @@ test: venv
 NOTEBOOK_ARGS ?=
 notebook: venv
 	$(VENV_PYTHON) bin/notebook.py $(NOTEBOOK_ARGS)
+
+# Executes every tutorial with its full settings and stores it with its outputs (figures,
+# tables), so that a reader sees them without running anything. About 7 minutes on 2 cores.
+tutorials: venv
+	$(VENV_PYTHON) tutorials/render.py
 
 bench: venv
 	$(VENV_PYTHON) bench/throughput.py
