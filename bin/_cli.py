@@ -56,11 +56,9 @@ def run(main) -> int:
   try:
     return main(sys.argv)
   except signals.RunStopped as e:
-    signals.handled()
     print(f'{program}: {e}', file=sys.stderr)
     return e.exit_code
   except (KeyboardInterrupt, signals.Terminated) as e:
-    signals.handled()
     terminated = isinstance(e, signals.Terminated)
     print(f'{program}: stopped by {"SIGTERM" if terminated else "SIGINT"}.', file=sys.stderr)
     return 128 + (signal.SIGTERM if terminated else signal.SIGINT)

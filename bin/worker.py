@@ -2,10 +2,10 @@
 
 Runs the `worker_binary` that ships in the tensorflow-federated wheel (TFF's C++ executor
 service), with one client per core by default, until Ctrl-C or SIGTERM (exit status 130 or
-143, after stopping it). That binary speaks
-plaintext gRPC on every interface and authenticates no one, so it always runs confined here:
-in a network namespace of its own (`unshare`), which no other host can reach, spoken to
-through a Unix socket only this user can open. In front of it, on --port:
+143, after stopping it). That binary speaks plaintext gRPC on every interface and
+authenticates no one, so it always runs confined here: in a network namespace of its own
+(`unshare`), which no other host can reach, spoken to through a Unix socket only this user
+can open. In front of it, on --port:
 
   TLS (--tls_cert, --tls_key): on every interface, with TLS; with --tls_client_ca, only
       clients holding a certificate that CA signed; with --auth_token_file, only calls

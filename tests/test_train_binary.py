@@ -16,8 +16,7 @@ TINY = ['--rounds=2', '--eval_every=1', '--model_width=0.03125', '--num_clients=
 
 
 def run_train(*args, timeout=300):
-  return subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True,
-                        timeout=timeout, cwd=REPO_ROOT)
+  return run_trains(list(args), timeout=timeout)[0]
 
 
 def run_trains(*arg_lists, timeout=300):

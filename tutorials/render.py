@@ -10,6 +10,7 @@ Usage: python tutorials/render.py [NAME ...]    (default: every tutorial)
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
@@ -18,7 +19,8 @@ import nbformat
 
 TUTORIALS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TUTORIALS)
-NOTEBOOKS = ('quickstart', 'privacy', 'remote_workers')
+NOTEBOOKS = tuple(sorted(os.path.basename(path)[:-len('.ipynb')]
+                        for path in glob.glob(os.path.join(TUTORIALS, '*.ipynb'))))
 
 
 def collapse_streams(cell) -> None:

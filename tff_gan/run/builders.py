@@ -118,7 +118,7 @@ def client_tls(config: TrainConfig) -> tls.ClientTls | None:
 
 
 def execution_context(config: TrainConfig, parallel_clients: int,
-                      tls_settings: tls.ClientTls | None = None):
+                      tls_settings: tls.ClientTls | None):
   """Where the run's computations execute: a local worker, or `config.workers`.
 
   Args:
