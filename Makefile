@@ -20,7 +20,7 @@ demo: venv
 	$(VENV_PYTHON) bin/train.py --output_dir=$(DEMO_DIR)
 
 test: venv
-	$(VENV_PYTHON) -m pytest
+	$(VENV_PYTHON) -m pytest -n 2 --dist loadgroup
 
 # JupyterLab on the project's .venv, its kernel registered as "tff-gan (.venv)"; it prints
 # the URL to open. For Colab's local runtime: make notebook NOTEBOOK_ARGS=--colab.

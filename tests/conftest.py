@@ -89,6 +89,24 @@ def started_by_this_session(pid: int) -> bool:
     return False
 
 
+def workers_started_since(before: set[int]) -> set[int]:
+  """Live TFF workers this session started that were not in `before` (other test processes,
+  such as the other pytest-xdist worker, may be running workers meanwhile)."""
+  return {pid for pid in worker_pids() - before if pid_alive(pid) and started_by_this_session(pid)}
+
+
+# `make test` runs the tests on two pytest-xdist workers (`--dist loadgroup`). Each test module
+# stays on one worker, so its module-scoped fixtures are built once; modules that share a
+# session fixture (`uninterrupted`) share a group too.
+_SHARED_GROUPS = {'test_program': 'resumable', 'test_run_safety': 'resumable'}
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    module = item.module.__name__.rpartition('.')[2]
+    item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(module, module)))
+
+
 def pytest_sessionstart(session):
   _PIDS_BEFORE_SESSION.update(worker_pids())
 
@@ -96,8 +114,7 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session, exitstatus):
   """Fails the run if any worker started during the session is still alive at its end."""
   worker_lib.stop_all_workers()
-  leaked = {pid for pid in worker_pids() - _PIDS_BEFORE_SESSION
-            if pid_alive(pid) and started_by_this_session(pid)}
+  leaked = workers_started_since(_PIDS_BEFORE_SESSION)
   if leaked:
     print(f'\nERROR: TFF worker processes left running after the tests: {sorted(leaked)}')
     session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -11,7 +11,14 @@ import numpy as np
 import portpicker
 import pytest
 import tensorflow as tf
-from conftest import REPO_ROOT, as_numpy, linear_gan_models, pid_alive, worker_pids
+from conftest import (
+    REPO_ROOT,
+    as_numpy,
+    linear_gan_models,
+    pid_alive,
+    worker_pids,
+    workers_started_since,
+)
 from test_train_binary import TINY, TRAIN, read_rows, run_train
 
 from tff_gan.algorithms import fedgan, optimizers
@@ -158,7 +165,7 @@ def test_a_lost_worker_ends_the_run_and_the_same_command_resumes(tmp_path):
     assert time.monotonic() - lost_at < 3 + 30  # The timeout, plus the round under way.
     lines = run.stderr.read().strip().splitlines()
     assert len(lines) == 1 and f'lost the TFF worker at localhost:{ports[1]}' in lines[0]
-    assert worker_pids() - before == {live[0].pid}  # Nothing else left running.
+    assert workers_started_since(before) == {live[0].pid}  # Nothing else left running.
     rows_before = len(read_rows(tmp_path / 'metrics.csv'))
     assert rows_before < 4
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, pid_alive, worker_pids
+from conftest import REPO_ROOT, worker_pids, workers_started_since
 
 TRAIN = os.path.join(REPO_ROOT, 'bin', 'train.py')
 TINY = ['--rounds=2', '--eval_every=1', '--model_width=0.03125', '--num_clients=4',
@@ -111,7 +111,7 @@ def test_same_seed_gives_identical_loss_columns(two_runs):
 
 def test_no_worker_survives_a_run(two_runs):
   _, before = two_runs
-  assert not {pid for pid in worker_pids() - before if pid_alive(pid)}
+  assert not workers_started_since(before)
 
 
 def test_tensorflow_start_up_noise_is_hidden(two_runs):
