@@ -176,18 +176,25 @@ flags.DEFINE_enum('dp_unit', _DEFAULTS.dp_unit, choices.DP_UNITS, 'What the DP p
                   'batch_size/n_k), each real example\'s gradient clipped to --dp_clip and the '
                   "sum noised; the generator reads only that discriminator. metrics.csv's "
                   'epsilon is the largest over clients, client_epsilon.csv has each. Each '
-                  "client's masks and noise come from its own entropy (see --dp_reproducible).")
-flags.DEFINE_bool('dp_reproducible', _DEFAULTS.dp_reproducible, '--dp_unit=example: draw '
-                  "the clients' Poisson masks and noise from --seed instead of their own "
-                  'entropy, so a run repeats exactly and resumes exactly. NOT PRIVATE: whoever '
-                  'knows the seed (the server) can recompute the noise. For tests and '
-                  'debugging only.')
+                  "client's masks and noise come from --dp_noise's key.")
+flags.DEFINE_enum('dp_noise', _DEFAULTS.dp_noise, choices.DP_NOISE, 'Where every DP draw '
+                  '(the noise; with --dp_unit=example also the Poisson masks) comes from. '
+                  "entropy: a key of 126 bits from the OS's entropy, drawn anew by every "
+                  'training process and never written (in simulation that process draws on '
+                  "behalf of every client; TF's unseeded generator is not used, its seed has "
+                  '32 bits); runs neither repeat nor resume exactly. reproducible: a key '
+                  'derived from --seed, so a run repeats and resumes bit for bit. NOT '
+                  'PRIVATE: whoever knows the seed (the server) can recompute and remove the '
+                  'noise; config.json says so. For experiments and tests only; not with '
+                  '--dp_adaptive_clip_quantile.')
 flags.DEFINE_float('dp_clip', None, f'L2 clip norm of a client update, or of one example\'s '
                    f'gradient with --dp_unit=example (default {choices.DEFAULT_DP_CLIP}); with '
                    '--dp_adaptive_clip_quantile, its initial value.')
 flags.DEFINE_float('dp_adaptive_clip_quantile', None, 'Adapt the clip norm toward this '
                    'quantile of client update norms, in (0, 1); the noised quantile estimate '
-                   'is accounted for. Needs more than 10*noise_multiplier clients per round.')
+                   'is accounted for. Needs more than 10*noise_multiplier clients per round. '
+                   "This is TFF's adaptive aggregator as it stands: its noise comes from TF's "
+                   'unseeded generator (32-bit seed), not from --dp_noise.')
 flags.DEFINE_float('dp_delta', None, f'delta at which epsilon is reported (default '
                    f'{choices.DEFAULT_DP_DELTA:g}); keep it well below 1/num_clients.')
 flags.DEFINE_string('dp_accountant', _DEFAULTS.dp_accountant, 'Privacy accountant: rdp (Renyi '

@@ -101,6 +101,7 @@ def workers_started_since(before: set[int]) -> set[int]:
 _SHARED_GROUPS = {'test_program': 'resumable', 'test_run_safety': 'resumable'}
 
 
+@pytest.hookimpl(tryfirst=True)  # Before pytest-xdist reads the marks.
 def pytest_collection_modifyitems(items):
   for item in items:
     module = item.module.__name__.rpartition('.')[2]

@@ -62,14 +62,14 @@ def assert_one_round_is_the_unweighted_mean(process):
 
 def test_dp_aggregator_without_noise_or_clipping_is_the_unweighted_mean(tff_context):
   metrics = assert_one_round_is_the_unweighted_mean(fedgan_with(aggregators.dp_aggregator(
-      noise_multiplier=0.0, clients_per_round=len(CLIENT_SIZES), clip=1e9)))
+      noise_multiplier=0.0, clients_per_round=len(CLIENT_SIZES), clip=1e9, noise_key=(1, 2))))
   assert 'client' not in metrics and 'num_examples' not in metrics
 
 
 def test_a_huge_client_update_is_clipped_to_the_clip_norm(tff_context):
   clip = 0.05
   process = fedgan_with(aggregators.dp_aggregator(noise_multiplier=0.0, clients_per_round=1,
-                                                  clip=clip))
+                                                  clip=clip, noise_key=(1, 2)))
   huge = [np.full((8, 2), 1e3, np.float32)]  # Far from anything G makes: a large update.
   state = process.initialize()
   unclipped = plain_fedgan_deltas(state, client_datasets(huge))[0]
@@ -143,7 +143,7 @@ def test_dp_fedavg_gan_round_matches_plain_tf_reference(tff_context, dp_fedavg_g
 
 def test_dp_fedavg_gan_with_dp_runs_and_records_its_dp_event(tff_context):
   process = build_dp_fedavg_gan(aggregators.dp_aggregator(
-      noise_multiplier=1.0, clients_per_round=3, clip=0.1))
+      noise_multiplier=1.0, clients_per_round=3, clip=0.1, noise_key=(1, 2)))
   state = process.initialize()
   new_state, metrics = process.next(state, client_datasets(client_arrays()))
   assert 'client' not in metrics
@@ -157,7 +157,7 @@ def test_dp_fedavg_gan_with_dp_runs_and_records_its_dp_event(tff_context):
 def test_adaptive_clipping_needs_enough_clients():
   with pytest.raises(ValueError, match='more than 10 clients per round'):
     aggregators.dp_aggregator(noise_multiplier=1.0, clients_per_round=5, clip=0.1,
-                              adaptive_clip_quantile=0.5)
+                              noise_key=(1, 2), adaptive_clip_quantile=0.5)
 
 
 def test_poisson_sampling_rate_and_determinism():

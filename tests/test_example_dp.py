@@ -109,8 +109,9 @@ def test_poisson_step_seeds_do_not_depend_on_the_data():
     (dict(dp_unit='example', dp_noise_multiplier=1.0, loss='wasserstein_gp'),
      '--loss=non_saturating'),
     (dict(dp_unit='example', dp_noise_multiplier=1.0, mode='async'), 'drop --mode=async'),
-    (dict(dp_noise_multiplier=1.0, dp_reproducible=True), 'applies to --dp_unit=example'),
-    (dict(dp_reproducible=True), 'no effect without --dp_noise_multiplier'),
+    (dict(dp_noise='reproducible'), 'no effect without --dp_noise_multiplier'),
+    (dict(dp_noise_multiplier=1.0, dp_noise='reproducible', dp_adaptive_clip_quantile=0.5),
+     'cannot seed adaptive clipping'),
 ])
 def test_settings_example_dp_cannot_serve_are_refused(settings, message):
   with pytest.raises(ConfigError, match=message):
@@ -124,7 +125,7 @@ EXAMPLE_DP = ['--dp_unit=example', '--dp_noise_multiplier=1.0', '--examples_per_
 def test_train_reports_each_clients_epsilon_and_resumes_exactly(tmp_path):
   flags = [f for f in TINY if not f.startswith(('--rounds', '--batch_size', '--clients_per'))]
   flags += [*EXAMPLE_DP, '--clients_per_round=4']
-  rows = run_whole_and_resumed(tmp_path, *flags, '--dp_reproducible')
+  rows = run_whole_and_resumed(tmp_path, *flags, '--dp_noise=reproducible')
   assert rows('resumed') == rows('whole')
   table = (tmp_path / 'whole' / 'client_epsilon.csv').read_text().splitlines()
   epsilons = [float(line.split(',')[-1]) for line in table[1:]]
@@ -134,16 +135,16 @@ def test_train_reports_each_clients_epsilon_and_resumes_exactly(tmp_path):
   assert all(e == pytest.approx(expected, rel=1e-5) for e in epsilons)
 
 
-def test_by_default_a_clients_draws_are_its_own():
-  # The Poisson masks and every step seed come from the client's own entropy: the same
-  # client, round and data give other batches each time, unlike with --dp_reproducible.
-  work = populations.LocalWork(batch_size=8, poisson=True, secret_sampling=True)
-  seeded = populations.LocalWork(batch_size=8, poisson=True)
+def test_a_clients_draws_descend_from_the_noise_key():
+  # The Poisson masks and every step seed are keyed: the same client, round and data give
+  # the same batches under one key and others under another; without a key (tests only)
+  # they follow the round seed alone.
   examples = np.arange(64, dtype=np.float32)[:, None]
 
-  def draws(local_work):
+  def draws(noise_key):
+    work = populations.LocalWork(batch_size=8, poisson=True, noise_key=noise_key)
     return [(batch.tolist(), seed.tolist()) for batch, seed in
-            populations.client_dataset(examples, local_work, seed=5).as_numpy_iterator()]
+            populations.client_dataset(examples, work, seed=5).as_numpy_iterator()]
 
-  assert draws(work) != draws(work)
-  assert draws(seeded) == draws(seeded)
+  assert draws((1, 2)) == draws((1, 2))
+  assert draws((1, 2)) != draws((1, 3)) != draws(None)

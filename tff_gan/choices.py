@@ -65,6 +65,9 @@ MAX_BITS = 16  # The most tensor_encoding's uniform quantization allows.
 DP_ACCOUNTANTS = ('rdp', 'pld')
 # What a run's DP protects: a client's whole data (DP-FedAvg) or each example (DP-SGD).
 DP_UNITS = ('client', 'example')
+# Where DP draws come from (`core.seeds.noise_key`): a per-process key from the OS's entropy,
+# or one derived from the run seed (repeatable, and no privacy against whoever knows it).
+DP_NOISE = ('entropy', 'reproducible')
 # The schemes whose clients' discriminators can train with DP-SGD (`core.dp_sgd`).
 EXAMPLE_DP_SCHEMES = ('fedgan', 'dp_fedavg_gan')
 DEFAULT_DP_CLIP = 1.0

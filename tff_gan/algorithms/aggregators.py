@@ -6,13 +6,18 @@ only chooses and checks the parameters.
 
 from __future__ import annotations
 
+import collections
 import logging
 
+import dp_accounting
+import tensorflow as tf
 import tensorflow_federated as tff
+import tensorflow_privacy as tfp
 from tensorflow_model_optimization.python.core.internal import tensor_encoding
 
 from tff_gan.algorithms.composition import default_aggregator
 from tff_gan.choices import AGGREGATORS, DEFAULT_BITS, MAX_BITS
+from tff_gan.core import seeds
 
 __all__ = [
     'AGGREGATORS', 'DEFAULT_BITS', 'MAX_BITS', 'MIN_QUANTIZED_ELEMENTS', 'build_aggregator',
@@ -108,11 +113,44 @@ def quantized_sum(*, bits: int, hadamard: bool) -> tff.aggregators.EncodedSumFac
   return tff.aggregators.EncodedSumFactory(encoder_for)
 
 
+class KeyedGaussianSumQuery(tfp.GaussianSumQuery):
+  """TF Privacy's Gaussian sum query, its noise drawn from a key instead of TF's unseeded
+  generator.
+
+  The noise of the i-th release is `stateless_normal` under `seeds.keyed_seed(key, i)`; i
+  is counted in the query's global state (`draws`), which the aggregator keeps in the server
+  state, so a checkpoint holds how many draws were made and never the key. Clipping, the
+  noise's standard deviation and the DP event are TF Privacy's.
+  """
+
+  _GlobalState = collections.namedtuple('_GlobalState', ['l2_norm_clip', 'stddev', 'draws'])
+
+  def __init__(self, l2_norm_clip: float, stddev: float, key: tuple[int, int]):
+    super().__init__(l2_norm_clip, stddev)
+    self._key = tuple(int(k) for k in key)
+
+  def make_global_state(self, l2_norm_clip, stddev, draws=0):
+    return self._GlobalState(tf.cast(l2_norm_clip, tf.float32), tf.cast(stddev, tf.float32),
+                             tf.cast(draws, tf.int64))
+
+  def get_noised_result(self, sample_state, global_state):
+    leaves = tf.nest.flatten(sample_state)
+    leaf_seeds = tf.random.experimental.stateless_split(
+        seeds.keyed_seed(self._key, global_state.draws), len(leaves))
+    noised = [leaf + tf.random.stateless_normal(tf.shape(leaf), leaf_seeds[i],
+                                                stddev=global_state.stddev, dtype=leaf.dtype)
+              for i, leaf in enumerate(leaves)]
+    event = dp_accounting.GaussianDpEvent(global_state.stddev / global_state.l2_norm_clip)
+    return (tf.nest.pack_sequence_as(sample_state, noised),
+            global_state._replace(draws=global_state.draws + 1), event)
+
+
 def dp_aggregator(
     *,
     noise_multiplier: float,
     clients_per_round: float,
     clip: float,
+    noise_key: tuple[int, int],
     adaptive_clip_quantile: float | None = None,
 ) -> tff.aggregators.UnweightedAggregationFactory:
   """DP-FedAvg aggregation: clip each client update, sum, add Gaussian noise, average.
@@ -127,9 +165,12 @@ def dp_aggregator(
     noise_multiplier: z ≥ 0 (0 clips without noise).
     clients_per_round: The expected number of clients per round.
     clip: The clip norm C > 0; with adaptive clipping, its initial value.
+    noise_key: The key of the update noise (`seeds.noise_key`; `KeyedGaussianSumQuery`).
     adaptive_clip_quantile: If set, C adapts toward this quantile (in (0, 1)) of the client
       update norms (Andrew et al. 2021); part of the privacy budget pays for the noised
-      quantile estimate, and the aggregator's DP event accounts for it.
+      quantile estimate, and the aggregator's DP event accounts for it. This is TFF's
+      `gaussian_adaptive` as it stands: its two noises come from TF's unseeded generator,
+      not from `noise_key`.
 
   Returns:
     A `tff.aggregators.DifferentiallyPrivateFactory`.
@@ -142,12 +183,12 @@ def dp_aggregator(
     raise ValueError(f'--dp_noise_multiplier must be >= 0, got {noise_multiplier}.')
   if not clip > 0:
     raise ValueError(f'--dp_clip must be positive, got {clip}.')
+  if not clients_per_round > 0:
+    raise ValueError(f'clients_per_round must be positive, got {clients_per_round}.')
   if adaptive_clip_quantile is None:
-    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
-        noise_multiplier=float(noise_multiplier),
-        clients_per_round=float(clients_per_round),
-        clip=float(clip),
-    )
+    return tff.aggregators.DifferentiallyPrivateFactory(tfp.NormalizedQuery(
+        KeyedGaussianSumQuery(float(clip), float(clip * noise_multiplier), noise_key),
+        denominator=float(clients_per_round)))
   if not 0 < adaptive_clip_quantile < 1:
     raise ValueError(
         f'--dp_adaptive_clip_quantile must be in (0, 1), got {adaptive_clip_quantile}.')

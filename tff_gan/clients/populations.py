@@ -37,15 +37,16 @@ class LocalWork:
       example-level DP): ⌈local_epochs · n / batch_size⌉ steps (capped by `local_steps`),
       each holding every example with probability batch_size / n. Otherwise shuffled
       passes in fixed-size batches.
-    secret_sampling: Draw the Poisson masks from `dp_sgd.secret_seed` (the client's own
-      entropy) instead of the round's key.
+    noise_key: With `poisson`, the key (`core.seeds.noise_key`) the masks, the DP-SGD noise
+      and the generated batches descend from, folded with the client's round seed; None
+      derives them from the round seed alone (tests).
   """
 
   batch_size: int = 64
   local_epochs: int = 1
   local_steps: int | None = None
   poisson: bool = False
-  secret_sampling: bool = False
+  noise_key: tuple[int, int] | None = None
 
   def __post_init__(self):
     if self.batch_size <= 0:
@@ -74,7 +75,8 @@ def client_dataset(examples, work: LocalWork, *, seed) -> tf.data.Dataset:
                                  local_steps=work.local_steps)
     return dp_sgd.poisson_batches(
         examples, batch_size=work.batch_size, steps=steps,
-        seed=dp_sgd.secret_seed() if work.secret_sampling else _stateless_seed(seed))
+        seed=(_stateless_seed(seed) if work.noise_key is None
+              else seeds.keyed_seed(work.noise_key, seed)))
   dataset = tf.data.Dataset.from_tensor_slices(examples)
   buffer_size = tf.shape(examples, out_type=tf.int64)[0]
   dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)

@@ -20,15 +20,16 @@ un-noised; the generator's steps read only the DP discriminator, which is post-p
 loss reported is the generated half only.
 
 **Randomness.** Amplification by subsampling holds only if nobody but the client knows which
-examples a batch holds, and the noise protects only if nobody can recompute it. So by
-default every random draw a client makes on private data — its Poisson masks, its noise, its
-generated batches — descends from `secret_seed` (`poisson_batches` hands each step its seed):
-a fresh draw of TF's unseeded generator, which the runtime seeds from OS entropy, on the
-client. It is not a cryptographic generator (like Opacus outside its `secure_mode`); runs
-are then neither reproducible nor exactly resumable. Seeded from the round's key instead
-(`LocalWork.secret_sampling` off, `--dp_reproducible`), runs repeat and resume exactly, but
-anyone who knows the run seed can recompute the masks and the noise, so that mode protects
-nothing against the server. It is for tests and debugging.
+examples a batch holds, and the noise protects only if nobody can recompute it. So every
+random draw a client makes on private data — its Poisson masks, its noise, its generated
+batches — descends from `keyed_seed(noise key, the client's round seed)`
+(`poisson_batches` hands each step its seed). By default the key is 126 bits of the OS's
+entropy drawn once per training process (`seeds.entropy_noise_key`; in a simulation that
+process runs every client): runs are then neither reproducible nor exactly resumable. Philox,
+which expands it, is not a cryptographic generator (nor is Opacus' default outside its
+`secure_mode`). With `--dp_noise=reproducible` the key derives from the run seed: runs repeat
+and resume exactly, but anyone who knows the seed can recompute the masks and the noise, so
+that mode protects nothing against the server. It is for tests and debugging.
 """
 
 from __future__ import annotations
@@ -61,11 +62,6 @@ class ExampleDp:
                        f'batch_size >= 1; got {self}.')
 
 
-def secret_seed() -> tf.Tensor:
-  """A stateless seed `[2]` nobody else can recompute: TF's unseeded generator, drawn anew."""
-  return tf.random.uniform([2], 0, 2**62, tf.int64)
-
-
 def poisson_batches(examples, *, batch_size: int, steps, seed) -> tf.data.Dataset:
   """`steps` pairs `(batch, step_seed)`: each batch holds every example with probability B / n.
 
@@ -76,7 +72,7 @@ def poisson_batches(examples, *, batch_size: int, steps, seed) -> tf.data.Datase
     examples: The client's examples `[n, ...]` (a tensor, as on the executor).
     batch_size: B, the expected batch size; the rate is min(1, B / n).
     steps: How many batches (an int64 scalar or Python int).
-    seed: int64 `[2]` stateless seed of the whole stream (`secret_seed`, or the round key's).
+    seed: int64 `[2]` stateless seed of the whole stream (`seeds.keyed_seed`).
   """
   examples = tf.convert_to_tensor(examples)
   n = tf.shape(examples, out_type=tf.int64)[0]

@@ -15,7 +15,9 @@ Each salt below separates one stream from every other; changing one changes ever
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
+import secrets
 
 import numpy as np
 import tensorflow as tf
@@ -38,6 +40,7 @@ SERVER_GENERATOR_SALT = -1  # Folded into a round seed: never a client's seed.
 FEEDBACK_SALT = -2  # Folded into a round seed: the noise client-resident Ds judge.
 EVALUATION_NOISE_SALT = 1  # Second word of the evaluation noise seed `[seed, salt]`.
 INITIAL_STATE_SALT = 0  # Second word of the run seed `[seed, salt]` in the server state.
+REPRODUCIBLE_NOISE_SALT = 0xD9  # Second word of `--dp_noise=reproducible`'s key `[seed, salt]`.
 
 _HASH_BUCKETS = 2**62
 
@@ -45,6 +48,40 @@ _HASH_BUCKETS = 2**62
 def derived_seed(*entropy: int) -> int:
   """A 32-bit seed for `np.random.default_rng` mixing every word of `entropy`."""
   return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(1)[0])
+
+
+@functools.cache
+def entropy_noise_key() -> tuple[int, int]:
+  """This process's DP noise key: two 63-bit words from the OS's entropy (`secrets`), drawn
+  once per process and never written anywhere.
+
+  TF's unseeded random ops are no substitute: every one in a process descends from one
+  `std::mt19937_64` seeded with a single 32-bit draw of `std::random_device`, so their whole
+  output could be searched exhaustively.
+  """
+  return secrets.randbits(63), secrets.randbits(63)
+
+
+def noise_key(dp_noise: str, seed: int) -> tuple[int, int]:
+  """The key every DP draw of a run descends from (noise, and Poisson masks of DP-SGD).
+
+  Args:
+    dp_noise: 'entropy', this process's `entropy_noise_key`; or 'reproducible', a key
+      derived from the run seed, so the run repeats and resumes exactly and whoever knows the
+      seed can recompute every draw.
+    seed: The run seed.
+  """
+  if dp_noise == 'entropy':
+    return entropy_noise_key()
+  if dp_noise == 'reproducible':
+    return seed, REPRODUCIBLE_NOISE_SALT
+  raise ValueError(f"dp_noise must be 'entropy' or 'reproducible', got {dp_noise!r}.")
+
+
+def keyed_seed(key: tuple[int, int], counter):
+  """The stateless seed `[2]` of draw `counter` (int64 scalar or tensor) under `key`."""
+  return tf.random.experimental.stateless_fold_in(tf.constant(key, tf.int64),
+                                                  tf.cast(counter, tf.int64))
 
 
 def shuffle_seed(seed: int, round_num: int, client_id: int) -> int:

@@ -28,6 +28,7 @@ def build_aggregator(config: TrainConfig):
         noise_multiplier=config.dp_noise_multiplier,
         clients_per_round=config.clients_per_aggregation,
         clip=config.effective_dp_clip,
+        noise_key=seeds.noise_key(config.dp_noise, config.seed),
         adaptive_clip_quantile=config.dp_adaptive_clip_quantile,
     )
   except ValueError as e:

@@ -20,6 +20,8 @@ class ConfigError(ValueError):
   """A configuration value is invalid; the message says which and how to fix it."""
 
 
+# A key `to_json` adds to `config.json` (not a setting) when a DP run makes no privacy claim.
+PRIVACY_CLAIM_NOTE = 'privacy_claim'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +80,7 @@ class TrainConfig:
   dp_delta: float | None = None
   dp_accountant: str = 'rdp'
   dp_unit: str = 'client'
-  dp_reproducible: bool = False
+  dp_noise: str = 'entropy'
   eval: str = 'pooled'
   eval_every: int = 10
   checkpoint_every: int = 10
@@ -213,6 +215,7 @@ class TrainConfig:
         'discriminator_mixture': choices.DISCRIMINATOR_MIXTURES,
         'eval': choices.EVAL_MODES,
         'dp_unit': choices.DP_UNITS,
+        'dp_noise': choices.DP_NOISE,
     }
     for name, allowed in allowed_values.items():
       if getattr(self, name) not in allowed:
@@ -354,4 +357,8 @@ class TrainConfig:
       raise ConfigError(problem)
 
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+    values = dataclasses.asdict(self)
+    if self.dp_enabled and self.dp_noise == 'reproducible':
+      values[PRIVACY_CLAIM_NOTE] = ('none: --dp_noise=reproducible derives every DP draw from '
+                                    '--seed, so whoever knows the seed can remove the noise')
+    return json.dumps(values, indent=2, sort_keys=True)

@@ -27,8 +27,8 @@ def dp_problem(config) -> str | None:
     if config.dp_unit != 'client':
       return ('--dp_unit=example needs --dp_noise_multiplier (the DP-SGD noise on each '
               "client's discriminator steps).")
-    if config.dp_reproducible:
-      return '--dp_reproducible has no effect without --dp_noise_multiplier; drop it.'
+    if config.dp_noise != 'entropy':
+      return f'--dp_noise={config.dp_noise} has no effect without --dp_noise_multiplier; drop it.'
     return None
   if config.aggregator != 'mean':
     return (f'--aggregator={config.aggregator} cannot be combined with differential privacy, '
@@ -44,9 +44,9 @@ def dp_problem(config) -> str | None:
     return f'--dp_adaptive_clip_quantile must be in (0, 1), got {quantile}.'
   if config.dp_unit == 'example':
     return _example_problem(config)
-  if config.dp_reproducible:
-    return ('--dp_reproducible applies to --dp_unit=example (DP-FedAvg\'s noise comes from '
-            'TFF\'s aggregator); drop it.')
+  if config.dp_noise == 'reproducible' and quantile is not None:
+    return ('--dp_noise=reproducible cannot seed adaptive clipping (TFF draws its noise from '
+            "TF's own generator); drop one.")
   if config.dp_accountant == 'pld' and config.client_sampling != 'poisson':
     return ('--dp_accountant=pld needs --client_sampling=poisson (PLD does not account for '
             'fixed-size sampling without replacement).')

@@ -26,7 +26,7 @@ import re
 import shutil
 from typing import Any
 
-from tff_gan.run.config import ConfigError, TrainConfig
+from tff_gan.run.config import PRIVACY_CLAIM_NOTE, ConfigError, TrainConfig
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.csv'
@@ -94,6 +94,7 @@ def check_same_run(config: TrainConfig) -> None:
     raise ConfigError(f'{path} cannot be read ({e}); rerun with --overwrite to start over, or '
                       'choose another --output_dir.') from e
   current = dataclasses.asdict(config)
+  saved.pop(PRIVACY_CLAIM_NOTE, None)
   # A setting added after the run was saved took its default there.
   saved = dataclasses.asdict(TrainConfig()) | saved
   # Settings resolved only once the data is read (0 now) match whatever the data gave.
@@ -214,6 +215,7 @@ def read_config(output_dir: str) -> TrainConfig:
   try:
     with open(path) as f:
       values = json.load(f)
+    values.pop(PRIVACY_CLAIM_NOTE, None)
     return TrainConfig(**values)
   except (OSError, ValueError, TypeError) as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -23,7 +23,7 @@ from tff_gan.algorithms import (
   optimizers,
 )
 from tff_gan.clients import populations, sampling
-from tff_gan.core import losses
+from tff_gan.core import losses, seeds
 from tff_gan.core.models import GanModels
 from tff_gan.run import builders
 from tff_gan.run.config import ConfigError, TrainConfig
@@ -76,7 +76,8 @@ class Scheme:
                                  local_epochs=config.local_epochs,
                                  local_steps=config.local_steps or None,
                                  poisson=config.example_dp,
-                                 secret_sampling=config.example_dp and not config.dp_reproducible)
+                                 noise_key=(seeds.noise_key(config.dp_noise, config.seed)
+                                            if config.example_dp else None))
 
   def client_ids(self, config: TrainConfig, num_clients: int, round_num: int) -> np.ndarray:
     """The clients round `round_num` samples."""
