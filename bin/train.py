@@ -72,7 +72,14 @@ flags.DEFINE_string('scheme', _DEFAULTS.scheme, 'Training scheme: fedgan (client
                     '(each client keeps its own discriminator, trained on its data and never '
                     'sent; the server '
                     'trains G from the clients\' per-sample feedback on its samples: for '
-                    'heterogeneous clients; see --discriminator_mixture).')
+                    'heterogeneous clients; see --discriminator_mixture) or gs_wgan (GS-WGAN, '
+                    'Chen et al. 2020: multi_d with the mean mixture and WGAN-GP, each client '
+                    'clipping every per-sample gradient to --dp_clip and adding noise of std '
+                    '--dp_noise_multiplier*clip before it leaves; needs --dp_noise_multiplier. '
+                    "It protects each client's whole data (--dp_unit=client: its one "
+                    'discriminator saw all of it), against a server that sees every message: '
+                    "each client's epsilon counts the rounds that sampled it, with no "
+                    'amplification by client sampling).')
 flags.DEFINE_string('model', _UNRESOLVED['model'], 'Network pair: mlp (all tasks) or dcgan '
                     '(image tasks: digits, emnist, image_folder). Default: dcgan for emnist and '
                     'image_folder, mlp otherwise.')
@@ -114,8 +121,8 @@ flags.DEFINE_string('server_optimizer', _DEFAULTS.server_optimizer, 'Server opti
                     '; sgd with learning rate 1 is FedAvg.')
 flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate,
                    'Server learning rate.')
-flags.DEFINE_string('loss', _DEFAULTS.loss, 'GAN loss: ' + ', '.join(choices.LOSSES) +
-                    '.')
+flags.DEFINE_string('loss', _UNRESOLVED['loss'], 'GAN loss: ' + ', '.join(choices.LOSSES) +
+                    '. Default: wasserstein_gp for gs_wgan, non_saturating otherwise.')
 flags.DEFINE_float('proximal_mu', _DEFAULTS.proximal_mu, 'FedProx: adds (mu/2)*||w - '
                    'w_global||^2 to the local objective of every network trained on clients; '
                    '0 is FedAvg.')
@@ -150,6 +157,13 @@ flags.DEFINE_float('generator_ema', _DEFAULTS.generator_ema, 'Decay of an expone
                    "average of the generator's weights kept by the server, updated once per "
                    'round (e.g. 0.9); samples, evaluation and export use the average. 0 (the '
                    'default): off.')
+flags.DEFINE_integer('discriminator_shards', _DEFAULTS.discriminator_shards, 'gs_wgan: K, '
+                     'the discriminators each client keeps. Its data is split over them by a '
+                     'hash of each example; every round one, drawn at random from the noise '
+                     'key, trains on its shard (--local_steps caps its steps) and answers. '
+                     'With K >= 2, --dp_unit=example protects each example, amplified by 1/K '
+                     "(GS-WGAN's construction); --dp_unit=client protects the client's data, "
+                     'unamplified, for any K.')
 flags.DEFINE_float('sample_anchor', None, "multi_d: weight λ of (λ/2)·‖G(z) − G₀(z)‖², which "
                    "keeps the server's generator steps near the samples G₀(z) the clients "
                    'judged (their feedback is stale after the first step); 0: off. Default '

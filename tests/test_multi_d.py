@@ -170,7 +170,7 @@ def test_resume_continues_every_clients_discriminator(tmp_path):
 
 
 @pytest.mark.parametrize('settings, message', [
-    (dict(dp_noise_multiplier=1.0), 'has no differential privacy yet'),
+    (dict(dp_noise_multiplier=1.0), 'for differential privacy use --scheme=gs_wgan'),
     (dict(mode='async'), '--mode=async is not built for --scheme=multi_d'),
     (dict(aggregator='robust'), '--aggregator has no meaning for --scheme=multi_d'),
     (dict(proximal_mu=0.1), '--proximal_mu has no meaning for --scheme=multi_d'),

@@ -17,7 +17,9 @@ DEFAULT_MODELS = {'emnist': 'dcgan', 'image_folder': 'dcgan'}
 DEFAULT_IMAGE_SIZE = 32
 
 # Training schemes (`tff_gan.run.schemes`).
-SCHEMES = ('fedgan', 'dp_fedavg_gan', 'fedsgd', 'centralized', 'multi_d')
+SCHEMES = ('fedgan', 'dp_fedavg_gan', 'fedsgd', 'centralized', 'multi_d', 'gs_wgan')
+# The schemes whose discriminators stay on their clients (`algorithms.multi_d`).
+CLIENT_RESIDENT_SCHEMES = ('multi_d', 'gs_wgan')
 # Flags a scheme has no use for, with their neutral values, and why (`run.config` refuses
 # them).
 SCHEME_UNUSED_FLAGS = {
@@ -29,13 +31,18 @@ SCHEME_UNUSED_FLAGS = {
                 'generator trains with --generator_learning_rate)', {
                     'proximal_mu': 0.0, 'aggregator': 'mean', 'server_optimizer': 'sgd',
                     'server_learning_rate': 1.0}),
+    'gs_wgan': ('whose discriminators stay on their clients and send only sanitized '
+                'gradients (the generator trains with --generator_learning_rate)', {
+                    'proximal_mu': 0.0, 'aggregator': 'mean', 'server_optimizer': 'sgd',
+                    'server_learning_rate': 1.0, 'dp_adaptive_clip_quantile': None,
+                    'discriminator_mixture': 'mean'}),
 }
 # How multi_d's server combines the clients' discriminators (`core.feedback`).
 DISCRIMINATOR_MIXTURES = ('mean', 'universal')
 # multi_d keeps a discriminator per client: a cross-silo scheme, for populations up to this.
 MAX_CLIENT_RESIDENT_DISCRIMINATORS = 1000
 # Generator steps per round of the schemes whose server trains the generator.
-DEFAULT_SERVER_GEN_STEPS = {'dp_fedavg_gan': 1, 'multi_d': 16}
+DEFAULT_SERVER_GEN_STEPS = {'dp_fedavg_gan': 1, 'multi_d': 16, 'gs_wgan': 1}
 # multi_d's pull toward the samples the clients judged (`core.feedback`), for data in [-1, 1].
 DEFAULT_SAMPLE_ANCHOR = 300.0
 

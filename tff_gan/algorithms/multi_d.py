@@ -51,6 +51,8 @@ def build_multi_d_process(
     release_client_metrics: bool = True,
     seed: int = 0,
     generator_ema_decay: float = 0.0,
+    sanitizer: feedback.GsSanitizer | None = None,
+    shard_steps: int | None = None,
 ) -> composition.GanProcess:
   """Builds the client-resident-discriminator process (signatures in the module docstring).
 
@@ -71,6 +73,14 @@ def build_multi_d_process(
     seed: Seeds the initial weights and all noise.
     generator_ema_decay: If positive, the server keeps an average of the generator's weights
       over rounds with this decay (`ServerState.generator_ema`), used for samples.
+    sanitizer: GS-WGAN (`feedback.GsSanitizer`, mean mixture only): each client clips and
+      noises every per-sample gradient before it leaves, sends an example count of 1 (an
+      unweighted mean over clients) and no metrics. With `sanitizer.shards` K > 1 the
+      client state holds K discriminators (every tensor stacked, `[K, ...]`); each round the
+      client draws one (`feedback.draw_shard`), trains it on the examples of its shard
+      (`feedback.shard_of`) in batches of `batch_size`, and only that one answers.
+    shard_steps: With K > 1 shards, the cap on the chosen discriminator's steps per round
+      (None: one pass over its shard). The client dataset then brings all of its data.
   """
   if mixture not in DISCRIMINATOR_MIXTURES:
     raise ValueError(f"unknown mixture '{mixture}'; choose one of: "
@@ -81,6 +91,11 @@ def build_multi_d_process(
     raise ValueError('generator_steps and batch_size must be positive, got '
                      f'{generator_steps} and {batch_size}.')
   loss = loss or losses_lib.NON_SATURATING
+  if sanitizer is not None:
+    if mixture != 'mean':
+      raise ValueError('GS-WGAN sanitizes per-sample gradients of the mean mixture; the '
+                       'universal mixture also sends odds. Use the mean mixture.')
+    release_client_metrics = False
   if mixture == 'universal' and loss.gradient_penalty_weight:
     raise ValueError('the universal mixture reads odds off the discriminators, which a '
                      'Wasserstein critic does not estimate; use the mean mixture.')
@@ -94,22 +109,46 @@ def build_multi_d_process(
       generator_ema=generator_ema_decay > 0))
   model_state_type = initial_model_state.type_signature.result
   data_type = tff.SequenceType(tff.TensorType(np.float32, models.data_spec().shape))
-  client_state_type = DiscriminatorState(weights=model_state_type.weights.discriminator,
-                                         optimizer_state=model_state_type
-                                         .discriminator_optimizer_state)
+  one_state_type = DiscriminatorState(weights=model_state_type.weights.discriminator,
+                                      optimizer_state=model_state_type
+                                      .discriminator_optimizer_state)
+  shards = sanitizer.shards if sanitizer is not None else 1
+
+  def stack(one):  # The client state: K copies of a discriminator's state, or the one.
+    if shards == 1:
+      return one
+    return tf.nest.map_structure(lambda t: tf.repeat(t[None], shards, axis=0), one)
+
+  client_state_type = tff.tensorflow.computation(stack, one_state_type).type_signature.result
   broadcast_type = ServerBroadcast(
       weights=GanWeights(generator=model_state_type.weights.generator, discriminator=()),
       round_seed=tff.TensorType(np.int64, [2]))
 
-  def client_update(dataset, client_state, broadcast):
+  def one_discriminator_update(dataset, client_state, broadcast):
     update = common.with_fresh_models(
         feedback.client_feedback_update, models, loss=loss, optimizer=client_optimizer,
         noise_dim=models.noise_dim, generator_steps=generator_steps, batch_size=batch_size,
-        mixture=mixture)
+        mixture=mixture, sanitizer=sanitizer)
     output, num_examples, metrics, new_state = update(dataset, broadcast, client_state)
     return _keep_state_if_non_finite(
         ClientOutput(delta=output, num_examples=num_examples, metrics=metrics),
         new_state, client_state)
+
+  def client_update(dataset, client_state, broadcast):
+    if shards == 1:
+      return one_discriminator_update(dataset, client_state, broadcast)
+    shard = feedback.draw_shard(dataset, sanitizer, broadcast.round_seed)
+    shard_data = dataset.unbatch().filter(
+        lambda example: tf.equal(feedback.shard_of(example, shards), shard)).batch(batch_size)
+    if shard_steps is not None:
+      shard_data = shard_data.take(shard_steps)
+    output, discarded, new_one = one_discriminator_update(
+        shard_data, tf.nest.map_structure(lambda t: tf.gather(t, shard), client_state),
+        broadcast)
+    new_state = tf.nest.map_structure(
+        lambda stacked, new: tf.tensor_scatter_nd_update(stacked, [[shard]], new[None]),
+        client_state, new_one)
+    return output, discarded, new_state
 
   client_update = tff.tensorflow.computation(client_update, data_type, client_state_type,
                                              broadcast_type)
@@ -127,8 +166,8 @@ def build_multi_d_process(
 
   @tff.tensorflow.computation(state_type)
   def initial_client_state(state):
-    return DiscriminatorState(weights=state.weights.discriminator,
-                              optimizer_state=state.discriminator_optimizer_state)
+    return stack(DiscriminatorState(weights=state.weights.discriminator,
+                                    optimizer_state=state.discriminator_optimizer_state))
 
   @tff.tensorflow.computation(state_type, output_type.delta,
                               aggregation_process.state_type.member)

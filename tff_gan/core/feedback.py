@@ -23,11 +23,20 @@ Two mixtures of the clients' discriminators:
 
 With one client and either mixture, a round's generator step equals a generator step
 against that client's discriminator (a test checks).
+
+GS-WGAN (Chen et al. 2020; `GsSanitizer`): before the mean mixture's feedback leaves the
+client, each per-sample gradient ∂L_G/∂x_i is clipped to L2 norm C and Gaussian noise of
+standard deviation σ·C is added to it; the weights are all ones and the example count is not
+sent. Whatever the client's data, its message is then a Gaussian mechanism of ℓ2 sensitivity
+2C·√(steps·batch) (each of the steps·batch clipped vectors can move by at most 2C), that is
+of noise multiplier σ / (2·√(steps·batch)) (`GsSanitizer.noise_multiplier_per_round`).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import math
 
 import tensorflow as tf
 
@@ -36,6 +45,64 @@ from tff_gan.core.losses import GanLoss
 from tff_gan.core.state import DiscriminatorState, Feedback, ServerBroadcast
 
 MAX_LOGIT = 40.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GsSanitizer:
+  """GS-WGAN's sanitization of a client's feedback (module docstring).
+
+  Attributes:
+    clip: C, the L2 bound of each per-sample gradient.
+    noise_multiplier: σ; each clipped gradient gets noise of standard deviation σ·C.
+    noise_key: The key the noise descends from (`seeds.noise_key`), folded with the round
+      seed and a hash of the client's trained discriminator, so each client draws its own.
+    shards: K ≥ 1, the discriminators each client keeps (`algorithms.multi_d`): its data is
+      split over them by a hash of each example, and every round one of them, drawn at
+      random, trains on its shard and answers.
+  """
+
+  clip: float
+  noise_multiplier: float
+  noise_key: tuple[int, int]
+  shards: int = 1
+
+  def __post_init__(self):
+    if not (self.clip > 0 and self.noise_multiplier >= 0 and self.shards >= 1):
+      raise ValueError(f'GS-WGAN needs clip > 0, noise_multiplier >= 0 and shards >= 1, got '
+                       f'{self}.')
+
+  def noise_multiplier_per_round(self, generator_steps: int, batch_size: int) -> float:
+    """The noise multiplier of one client's whole message of a round, for accounting."""
+    return self.noise_multiplier / (2 * math.sqrt(generator_steps * batch_size))
+
+
+def shard_of(example, shards: int):
+  """The shard (int64 in [0, shards)) an example belongs to: a hash of its contents, so
+  adding or removing one example changes one shard and no other."""
+  return tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(example), shards)
+
+
+def draw_shard(dataset: tf.data.Dataset, sanitizer: GsSanitizer, round_seed):
+  """The shard a client's round uses: uniform in [0, shards), from the noise key, the round
+  and a hash of the round's batches (a keyed pseudo-random function: without the key, nobody
+  can tell which shard answered)."""
+  fingerprint = dataset.reduce(tf.constant(0, tf.int64), lambda acc, batch: tf.bitwise.bitwise_xor(
+      acc, tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(batch), 2**62)))
+  seed = seeds.batch_seed(seeds.keyed_seed(sanitizer.noise_key, round_seed[1]), round_seed[0],
+                          fingerprint)
+  return tf.random.stateless_uniform([], seed, 0, sanitizer.shards, dtype=tf.int64)
+
+
+def sanitize(weighted_gradient, sanitizer: GsSanitizer, seed):
+  """Each per-sample gradient of `[steps, batch, *shape]` clipped to `sanitizer.clip` in L2
+  and noised with N(0, (σ·C)²) per coordinate, under the stateless `seed`."""
+  flat = tf.reshape(weighted_gradient, [tf.shape(weighted_gradient)[0],
+                                        tf.shape(weighted_gradient)[1], -1])
+  norms = tf.norm(flat, axis=-1, keepdims=True)
+  clipped = flat * tf.minimum(1.0, sanitizer.clip / tf.maximum(norms, 1e-12))
+  noise = tf.random.stateless_normal(tf.shape(clipped), seed,
+                                     stddev=sanitizer.noise_multiplier * sanitizer.clip)
+  return tf.reshape(clipped + noise, tf.shape(weighted_gradient))
 
 
 def feedback_noise(round_seed, step, batch_size: int, noise_dim: int):
@@ -77,13 +144,16 @@ def client_feedback_update(
     generator_steps: int,
     batch_size: int,
     mixture: str,
+    sanitizer: GsSanitizer | None = None,
 ):
   """A client's round: train its own discriminator, then judge the round's generated samples.
 
   Every batch of `dataset` gives one step of the client's discriminator (its real batch
   against a generated batch of the same size), from the client's own weights and optimizer
   state. Then, for each of the round's `generator_steps` noise batches, the client computes
-  its `Feedback` on the samples G(z). Must run inside a `tf.function`.
+  its `Feedback` on the samples G(z); with a `sanitizer` (mean mixture), GS-WGAN's
+  sanitized feedback, an example count of 1 and no metrics computed from the discriminator
+  (both zero). Must run inside a `tf.function`.
 
   Returns:
     `(feedback, num_examples, metrics, new_client_state)`: `feedback` a `Feedback` with
@@ -125,7 +195,14 @@ def client_feedback_update(
   metrics = collections.OrderedDict(
       discriminator_loss=loss_sum / tf.maximum(tf.cast(num_steps, tf.float32), 1.0),
       generator_loss=tf.reduce_mean(generator_losses))
-  return (Feedback(weight=tf.stack(weights), weighted_gradient=tf.stack(weighted_gradients)),
+  weights, weighted_gradients = tf.stack(weights), tf.stack(weighted_gradients)
+  if sanitizer is not None:
+    weighted_gradients = sanitize(weighted_gradients, sanitizer, seeds.batch_seed(
+        seeds.keyed_seed(sanitizer.noise_key, broadcast.round_seed[1]), broadcast.round_seed[0],
+        tf.concat([tf.reshape(w, [-1]) for w in new_state.weights], 0)))
+    num_examples = tf.ones_like(num_examples)
+    metrics = tf.nest.map_structure(tf.zeros_like, metrics)
+  return (Feedback(weight=weights, weighted_gradient=weighted_gradients),
           num_examples, metrics, new_state)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from tff_gan.algorithms import aggregators
 from tff_gan.clients import partition, populations
-from tff_gan.core import conditional, dp_sgd, seeds
+from tff_gan.core import conditional, dp_sgd, feedback, seeds
 from tff_gan.run import rundir
 from tff_gan.run.config import ConfigError, TrainConfig
 from tff_gan.runtime import contexts, tls
@@ -33,6 +33,16 @@ def build_aggregator(config: TrainConfig):
     )
   except ValueError as e:
     raise ConfigError(str(e)) from e
+
+
+def gs_sanitizer(config: TrainConfig) -> feedback.GsSanitizer | None:
+  """GS-WGAN's sanitization of the clients' feedback under `--scheme=gs_wgan`, else None."""
+  if config.scheme != 'gs_wgan':
+    return None
+  return feedback.GsSanitizer(clip=config.effective_dp_clip,
+                              noise_multiplier=config.dp_noise_multiplier,
+                              noise_key=seeds.noise_key(config.dp_noise, config.seed),
+                              shards=config.discriminator_shards)
 
 
 def example_dp(config: TrainConfig) -> dp_sgd.ExampleDp | None:

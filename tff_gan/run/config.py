@@ -62,7 +62,7 @@ class TrainConfig:
   client_learning_rate: float = 1e-3
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
-  loss: str = 'non_saturating'
+  loss: str = ''
   proximal_mu: float = 0.0
   aggregator: str = 'mean'
   bits: int | None = None
@@ -73,6 +73,7 @@ class TrainConfig:
   discriminator_mixture: str = 'mean'
   sample_anchor: float | None = None
   generator_ema: float = 0.0
+  discriminator_shards: int = 1
   client_sampling: str = 'fixed'
   dp_noise_multiplier: float | None = None
   dp_clip: float | None = None
@@ -113,9 +114,12 @@ class TrainConfig:
     if not self.partition:
       object.__setattr__(self, 'partition',
                          'natural' if self.task in choices.FILE_TASKS else 'iid')
-    if self.sample_anchor is None:  # Unset: multi_d's default, else neutral.
-      object.__setattr__(self, 'sample_anchor',
-                         choices.DEFAULT_SAMPLE_ANCHOR if self.scheme == 'multi_d' else 0.0)
+    if not self.loss:  # GS-WGAN's own loss for gs_wgan.
+      object.__setattr__(self, 'loss',
+                         'wasserstein_gp' if self.scheme == 'gs_wgan' else 'non_saturating')
+    if self.sample_anchor is None:  # Unset: the client-resident schemes' default, else neutral.
+      object.__setattr__(self, 'sample_anchor', choices.DEFAULT_SAMPLE_ANCHOR
+                         if self.scheme in choices.CLIENT_RESIDENT_SCHEMES else 0.0)
     if not self.server_gen_steps:
       object.__setattr__(self, 'server_gen_steps',
                          choices.DEFAULT_SERVER_GEN_STEPS.get(self.scheme, 1))
@@ -300,20 +304,26 @@ class TrainConfig:
       if getattr(self, name) != neutral:
         raise ConfigError(f'--{name} has no meaning for --scheme={self.scheme}, {reason}; '
                           'drop it.')
-    if self.scheme != 'multi_d':
+    if self.discriminator_shards != 1 and (self.scheme != 'gs_wgan'
+                                           or self.discriminator_shards < 1):
+      raise ConfigError(f'--discriminator_shards must be >= 1 and applies to --scheme=gs_wgan; '
+                        f'got {self.discriminator_shards} with --scheme={self.scheme}.')
+    if self.scheme not in choices.CLIENT_RESIDENT_SCHEMES:
       for name, neutral in (('discriminator_mixture', 'mean'), ('sample_anchor', 0.0)):
         if getattr(self, name) != neutral:
-          raise ConfigError(f'--{name} applies to --scheme=multi_d; set that, or drop it.')
+          raise ConfigError(f'--{name} applies to --scheme=multi_d or gs_wgan; set one, or '
+                            'drop it.')
       return
     if not (math.isfinite(self.sample_anchor) and self.sample_anchor >= 0):
       raise ConfigError(f'--sample_anchor must be a finite number >= 0, got '
                         f'{self.sample_anchor}.')
-    if self.dp_enabled:
-      raise ConfigError('--scheme=multi_d has no differential privacy yet (its discriminators '
-                        'never leave their clients; GS-WGAN sanitization is planned); drop '
-                        '--dp_noise_multiplier or use dp_fedavg_gan.')
+    if self.dp_enabled != (self.scheme == 'gs_wgan'):
+      raise ConfigError('--scheme=multi_d sends unsanitized feedback; for differential privacy '
+                        'use --scheme=gs_wgan, or drop --dp_noise_multiplier.'
+                        if self.dp_enabled else '--scheme=gs_wgan sanitizes with noise: set '
+                        '--dp_noise_multiplier (sigma), or use --scheme=multi_d.')
     if self.num_clients > choices.MAX_CLIENT_RESIDENT_DISCRIMINATORS:
-      raise ConfigError(f'--scheme=multi_d keeps a discriminator per client, for at most '
+      raise ConfigError(f'--scheme={self.scheme} keeps a discriminator per client, for at most '
                         f'{choices.MAX_CLIENT_RESIDENT_DISCRIMINATORS} clients; got --num_clients='
                         f'{self.num_clients}: use fewer clients or another scheme.')
     if self.discriminator_mixture == 'universal' and self.loss != 'non_saturating':

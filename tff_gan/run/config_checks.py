@@ -42,6 +42,16 @@ def dp_problem(config) -> str | None:
   quantile = config.dp_adaptive_clip_quantile
   if quantile is not None and not 0 < quantile < 1:
     return f'--dp_adaptive_clip_quantile must be in (0, 1), got {quantile}.'
+  if config.scheme == 'gs_wgan':
+    if config.dp_unit == 'example' and config.discriminator_shards < 2:
+      return ('--scheme=gs_wgan --dp_unit=example amplifies by the chance 1/K that an '
+              "example's shard answers: set --discriminator_shards=K >= 2 (with one "
+              "discriminator per client it protects the client's whole data: "
+              '--dp_unit=client).')
+    if config.dp_accountant != 'rdp':
+      return ("--scheme=gs_wgan's rounds are accounted with RDP (PLD does not cover drawing "
+              'one discriminator of K); drop --dp_accountant.')
+    return None
   if config.dp_unit == 'example':
     return _example_problem(config)
   if config.dp_noise == 'reproducible' and quantile is not None:
@@ -90,8 +100,8 @@ def timing_problem(config) -> str | None:
     return None
   if config.scheme == 'centralized':
     return '--mode=async needs clients; --scheme=centralized has none.'
-  if config.scheme == 'multi_d':
-    return '--mode=async is not built for --scheme=multi_d; use --mode=sync.'
+  if config.scheme in ('multi_d', 'gs_wgan'):
+    return f'--mode=async is not built for --scheme={config.scheme}; use --mode=sync.'
   if config.client_sampling != 'fixed':
     return ('--client_sampling has no meaning in --mode=async, where a client is drawn '
             'whenever one finishes; drop it.')

@@ -11,7 +11,16 @@
   (`ExampleLevelLedger`). Nothing is amplified by client sampling: the server knows which
   clients it asked.
 
-Both are computed from the run's seed and round alone (the sample of each round is a function
+* `--scheme=gs_wgan`: each sampled client sends one sanitized message a round, a Gaussian
+  mechanism of noise multiplier σ / (2·√(steps·batch)) (`feedback.GsSanitizer`) on the one
+  discriminator that answered. `--dp_unit=client`: that discriminator may hold any of the
+  client's data, so a client's ε composes the rounds that sampled it, unamplified.
+  `--dp_unit=example` with K shards: an example's discriminator answers with probability 1/K
+  (one of K drawn, secretly), so each round is that mechanism sampled without replacement,
+  1 of K, replace-one neighbours (GS-WGAN's analysis). `GsWganLedger`; the per-client file
+  as above.
+
+All are computed from the run's seed and round alone (the sample of each round is a function
 of them), so a resumed run reports the ε an uninterrupted one would.
 """
 
@@ -23,7 +32,7 @@ import dp_accounting
 import numpy as np
 from absl import logging
 
-from tff_gan.core import dp_sgd
+from tff_gan.core import dp_sgd, feedback
 from tff_gan.core.state import ServerState
 from tff_gan.privacy import accounting
 from tff_gan.run.config import TrainConfig
@@ -105,13 +114,39 @@ class ExampleLevelLedger:
     return self._curves[num_examples]
 
 
+class GsWganLedger(ExampleLevelLedger):
+  """Each client's ε under GS-WGAN (module docstring): one Gaussian event per round that
+  sampled it, unamplified; `steps` in `client_epsilon.csv` counts those messages."""
+
+  def __init__(self, config: TrainConfig, client_sizes, client_ids: Callable[[int], np.ndarray]):
+    super().__init__(config, client_sizes, client_ids)
+    self.steps_per_round = np.ones(len(self.client_sizes), np.int64)
+    per_round = feedback.GsSanitizer(
+        clip=config.effective_dp_clip, noise_multiplier=config.dp_noise_multiplier,
+        noise_key=(0, 0)).noise_multiplier_per_round(config.server_gen_steps, config.batch_size)
+    shards = config.discriminator_shards if config.dp_unit == 'example' else 1
+    # The unamplified bound holds for any unit; with few rounds of little noise it is the
+    # tighter of the two (Wang et al.'s bound for sampling 1 of K is loose there).
+    self._curves_of_all = [accounting.EpsilonCurve(
+        dp_accounting.GaussianDpEvent(per_round), accounting.Sampling('fixed', k, 1),
+        self._delta, self._accountant) for k in sorted({1, shards})]
+
+  def _curve(self, num_examples: int) -> Callable[[int], float]:
+    del num_examples  # The bound depends on the rounds alone.
+    return lambda rounds: min(curve(rounds) for curve in self._curves_of_all)
+
+
 def epsilon_ledger(config: TrainConfig, client_sizes,
                    client_ids: Callable[[int], np.ndarray]):
   """The run's ledger under differential privacy (warning about a large δ), else None."""
   if not config.dp_enabled:
     return None
-  if config.example_dp:
-    ledger = ExampleLevelLedger(config, client_sizes, client_ids)
+  if config.scheme == 'gs_wgan' and not config.example_dp:
+    ledger = GsWganLedger(config, client_sizes, client_ids)
+    message = accounting.delta_warning(config.effective_dp_delta, len(client_sizes))
+  elif config.example_dp:
+    ledger = (GsWganLedger if config.scheme == 'gs_wgan' else ExampleLevelLedger)(
+        config, client_sizes, client_ids)
     message = accounting.delta_warning(config.effective_dp_delta, int(np.min(client_sizes)),
                                        "(the smallest client's examples)", 'example')
   else:

@@ -180,19 +180,36 @@ class MultiD(Scheme):
         release_client_metrics=not config.dp_enabled,
         seed=config.seed,
         generator_ema_decay=config.generator_ema,
+        sanitizer=builders.gs_sanitizer(config),
+        shard_steps=config.local_steps or None,
     )
 
   def check_population(self, config, population):
     super().check_population(config, population)
     limit = choices.MAX_CLIENT_RESIDENT_DISCRIMINATORS
     if population.num_clients > limit:
-      raise ConfigError(f'--scheme=multi_d keeps a discriminator per client, for at most '
+      raise ConfigError(f'--scheme={self.name} keeps a discriminator per client, for at most '
                         f'{limit} clients; the data has {population.num_clients}: use '
                         '--num_clients to draw fewer, or another scheme.')
 
 
+class GsWgan(MultiD):
+  """GS-WGAN (`feedback.GsSanitizer`): `multi_d` whose clients clip and noise every
+  per-sample gradient before it leaves."""
+
+  name = 'gs_wgan'
+
+  def local_work(self, config, task):
+    # Plain batches (GS-WGAN needs no Poisson sampling); with shards, all of a client's data
+    # arrives and the chosen shard's steps are capped inside the client (`shard_steps`).
+    del task
+    return populations.LocalWork(
+        batch_size=config.batch_size, local_epochs=config.local_epochs,
+        local_steps=None if config.discriminator_shards > 1 else config.local_steps or None)
+
+
 SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in (
-    FedGan(), DpFedAvgGan(), FedSgd(), Centralized(), MultiD())}
+    FedGan(), DpFedAvgGan(), FedSgd(), Centralized(), MultiD(), GsWgan())}
 assert tuple(SCHEMES) == choices.SCHEMES, 'tff_gan.choices.SCHEMES lists the schemes here'
 
 
