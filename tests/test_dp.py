@@ -229,3 +229,38 @@ def test_robust_aggregator_bounds_a_huge_update_that_the_mean_lets_through(tff_c
 def test_unknown_aggregator_is_refused():
   with pytest.raises(ValueError, match='unknown aggregator'):
     aggregators.build_aggregator('median')
+
+
+def test_dp_fedavg_gan_without_noise_learns_the_target_mean(tff_context):
+  """One dimension, a linear G and a linear D, which can match the first moment and nothing
+  else: through the DP aggregator with z = 0 (clipping only), G's mean reaches the data's."""
+  target = 3.0
+  rng = np.random.default_rng(0)
+  arrays = [rng.normal(target, 0.5, size=(64, 1)).astype(np.float32) for _ in range(3)]
+  process = dp_fedavg_gan.build_dp_fedavg_gan_process(
+      linear_gan_models(noise_dim=1, data_dim=1),
+      client_optimizer=optimizers.build_optimizer('sgd', 0.1),
+      server_optimizer=optimizers.build_optimizer('sgd', 1.0),
+      generator_optimizer=optimizers.build_optimizer('adam', 0.1),
+      server_generator_steps=2, server_generator_batch_size=64,
+      aggregator=aggregators.dp_aggregator(noise_multiplier=0.0, clients_per_round=3,
+                                           clip=1.0, noise_key=(1, 2)),
+      release_client_metrics=False)
+  state = process.initialize()
+  generator = linear_gan_models(noise_dim=1, data_dim=1).generator_fn()
+  noise = np.random.default_rng(1).standard_normal((4096, 1)).astype(np.float32)
+
+  def generated_mean(state):
+    tf_fns.assign_weights(generator.trainable_variables, state.weights.generator)
+    return float(np.mean(generator(noise)))
+
+  assert abs(generated_mean(state) - target) > 2.0
+  means = []
+  for round_num in range(150):
+    datasets = [tf.data.Dataset.from_tensor_slices(x).shuffle(64, seed=round_num).batch(16)
+                for x in arrays]
+    state, _ = process.next(state, datasets)
+    means.append(generated_mean(state))
+  # GAN dynamics circle the equilibrium; the last rounds' average sits on it.
+  assert np.mean(means[-60:]) == pytest.approx(target, abs=0.2), np.round(means[::10], 2)
+  assert np.ptp(means[-40:]) < np.ptp(means[:40])  # And it settles.
