@@ -24,7 +24,7 @@ from conftest import REPO_ROOT, pid_alive, started_by_this_session, worker_pids
 from tff_gan.privacy import accounting as privacy
 
 TUTORIALS = os.path.join(REPO_ROOT, 'tutorials')
-NOTEBOOKS = ('quickstart', 'privacy', 'remote_workers')
+NOTEBOOKS = ('quickstart', 'privacy', 'remote_workers', 'secure_deployment')
 
 
 def read_notebook(name: str) -> nbformat.NotebookNode:
@@ -153,6 +153,26 @@ def test_remote_workers(tmp_path, monkeypatch, no_worker_survives):
   assert 'same clients, examples and bytes in all 3 rounds: True' in output
   assert 'the two runs agree within 1e-4 in all 3 rounds' in output
   assert images_shown(notebook) == 2  # The differences per round, the round times.
+
+
+def test_secure_deployment(tmp_path, monkeypatch, no_worker_survives):
+  notebook = execute('secure_deployment', tmp_path, monkeypatch)
+  tls = read_rows(tmp_path / 'tls' / 'metrics.csv')
+  local = read_rows(tmp_path / 'local' / 'metrics.csv')
+  assert len(tls) == len(local) == 3
+  for got, want in zip(tls, local, strict=True):  # One TLS worker: exactly the local run.
+    assert {k: v for k, v in got.items() if k != 'round_seconds'} == \
+        {k: v for k, v in want.items() if k != 'round_seconds'}
+  assert not (tmp_path / 'refused' / 'metrics.csv').exists()  # Refused before training.
+  output = printed(notebook)
+  assert output.count('exit 1, 1 line(s)') == 3, output
+  assert 'refused this trainer\'s token' in output
+  assert 'the worker is still running: True' in output
+  assert "exited with status 143: ['worker.py: stopped by SIGTERM.']" in output
+  assert 'columns that differ besides round_seconds: none' in output
+  for name in ('token', 'worker.key', 'trainer.key'):
+    assert (tmp_path / 'certs' / name).stat().st_mode & 0o077 == 0
+  assert images_shown(notebook) == 2  # The losses of both runs, the round times.
 
 
 @pytest.mark.parametrize('name', NOTEBOOKS)
