@@ -18,7 +18,7 @@ from tff_gan.algorithms import multi_d, optimizers
 from tff_gan.core import feedback, seeds
 from tff_gan.core.losses import WASSERSTEIN_GP
 from tff_gan.core.state import DiscriminatorState, GanWeights, ServerBroadcast
-from tff_gan.run import ledgers
+from tff_gan.run import ledgers, schemes
 from tff_gan.run.config import ConfigError, TrainConfig
 
 
@@ -190,3 +190,16 @@ def test_gs_wgan_defaults_are_the_papers():
   assert config.loss == 'wasserstein_gp' and config.server_gen_steps == 1
   assert TrainConfig().loss == 'non_saturating'
   assert seeds.noise_key(config.dp_noise, 0) == seeds.entropy_noise_key()
+
+
+def test_shards_that_would_not_fit_in_memory_are_refused():
+  import tasks
+  config = TrainConfig(scheme='gs_wgan', dp_noise_multiplier=1.0, dp_unit='example',
+                       discriminator_shards=100).validate()
+  models = tasks.get_task('ring').gan_models()
+  # 10 clients × 100 discriminators × (weights + Adam's two moments) × float32.
+  expected = 10 * 100 * 3 * 4 * models.discriminator_fn().count_params() / 2**20
+  with pytest.raises(ConfigError, match=f'would keep {expected:.0f} MiB of discriminator state'):
+    schemes.build_process(config, models)
+  narrow = dataclasses.replace(config, model_width=0.25)
+  schemes.build_process(narrow, tasks.get_task('ring', width=0.25).gan_models())
