@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
 import time
 
@@ -65,16 +64,10 @@ def run_dir(partition: str, scheme: str, seed: int) -> str:
 
 def run(partition: str, scheme: str, seed: int) -> dict[str, float]:
   """Trains (or resumes, or reads) one combination; its figures at the last round."""
-  output_dir = run_dir(partition, scheme, seed)
-  rows = procs.read_rows(os.path.join(output_dir, 'metrics.csv'))
-  if not rows or int(rows[-1]['round']) < FLAGS.rounds:
-    args = [sys.executable, procs.TRAIN, f'--rounds={FLAGS.rounds}',
-            f'--eval_every={FLAGS.eval_every}', f'--seed={seed}', f'--output_dir={output_dir}',
-            '--noprogress', *PARTITIONS[partition], *SCHEMES[scheme], *FLAGS.extra]
-    result = subprocess.run(args, capture_output=True, text=True, check=False)
-    if result.returncode:
-      raise SystemExit(f'{" ".join(args)} failed:\n{result.stderr[-2000:]}')
-    rows = procs.read_rows(os.path.join(output_dir, 'metrics.csv'))
+  rows = procs.train_or_read(
+      run_dir(partition, scheme, seed),
+      [f'--eval_every={FLAGS.eval_every}', f'--seed={seed}', *PARTITIONS[partition],
+       *SCHEMES[scheme], *FLAGS.extra], FLAGS.rounds)
   evaluations = [row for row in rows if row['modes_captured']]
   last = evaluations[-1]
   steady = [float(row['modes_captured']) for row in evaluations

@@ -1,6 +1,7 @@
 """Running `bin/train.py` from a benchmark and watching it: its rows as they land, its memory.
 
-Shared by the benchmarks that time whole training runs (`scaling.py`, `wall_clock.py`).
+Shared by the benchmarks that run whole trainings (`scaling.py`, `wall_clock.py`,
+`heterogeneity.py`, `dp_example.py`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ def read_rows(path: str) -> list[dict[str, str]]:
       return list(csv.DictReader(f))
   except FileNotFoundError:
     return []
+
+
+def train_or_read(output_dir: str, flags: list[str], rounds: int) -> list[dict[str, str]]:
+  """The `metrics.csv` rows of a `bin/train.py` run of `rounds` rounds in `output_dir`:
+  read when the run there is finished, else trained (resuming from its checkpoint)."""
+  rows = read_rows(os.path.join(output_dir, 'metrics.csv'))
+  if not rows or int(rows[-1]['round']) < rounds:
+    args = [sys.executable, TRAIN, f'--rounds={rounds}', f'--output_dir={output_dir}',
+            '--noprogress', *flags]
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    if result.returncode:
+      raise SystemExit(f'{" ".join(args)} failed:\n{result.stderr[-2000:]}')
+    rows = read_rows(os.path.join(output_dir, 'metrics.csv'))
+  return rows
 
 
 class TrainRun:
