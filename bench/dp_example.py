@@ -2,12 +2,12 @@
 
 The cross-silo setting of the README: 10 clients ("hospitals") of 2,000 examples each, all
 sampled every round, every client's discriminator trained with DP-SGD (`--dp_unit=example`:
-Poisson batches of expected size 128, each example's gradient clipped to 1, noise z·1) for
-`--local_steps` steps a round, δ = 1e-5. For each noise multiplier z (and a run without DP,
-the reference) it trains every seed and prints, as the mean over seeds at the last round:
-the largest ε over clients (all clients take the same steps, so all spend the same), modes of
-8, high-quality fraction and reverse KL, with the training minutes per run. It writes a PNG
-of modes and high quality against ε.
+Poisson batches of expected size 128, each example's gradient clipped to 1, noise z·1), the
+README's defaults otherwise (one local epoch a round), δ = 1e-5. For each noise multiplier
+z (and a run without DP, the reference) it trains every seed and prints, as the mean over
+seeds at the last round: the largest ε over clients (all clients take the same steps, so
+all spend the same), modes of 8, high-quality fraction and reverse KL, with the training
+minutes per run. It writes a PNG of modes and high quality against ε.
 
 Runs live in `--work_dir`: a finished run is read again, not rerun, and an interrupted one
 resumes from its checkpoint.
@@ -34,11 +34,12 @@ flags.DEFINE_list('noise', ['1.5', '2', '3'], 'Noise multipliers z, one configur
                   '(plus one without DP).')
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds per configuration.')
 flags.DEFINE_integer('rounds', 300, 'Rounds per run.')
-flags.DEFINE_integer('local_steps', 4, 'DP-SGD steps of each client per round.')
+flags.DEFINE_integer('local_steps', 0, 'Cap on the DP-SGD steps of each client per round (0: '
+                     "none, one local epoch: 16 steps, as the README's defaults).")
 flags.DEFINE_integer('eval_every', 50, 'Rounds between evaluations.')
-flags.DEFINE_list('extra', ['--model_width=0.25'], 'More bin/train.py flags for every run '
-                  "(the default: networks a quarter as wide, so DP-SGD's noise, whose norm "
-                  'grows with the square root of the parameter count, is smaller).')
+flags.DEFINE_list('extra', [], 'More bin/train.py flags for every run (e.g. '
+                  '--model_width=0.5). The reference without DP must train: at a quarter of '
+                  'the width, or 4 steps a round, it did not (0-6 modes at round 300).')
 flags.DEFINE_string('work_dir', os.path.join(procs.REPO_ROOT, 'runs', 'dp_example'),
                     'Where the runs are kept (finished ones are reused, others resumed).')
 flags.DEFINE_string('figure', None, 'PNG of quality against epsilon (default: '
@@ -50,10 +51,10 @@ def run(noise: str | None, seed: int) -> dict[str, float]:
   """Trains (or resumes, or reads) one configuration's seed; its figures at the last round."""
   name = f'z{noise}' if noise else 'no_dp'
   dp = ['--dp_unit=example', f'--dp_noise_multiplier={noise}'] if noise else []
-  extra = '_'.join(flag.strip('-').replace('=', '-') for flag in FLAGS.extra)
+  extra = ''.join('_' + flag.strip('-').replace('=', '-') for flag in FLAGS.extra)
   rows = procs.train_or_read(
       os.path.join(FLAGS.work_dir,
-                   f'{name}_steps{FLAGS.local_steps}_r{FLAGS.rounds}_s{seed}_{extra}'),
+                   f'{name}_steps{FLAGS.local_steps}_r{FLAGS.rounds}_s{seed}{extra}'),
       [*SILOS, *dp, f'--local_steps={FLAGS.local_steps}', f'--eval_every={FLAGS.eval_every}',
        f'--seed={seed}', *FLAGS.extra], FLAGS.rounds)
   last = [row for row in rows if row['modes_captured']][-1]
@@ -83,8 +84,8 @@ def write_figure(path: str, table: dict[str, dict[str, float]]) -> None:
       axis.axhline(table['no DP'][key], color='gray', linestyle='--', label='no DP')
     axis.set(xlabel='ε of each silo (δ = 1e-5)', ylabel=label, ylim=(0, top))
     axis.legend(fontsize=8)
-  figure.suptitle(f'ring, 10 silos × 2,000 examples, {FLAGS.rounds} rounds of '
-                  f'{FLAGS.local_steps} DP-SGD steps')
+  steps = f'{FLAGS.local_steps} DP-SGD steps' if FLAGS.local_steps else 'a local epoch'
+  figure.suptitle(f'ring, 10 silos × 2,000 examples, {FLAGS.rounds} rounds of {steps}')
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)
@@ -102,9 +103,9 @@ def main(argv):
     print(f'seed {seed} done after {(time.perf_counter() - start) / 60:.0f} min', flush=True)
   table = {(f'z = {noise}' if noise else 'no DP'): mean(results[noise])
            for noise in configurations}
-  print(f'\nring, 10 silos x 2000 examples, {FLAGS.rounds} rounds of {FLAGS.local_steps} '
-        f'DP-SGD steps (batch 128, clip 1), delta 1e-5, extra flags {FLAGS.extra or "none"}, '
-        f'seeds {seeds}; mean over seeds at the last round')
+  print(f'\nring, 10 silos x 2000 examples, {FLAGS.rounds} rounds, local steps '
+        f'{FLAGS.local_steps or "one epoch"} (batch 128, clip 1), delta 1e-5, extra flags '
+        f'{FLAGS.extra or "none"}, seeds {seeds}; mean over seeds at the last round')
   print('| configuration | ε per silo | modes of 8 | high quality | reverse KL | minutes |')
   print('|---|---:|---:|---:|---:|---:|')
   for name, m in table.items():
