@@ -24,7 +24,7 @@ from conftest import REPO_ROOT, pid_alive, started_by_this_session, worker_pids
 from tff_gan.privacy import accounting as privacy
 
 TUTORIALS = os.path.join(REPO_ROOT, 'tutorials')
-NOTEBOOKS = ('quickstart', 'privacy', 'remote_workers', 'secure_deployment')
+NOTEBOOKS = ('quickstart', 'privacy', 'remote_workers', 'secure_deployment', 'hospitals')
 
 
 def read_notebook(name: str) -> nbformat.NotebookNode:
@@ -153,6 +153,31 @@ def test_remote_workers(tmp_path, monkeypatch, no_worker_survives):
   assert 'same clients, examples and bytes in all 3 rounds: True' in output
   assert 'the two runs agree within 1e-4 in all 3 rounds' in output
   assert images_shown(notebook) == 2  # The differences per round, the round times.
+
+
+def test_hospitals(tmp_path, monkeypatch, no_worker_survives):
+  notebook = execute('hospitals', tmp_path, monkeypatch)
+  for name, z in (('zDP', None), ('z_1', 1.0), ('z_3', 3.0)):
+    run = tmp_path / ('noDP' if z is None else name)
+    rows = read_rows(run / 'metrics.csv')
+    assert [int(row['round']) for row in rows] == [1, 2, 3]
+    if z is None:
+      assert not (run / 'client_epsilon.csv').exists() and not rows[-1].get('epsilon')
+      continue
+    table = read_rows(run / 'client_epsilon.csv')
+    assert len(table) == 4
+    for row in table:  # Each hospital's ε from its own (q, z, steps), independently.
+      steps = int(row['steps'])
+      expected = privacy.example_epsilon(int(row['examples']), 16, z, steps, 1e-5) if steps else 0
+      assert float(row['epsilon']) == pytest.approx(expected, rel=1e-5)
+    # 2 of 4 hospitals a round: some were sampled less than others, and spent less.
+    sampled = [int(row['rounds_sampled']) for row in table]
+    assert sum(sampled) == 2 * 3
+    assert float(rows[-1]['epsilon']) == pytest.approx(
+        max(float(row['epsilon']) for row in table), rel=1e-5)
+  # ε per hospital, quality against ε, the samples side by side.
+  assert images_shown(notebook) == 3
+  assert printed(notebook).count('largest difference from dp_accounting') == 2
 
 
 def test_secure_deployment(tmp_path, monkeypatch, no_worker_survives):
