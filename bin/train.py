@@ -190,7 +190,10 @@ flags.DEFINE_enum('dp_unit', _DEFAULTS.dp_unit, choices.DP_UNITS, 'What the DP p
                   'batch_size/n_k), each real example\'s gradient clipped to --dp_clip and the '
                   "sum noised; the generator reads only that discriminator. metrics.csv's "
                   'epsilon is the largest over clients, client_epsilon.csv has each. Each '
-                  "client's masks and noise come from --dp_noise's key.")
+                  "client's masks and noise come from --dp_noise's key. With --scheme=gs_wgan "
+                  "both units refer to the sanitized feedback: client, a client's whole data "
+                  '(unamplified); example, each example, amplified by 1/K with '
+                  '--discriminator_shards=K >= 2.')
 flags.DEFINE_enum('dp_noise', _DEFAULTS.dp_noise, choices.DP_NOISE, 'Where every DP draw '
                   '(the noise; with --dp_unit=example also the Poisson masks) comes from. '
                   "entropy: a key of 126 bits from the OS's entropy, drawn anew by every "
