@@ -29,7 +29,7 @@ client, each per-sample gradient ∂L_G/∂x_i is clipped to L2 norm C and Gauss
 standard deviation σ·C is added to it; the weights are all ones and the example count is not
 sent. Whatever the client's data, its message is then a Gaussian mechanism of ℓ2 sensitivity
 2C·√(steps·batch) (each of the steps·batch clipped vectors can move by at most 2C), that is
-of noise multiplier σ / (2·√(steps·batch)) (`GsSanitizer.noise_multiplier_per_round`).
+of noise multiplier σ / (2·√(steps·batch)) (`message_noise_multiplier`).
 """
 
 from __future__ import annotations
@@ -71,9 +71,13 @@ class GsSanitizer:
       raise ValueError(f'GS-WGAN needs clip > 0, noise_multiplier >= 0 and shards >= 1, got '
                        f'{self}.')
 
-  def noise_multiplier_per_round(self, generator_steps: int, batch_size: int) -> float:
-    """The noise multiplier of one client's whole message of a round, for accounting."""
-    return self.noise_multiplier / (2 * math.sqrt(generator_steps * batch_size))
+
+
+def message_noise_multiplier(noise_multiplier: float, generator_steps: int,
+                             batch_size: int) -> float:
+  """The noise multiplier of one client's whole sanitized message of a round (σ per
+  per-sample gradient, sensitivity 2C·√(steps·batch)), for accounting."""
+  return noise_multiplier / (2 * math.sqrt(generator_steps * batch_size))
 
 
 def shard_of(example, shards: int):

@@ -121,9 +121,8 @@ class GsWganLedger(ExampleLevelLedger):
   def __init__(self, config: TrainConfig, client_sizes, client_ids: Callable[[int], np.ndarray]):
     super().__init__(config, client_sizes, client_ids)
     self.steps_per_round = np.ones(len(self.client_sizes), np.int64)
-    per_round = feedback.GsSanitizer(
-        clip=config.effective_dp_clip, noise_multiplier=config.dp_noise_multiplier,
-        noise_key=(0, 0)).noise_multiplier_per_round(config.server_gen_steps, config.batch_size)
+    per_round = feedback.message_noise_multiplier(config.dp_noise_multiplier,
+                                                  config.server_gen_steps, config.batch_size)
     shards = config.discriminator_shards if config.dp_unit == 'example' else 1
     # The unamplified bound holds for any unit; with few rounds of little noise it is the
     # tighter of the two (Wang et al.'s bound for sampling 1 of K is loose there).
