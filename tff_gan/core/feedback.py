@@ -72,7 +72,6 @@ class GsSanitizer:
                        f'{self}.')
 
 
-
 def message_noise_multiplier(noise_multiplier: float, generator_steps: int,
                              batch_size: int) -> float:
   """The noise multiplier of one client's whole sanitized message of a round (σ per
