@@ -36,6 +36,7 @@ SCHEMES = {
     'fedgan': ['--scheme=fedgan'],
     'fedgan-ema': ['--scheme=fedgan', '--generator_ema=0.99'],
     'fedgan-2-epochs': ['--scheme=fedgan', '--local_epochs=2'],
+    'fedgan-prox-d': ['--scheme=fedgan', '--proximal_mu=1', '--proximal_networks=discriminator'],
     'multi_d': ['--scheme=multi_d'],
     'multi_d-universal': ['--scheme=multi_d', '--discriminator_mixture=universal'],
 }

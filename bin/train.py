@@ -126,6 +126,10 @@ flags.DEFINE_string('loss', _UNRESOLVED['loss'], 'GAN loss: ' + ', '.join(choice
 flags.DEFINE_float('proximal_mu', _DEFAULTS.proximal_mu, 'FedProx: adds (mu/2)*||w - '
                    'w_global||^2 to the local objective of every network trained on clients; '
                    '0 is FedAvg.')
+flags.DEFINE_enum('proximal_networks', _DEFAULTS.proximal_networks, choices.PROXIMAL_NETWORKS,
+                  'fedgan with --proximal_mu > 0: the client networks the proximal term pulls '
+                  'back. both: G and D; discriminator: D alone, so each client\'s D stays near '
+                  'the global one while its G moves freely.')
 flags.DEFINE_string('aggregator', _DEFAULTS.aggregator, 'How client updates are combined: '
                     'mean (weighted by examples trained on: FedAvg); unweighted_mean; robust '
                     "(TFF's robust aggregator: non-finite and outsized updates zeroed, norms "
@@ -135,8 +139,20 @@ flags.DEFINE_string('aggregator', _DEFAULTS.aggregator, 'How client updates are 
                     'the local runtime runs secure sums as plain sums, so the clipping, '
                     'quantization and bit widths are real but no cryptography runs); '
                     'compressed (each tensor of 64+ elements uniformly quantized to --bits '
-                    'bits with stochastic rounding, so runs are not bitwise reproducible). '
-                    'Differential privacy brings its own aggregator.')
+                    'bits with stochastic rounding, so runs are not bitwise reproducible); he '
+                    '(homomorphic encryption, TenSEAL BFV at 128-bit security: each update '
+                    'clipped to --he_clip, encoded in fixed point, weighted by its example '
+                    'count and encrypted; an aggregator process holding only the public key '
+                    'adds the ciphertexts and the key holder decrypts only the sum. SIMULATED '
+                    'roles: the clients\' encryption and the key holder run in the trainer '
+                    'process, which therefore also sees each update; fedgan, dp_fedavg_gan, '
+                    'fedsgd; sync rounds, no DP yet). Differential privacy brings its own '
+                    'aggregator.')
+flags.DEFINE_float('he_clip', None, '--aggregator=he: the public L2 bound each client update '
+                   'is clipped to before it is encoded; with the largest example count and '
+                   '--clients_per_round it sets the fixed-point precision (the sum may not wrap '
+                   f'the plaintext modulus). Default {choices.DEFAULT_HE_CLIP:g}; metrics.csv\'s '
+                   'clipped_fraction says how often it bit.')
 flags.DEFINE_integer('bits', None, '--aggregator=compressed: bits per quantized value, 1 to '
                      f'{choices.MAX_BITS} (default {choices.DEFAULT_BITS}).')
 flags.DEFINE_bool('hadamard', _DEFAULTS.hadamard, '--aggregator=compressed: rotate each tensor '

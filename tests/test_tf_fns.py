@@ -15,14 +15,15 @@ def sigmoid(x):
 
 
 def run_client_update(models, dataset, broadcast, *, learning_rate, loss=losses.NON_SATURATING,
-                      proximal_mu=0.0):
+                      proximal_mu=0.0, proximal_generator=True):
   """Runs the FedGAN client update in plain TF (no TFF) with client SGD."""
   generator, discriminator = models.generator_fn(), models.discriminator_fn()
   optimizer = optimizers.build_optimizer('sgd', learning_rate)
   update = tf.function(lambda dataset, b: client_work.fedgan_client_update(
       dataset, b, generator=generator, discriminator=discriminator, loss=loss,
       generator_optimizer=optimizer, discriminator_optimizer=optimizer,
-      noise_dim=models.noise_dim, proximal_mu=proximal_mu))
+      noise_dim=models.noise_dim, proximal_mu=proximal_mu,
+      proximal_generator=proximal_generator))
   return update(dataset, broadcast)
 
 
@@ -37,12 +38,13 @@ def random_broadcast(rng, noise_dim=3, data_dim=2):
 
 
 def numpy_local_step(real, noise_d, noise_g, weights, learning_rate, wasserstein=False,
-                     mu=0.0, anchor=None):
+                     mu=0.0, anchor=None, proximal_generator=True):
   """One D step, then one G step, with SGD, for linear G and D.
 
   Non-saturating loss by default; with `wasserstein`, WGAN-GP with λ = 10, whose penalty
   (‖w‖ − 1)² does not depend on the interpolates for a linear critic. With `mu`, FedProx's
-  (μ/2)‖θ − θ_anchor‖² adds μ(θ − θ_anchor) to every gradient.
+  (μ/2)‖θ − θ_anchor‖² adds μ(θ − θ_anchor) to every gradient (to D's alone without
+  `proximal_generator`).
   """
   a, c = weights.generator
   w, b = weights.discriminator
@@ -71,7 +73,7 @@ def numpy_local_step(real, noise_d, noise_g, weights, learning_rate, wasserstein
     g_fake_logits = -sigmoid(-(fake @ w + b)) / len(fake)
   grad_fake = g_fake_logits @ w.T
   grad_a, grad_c = noise_g.T @ grad_fake, grad_fake.sum(0)
-  if mu:
+  if mu and proximal_generator:
     grad_a = grad_a + mu * (a - anchor.generator[0])
     grad_c = grad_c + mu * (c - anchor.generator[1])
   a, c = a - learning_rate * grad_a, c - learning_rate * grad_c
@@ -85,10 +87,11 @@ def step_noise(round_seed, step, batch, noise_dim):
           tf_fns.sample_noise(len(batch), noise_dim, step_seeds[1]).numpy().astype(np.float64))
 
 
-@pytest.mark.parametrize('loss, mu', [(losses.NON_SATURATING, 0.0),
-                                      (losses.WASSERSTEIN_GP, 0.0),
-                                      (losses.NON_SATURATING, 2.0)])
-def test_client_update_matches_numpy_sgd_on_linear_gan(loss, mu):
+@pytest.mark.parametrize('loss, mu, proximal_generator', [(losses.NON_SATURATING, 0.0, True),
+                                                          (losses.WASSERSTEIN_GP, 0.0, True),
+                                                          (losses.NON_SATURATING, 2.0, True),
+                                                          (losses.NON_SATURATING, 2.0, False)])
+def test_client_update_matches_numpy_sgd_on_linear_gan(loss, mu, proximal_generator):
   rng = np.random.default_rng(0)
   models = linear_gan_models()
   broadcast = random_broadcast(rng)
@@ -96,7 +99,8 @@ def test_client_update_matches_numpy_sgd_on_linear_gan(loss, mu):
   learning_rate = 0.02
 
   output = run_client_update(models, tf.data.Dataset.from_tensor_slices(batches), broadcast,
-                             learning_rate=learning_rate, loss=loss, proximal_mu=mu)
+                             learning_rate=learning_rate, loss=loss, proximal_mu=mu,
+                             proximal_generator=proximal_generator)
 
   expected = tf.nest.map_structure(lambda x: x.astype(np.float64), broadcast.weights)
   anchor = expected
@@ -104,7 +108,7 @@ def test_client_update_matches_numpy_sgd_on_linear_gan(loss, mu):
     noise_d, noise_g = step_noise(broadcast.round_seed, step, tf.constant(batch), 3)
     expected = numpy_local_step(batch.astype(np.float64), noise_d, noise_g, expected,
                                 learning_rate, wasserstein=loss is losses.WASSERSTEIN_GP,
-                                mu=mu, anchor=anchor)
+                                mu=mu, anchor=anchor, proximal_generator=proximal_generator)
   expected_delta = tf.nest.map_structure(lambda e, w: e - w, expected, broadcast.weights)
   for got, want in zip(tf.nest.flatten(output.delta), tf.nest.flatten(expected_delta), strict=True):
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)

@@ -149,6 +149,7 @@ def test_tensorflow_start_up_noise_is_hidden(two_runs):
     (['--hadamard'], '--hadamard applies only to --aggregator=compressed'),
     (['--aggregator=compressed', '--bits=17'], '--bits must be from 1 to 16'),
     (['--scheme=fedsgd', '--proximal_mu=0.1'], 'fedsgd takes no local steps'),
+    (['--proximal_networks=discriminator'], 'set --scheme=fedgan and --proximal_mu > 0'),
     (['--dp_noise_multiplier=1', '--dp_adaptive_clip_quantile=0.5'],
      'adaptive clipping cannot reach noise multiplier 1.0'),
 ])

@@ -37,6 +37,8 @@ SCHEME_UNUSED_FLAGS = {
                     'server_learning_rate': 1.0, 'dp_adaptive_clip_quantile': None,
                     'discriminator_mixture': 'mean'}),
 }
+# The networks FedProx's proximal term applies to in fedgan (`--proximal_networks`).
+PROXIMAL_NETWORKS = ('both', 'discriminator')
 # How multi_d's server combines the clients' discriminators (`core.feedback`).
 DISCRIMINATOR_MIXTURES = ('mean', 'universal')
 # multi_d keeps a discriminator per client: a cross-silo scheme, for populations up to this.
@@ -65,6 +67,10 @@ OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad', 'rmsprop')  # Every one 
 
 # Aggregation (`algorithms.aggregators`).
 AGGREGATORS = ('mean', 'unweighted_mean', 'robust', 'secure', 'compressed')
+# Aggregators whose sum the run loop computes outside TFF, with cryptography (`tff_gan.secure`).
+SECURE_AGGREGATORS = ('he',)
+# --he_clip's default: the public L2 bound of a client's update under --aggregator=he.
+DEFAULT_HE_CLIP = 10.0
 DEFAULT_BITS = 8
 MAX_BITS = 16  # The most tensor_encoding's uniform quantization allows.
 

@@ -29,6 +29,7 @@ def build_fedgan_process(
     aggregator: composition.AggregationFactory | None = None,
     release_client_metrics: bool = True,
     proximal_mu: float = 0.0,
+    proximal_generator: bool = True,
     example_dp: dp_sgd.ExampleDp | None = None,
     seed: int = 0,
     generator_ema_decay: float = 0.0,
@@ -59,9 +60,12 @@ def build_fedgan_process(
       client's joint (G, D) update.
     release_client_metrics: Whether round metrics include the clients' mean losses and
       example count; turn off under differential privacy.
-    proximal_mu: FedProx's μ ≥ 0: both networks' local objectives gain
+    proximal_mu: FedProx's μ ≥ 0: the local objective of each network it applies to gains
       (μ/2)‖w − w_broadcast‖², keeping local updates near the global model on
       heterogeneous clients. 0 (the default) is FedAvg exactly.
+    proximal_generator: Whether the proximal term applies to the generator too; False keeps
+      it on the discriminator alone (the network that drifts toward a client's own modes,
+      while the generator stays free to move).
     example_dp: If set (`core.dp_sgd.ExampleDp`), each client's discriminator steps are DP-SGD
       on Poisson batches (example-level DP; the population's `LocalWork.poisson` draws them).
     seed: Seeds the initial weights and all generator noise.
@@ -88,6 +92,7 @@ def build_fedgan_process(
         discriminator_optimizer=discriminator_optimizer,
         noise_dim=models.noise_dim,
         proximal_mu=proximal_mu,
+        proximal_generator=proximal_generator,
         example_dp=example_dp,
     )
     return local_work(dataset, broadcast)

@@ -88,6 +88,7 @@ def fedgan_client_update(
     discriminator_optimizer,
     noise_dim: int,
     proximal_mu: float = 0.0,
+    proximal_generator: bool = True,
     example_dp: dp_sgd.ExampleDp | None = None,
 ) -> ClientOutput:
   """FedGAN local work: adversarial training of D and G on one client's batches.
@@ -109,6 +110,8 @@ def fedgan_client_update(
     noise_dim: Length of the noise vector.
     proximal_mu: FedProx's μ ≥ 0: each network's local objective gains
       (μ/2)‖w − w_broadcast‖²; 0 is FedAvg.
+    proximal_generator: Whether the proximal term applies to the generator too (False: to
+      the discriminator alone).
     example_dp: If set, the discriminator steps are DP-SGD (`_discriminator_work`) on
       Poisson batches; the generator steps read only that discriminator (post-processing).
 
@@ -145,7 +148,7 @@ def fedgan_client_update(
         discriminator=discriminator,
         loss=loss,
         optimizer=generator_optimizer,
-        proximal_mu=proximal_mu,
+        proximal_mu=proximal_mu if proximal_generator else 0.0,
         anchor=broadcast.weights.generator,
     )
     return (generator_state, discriminator_state, discriminator_loss_sum + discriminator_loss,

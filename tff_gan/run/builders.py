@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from tff_gan import choices
 from tff_gan.algorithms import aggregators
 from tff_gan.clients import partition, populations
 from tff_gan.core import conditional, dp_sgd, feedback, seeds
@@ -20,6 +21,8 @@ from tff_gan.runtime import contexts, tls
 
 def build_aggregator(config: TrainConfig):
   """The `tff.aggregators` factory `config` asks for (DP-FedAvg under client-level DP)."""
+  if config.aggregator in choices.SECURE_AGGREGATORS:  # The run loop sums (`run.he_rounds`);
+    return aggregators.build_aggregator('mean')  # TFF then averages the one decrypted mean.
   if not config.client_dp:
     return aggregators.build_aggregator(config.aggregator, bits=config.effective_bits,
                                         hadamard=config.hadamard)

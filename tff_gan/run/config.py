@@ -64,9 +64,11 @@ class TrainConfig:
   server_learning_rate: float = 1.0
   loss: str = ''
   proximal_mu: float = 0.0
+  proximal_networks: str = 'both'
   aggregator: str = 'mean'
   bits: int | None = None
   hadamard: bool = False
+  he_clip: float | None = None
   dropout_rate: float = 0.0
   server_gen_steps: int = 0
   generator_learning_rate: float = 1e-3
@@ -211,7 +213,7 @@ class TrainConfig:
         'server_optimizer': choices.SERVER_OPTIMIZERS,
         'loss': choices.LOSSES,
         'client_sampling': choices.CLIENT_SAMPLING,
-        'aggregator': choices.AGGREGATORS,
+        'aggregator': choices.AGGREGATORS + choices.SECURE_AGGREGATORS,
         'dp_accountant': choices.DP_ACCOUNTANTS,
         'executor': choices.EXECUTORS,
         'mode': choices.MODES,
@@ -220,17 +222,21 @@ class TrainConfig:
         'eval': choices.EVAL_MODES,
         'dp_unit': choices.DP_UNITS,
         'dp_noise': choices.DP_NOISE,
+        'proximal_networks': choices.PROXIMAL_NETWORKS,
     }
     for name, allowed in allowed_values.items():
       if getattr(self, name) not in allowed:
         raise ConfigError(f"unknown --{name} '{getattr(self, name)}'; choose one of: "
                           f"{', '.join(allowed)}.")
+    if self.proximal_networks != 'both' and not (self.scheme == 'fedgan' and self.proximal_mu):
+      raise ConfigError('--proximal_networks chooses which of fedgan\'s client networks '
+                        '--proximal_mu pulls back; set --scheme=fedgan and --proximal_mu > 0.')
     if not self.output_dir:
       raise ConfigError('--output_dir must not be empty.')
     self._validate_data()
     self._validate_compression()
-    self._validate_dp()
-    for check in (config_checks.executor_problem, config_checks.timing_problem):
+    for check in (config_checks.secure_aggregation_problem, config_checks.dp_problem,
+                  config_checks.executor_problem, config_checks.timing_problem):
       problem = check(self)
       if problem:
         raise ConfigError(problem)
@@ -344,6 +350,10 @@ class TrainConfig:
       raise ConfigError(f'--bits must be from 1 to {choices.MAX_BITS}, got {self.bits}.')
 
   @property
+  def effective_he_clip(self) -> float:
+    return choices.DEFAULT_HE_CLIP if self.he_clip is None else self.he_clip
+
+  @property
   def effective_dp_clip(self) -> float:
     return choices.DEFAULT_DP_CLIP if self.dp_clip is None else self.dp_clip
 
@@ -360,11 +370,6 @@ class TrainConfig:
   def example_dp(self) -> bool:
     """DP-SGD inside each client: each example's gradient clipped and noised."""
     return self.dp_enabled and self.dp_unit == 'example'
-
-  def _validate_dp(self) -> None:
-    problem = config_checks.dp_problem(self)
-    if problem:
-      raise ConfigError(problem)
 
   def to_json(self) -> str:
     values = dataclasses.asdict(self)

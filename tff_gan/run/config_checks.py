@@ -6,6 +6,7 @@ Each function returns the first problem it finds as one line naming it and the f
 
 from __future__ import annotations
 
+import math
 import os
 
 from tff_gan import choices
@@ -13,6 +14,24 @@ from tff_gan.runtime.addresses import parse_address
 
 # The trainer's TLS and token files for --executor=remote (`tff_gan.runtime.tls`).
 TLS_FILES = ('tls_ca', 'tls_client_cert', 'tls_client_key', 'auth_token_file')
+
+
+def secure_aggregation_problem(config) -> str | None:
+  """The first thing wrong with `--aggregator=he`'s settings, or None."""
+  if config.aggregator not in choices.SECURE_AGGREGATORS:
+    if config.he_clip is not None:
+      return '--he_clip applies only to --aggregator=he; set that, or drop --he_clip.'
+    return None
+  if not (math.isfinite(config.effective_he_clip) and config.effective_he_clip > 0):
+    return f'--he_clip must be a positive number, got {config.he_clip}.'
+  if config.mode == 'async':
+    return ('--aggregator=he runs synchronous rounds only (asynchronous staleness weights are '
+            'not built yet); drop --mode=async, or use another aggregator.')
+  if config.dp_enabled:
+    return ('--aggregator=he with differential privacy is not built yet (the key holder would '
+            'add the noise to the decrypted sum); drop --dp_noise_multiplier or use '
+            '--aggregator=mean.')
+  return None
 
 
 def dp_problem(config) -> str | None:

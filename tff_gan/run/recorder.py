@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tff_gan import files
+from tff_gan import choices, files
 from tff_gan.algorithms import communication
 from tff_gan.core import conditional
 from tff_gan.core.state import ServerState
@@ -38,6 +38,8 @@ def columns(config: TrainConfig, task, *, coverage: bool = False) -> tuple[str, 
   elif config.client_latency:
     timing = ('simulated_time',)
   privacy = ('epsilon',) if config.dp_enabled else ()
+  if config.aggregator in choices.SECURE_AGGREGATORS:  # `he_rounds.CLIPPED_METRIC`.
+    privacy += ('clipped_fraction',)
   return (BASE_COLUMNS + timing + privacy + metric_names(config, task)
           + (COVERAGE_METRICS if coverage else ()))
 

@@ -96,7 +96,9 @@ class FedGan(Scheme):
   name = 'fedgan'
 
   def build_process(self, config, models):
-    return fedgan.build_fedgan_process(models, **self._local_training_arguments(config))
+    return fedgan.build_fedgan_process(
+        models, proximal_generator=config.proximal_networks == 'both',
+        **self._local_training_arguments(config))
 
 
 class DpFedAvgGan(Scheme):

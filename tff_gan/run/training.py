@@ -18,6 +18,7 @@ not released, so `d_loss` and `num_examples` stay empty (and `g_loss` too in `fe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -37,6 +38,7 @@ from tff_gan.run import (
   async_training,
   builders,
   export,
+  he_rounds,
   ledgers,
   persistence,
   pictures,
@@ -136,6 +138,7 @@ def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -
   config = config.with_population(population.num_clients).validate()
   scheme.check_population(config, population)
   work = scheme.local_work(config, task)
+  he_settings = _he_settings(config, population, work)
   process = scheme.build_process(config, models)
   traffic = communication.round_traffic(process.next)
   keyed_process = process.with_client_data(population, work)
@@ -184,8 +187,11 @@ def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -
       rounds.close()
       row = last_row or row
     else:
-      state, row = _train_sync(config, scheme, keyed_process, population, state, rounds,
-                               round_recorder, traffic, start_time, row, client_states)
+      with (he_rounds.HeRounds(keyed_process, **he_settings) if he_settings
+            else contextlib.nullcontext()) as he_round:
+        state, row = _train_sync(config, scheme, keyed_process, population, state, rounds,
+                                 round_recorder, traffic, start_time, row, client_states,
+                                 he_round)
   _write_curves(config, task)
   return TrainResult(state, row, process.generator_weights(state))
 
@@ -210,9 +216,31 @@ def _write_curves(config: TrainConfig, task) -> None:
                                  title)
 
 
+def _he_settings(config: TrainConfig, population, work) -> dict | None:
+  """`he_rounds.HeRounds`' bounds under `--aggregator=he` (else None), checked before anything
+  is written: a configuration whose sums could wrap is a usage error."""
+  if config.aggregator != 'he':
+    return None
+  settings = dict(
+      clip=config.effective_he_clip,
+      max_weight=he_rounds.max_client_weight(population.client_sizes, work.local_epochs,
+                                             work.batch_size, work.local_steps),
+      max_clients=(config.num_clients if config.client_sampling == 'poisson'
+                   else config.clients_per_round), seed=config.seed)
+  try:
+    he_rounds.check_bounds(**settings)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  return settings
+
+
 def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population, state,
-                rounds, round_recorder, traffic, simulated_time: float, row, client_states):
-  """Synchronous rounds: sample, drop out, run the round on the survivors' keys, record."""
+                rounds, round_recorder, traffic, simulated_time: float, row, client_states,
+                he_round=None):
+  """Synchronous rounds: sample, drop out, run the round on the survivors' keys, record.
+
+  With `he_round` (a `he_rounds.HeRounds`), each round's sum is computed encrypted.
+  """
   clock = clock_lib.ClientClock.from_config(config) if config.latency else None
   for round_num in rounds:
     client_ids = scheme.client_ids(config, population.num_clients, round_num)
@@ -222,7 +250,9 @@ def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population
     if len(completed) or not len(client_ids):
       keys = populations.round_keys(completed, round_num=round_num, seed=config.seed)
       with signals.deferred():  # A signal stops the run after this call, not inside it.
-        if client_states is None:
+        if he_round is not None:
+          state, metrics, encrypted = he_round.next(state, keys, completed, round_num)
+        elif client_states is None:
           state, metrics = process.next(state, keys)
         else:  # Each client brings its own state and takes the new one back.
           state, new_client_states, metrics = process.next(state, keys,
@@ -236,6 +266,10 @@ def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population
                              len(completed), metrics, traffic)
     if not scheme.communicates:
       row['bytes_down'] = row['bytes_up'] = None
+    if he_round is not None and metrics is not None:
+      row['bytes_up'] = encrypted['up']
+      row['bytes_down'] += encrypted['context_down']
+      row[he_rounds.CLIPPED_METRIC] = metrics[he_rounds.CLIPPED_METRIC]
     if clock is not None:
       simulated_time += clock.sync_round_seconds(client_ids, completed, round_num)
       row['simulated_time'] = simulated_time
