@@ -146,8 +146,10 @@ flags.DEFINE_string('aggregator', _DEFAULTS.aggregator, 'How client updates are 
                     'adds the ciphertexts and the key holder decrypts only the sum. SIMULATED '
                     'roles: the clients\' encryption and the key holder run in the trainer '
                     'process, which therefore also sees each update; fedgan, dp_fedavg_gan, '
-                    'fedsgd; sync rounds, no DP yet). Differential privacy brings its own '
-                    'aggregator.')
+                    'fedsgd; sync rounds; with --dp_unit=client the clients clip to --dp_clip '
+                    'and the key holder, a trusted curator, adds the noise to the decrypted '
+                    'sum). Other aggregators cannot be combined with differential privacy, '
+                    'which brings its own.')
 flags.DEFINE_float('he_clip', None, '--aggregator=he: the public L2 bound each client update '
                    'is clipped to before it is encoded; with the largest example count and '
                    '--clients_per_round it sets the fixed-point precision (the sum may not wrap '

@@ -1,5 +1,6 @@
-"""`--aggregator=he` in the run loop: one encrypted round against the plaintext mean round,
-bytes as they travel, clipping, refusals, and no aggregator process left behind."""
+"""`--aggregator=he` in the run loop: one encrypted round against the plaintext mean round
+(and, under DP, against TFF's DP aggregator), the key holder's noise and ε, bytes as they
+travel, clipping, refusals, and no aggregator process left behind."""
 
 import csv
 import os
@@ -113,7 +114,11 @@ def test_no_aggregator_process_survives_the_runs(runs):
     (dict(he_clip=1.0), '--he_clip applies only to --aggregator=he'),
     (dict(aggregator='he', he_clip=-1.0), '--he_clip must be a positive number'),
     (dict(aggregator='he', mode='async', buffer_size=2), 'synchronous rounds only'),
-    (dict(aggregator='he', dp_noise_multiplier=1.0), 'with differential privacy is not built'),
+    (dict(aggregator='he', dp_noise_multiplier=1.0, dp_unit='example'),
+     '--dp_unit=example is not built yet'),
+    (dict(aggregator='he', dp_noise_multiplier=1.0, he_clip=1.0), 'clients clip to --dp_clip'),
+    (dict(aggregator='he', dp_noise_multiplier=1.0, dp_adaptive_clip_quantile=0.5),
+     'drop --dp_adaptive_clip_quantile'),
     (dict(aggregator='he', scheme='multi_d'), '--aggregator has no meaning for --scheme=multi_d'),
 ])
 def test_incompatible_settings_are_refused_in_one_line(settings, message):
@@ -134,3 +139,48 @@ def test_a_configuration_whose_sums_could_wrap_is_a_usage_error(tmp_path):
 def test_max_client_weight_is_the_largest_example_count_of_a_round():
   assert he_rounds.max_client_weight([100, 300], 2, 16, None) == 600
   assert he_rounds.max_client_weight([100, 300], 2, 16, 5) == 80
+
+
+NOISE = 2.0
+
+
+@pytest.fixture(scope='module')
+def dp_runs(tmp_path_factory):
+  """One DP-FedAvg-GAN round: TFF's DP aggregator without noise, and the key holder's, with
+  and without noise (a reproducible key, so the two HE runs differ by the noise alone)."""
+  common = dict(scheme='dp_fedavg_gan', dp_noise='reproducible')
+  return {name: train(tmp_path_factory, name, **common, **settings) for name, settings in [
+      ('mean', dict(dp_noise_multiplier=0.0)),
+      ('he', dict(dp_noise_multiplier=0.0, aggregator='he')),
+      ('he_noised', dict(dp_noise_multiplier=NOISE, aggregator='he'))]}
+
+
+def discriminator(result):
+  return np.concatenate([w.ravel() for w in as_numpy(result.state.weights.discriminator)])
+
+
+def test_under_dp_the_encrypted_sum_equals_tffs_dp_aggregator_without_noise(dp_runs):
+  clip = config_lib.TrainConfig().effective_dp_clip
+  fraction_bits = he.choose_params(clip, 1, TINY['clients_per_round']).fraction_bits
+  # Both clip each client's D update to C and average unweighted over the round's clients.
+  difference = np.abs(discriminator(dp_runs['he'][0]) - discriminator(dp_runs['mean'][0]))
+  assert difference.max() <= 2.0**-fraction_bits + 1e-6
+
+
+def test_the_key_holder_adds_noise_of_std_z_clip_over_clients(dp_runs):
+  clip = config_lib.TrainConfig().effective_dp_clip
+  noise = discriminator(dp_runs['he_noised'][0]) - discriminator(dp_runs['he'][0])
+  expected = NOISE * clip / TINY['clients_per_round']
+  # The sample std of n normal draws is within 4 standard errors (std/√(2n)) of the truth.
+  assert abs(noise.std() - expected) < 4 * expected / np.sqrt(2 * noise.size)
+  assert abs(noise.mean()) < 4 * expected / np.sqrt(noise.size)
+
+
+def test_under_dp_epsilon_is_accounted_as_with_the_mean_aggregator(dp_runs, tmp_path_factory):
+  _, he_rows = dp_runs['he_noised']
+  _, mean_rows = train(tmp_path_factory, 'mean_noised', scheme='dp_fedavg_gan',
+                       dp_noise_multiplier=NOISE)
+  assert float(he_rows[0]['epsilon']) == pytest.approx(float(mean_rows[0]['epsilon']))
+  # Nothing un-noised is released: no losses, counts or clipping flags.
+  assert not he_rows[0]['d_loss'] and not he_rows[0]['num_examples']
+  assert 'clipped_fraction' not in he_rows[0]

@@ -27,10 +27,15 @@ def secure_aggregation_problem(config) -> str | None:
   if config.mode == 'async':
     return ('--aggregator=he runs synchronous rounds only (asynchronous staleness weights are '
             'not built yet); drop --mode=async, or use another aggregator.')
-  if config.dp_enabled:
-    return ('--aggregator=he with differential privacy is not built yet (the key holder would '
-            'add the noise to the decrypted sum); drop --dp_noise_multiplier or use '
-            '--aggregator=mean.')
+  if config.dp_enabled and config.he_clip is not None:
+    return ('--he_clip has no effect under differential privacy: the clients clip to '
+            '--dp_clip; drop --he_clip.')
+  if config.example_dp:
+    return ('--aggregator=he with --dp_unit=example is not built yet; use --dp_unit=client '
+            '(the key holder adds the noise) or --aggregator=mean.')
+  if config.dp_adaptive_clip_quantile is not None:
+    return ('--aggregator=he clips on the clients to a fixed bound; drop '
+            '--dp_adaptive_clip_quantile.')
   return None
 
 
@@ -49,7 +54,7 @@ def dp_problem(config) -> str | None:
     if config.dp_noise != 'entropy':
       return f'--dp_noise={config.dp_noise} has no effect without --dp_noise_multiplier; drop it.'
     return None
-  if config.aggregator != 'mean':
+  if config.aggregator not in ('mean',) + choices.SECURE_AGGREGATORS:
     return (f'--aggregator={config.aggregator} cannot be combined with differential privacy, '
             'which brings its own aggregator (clip, sum, noise); drop one.')
   if config.dp_noise_multiplier < 0:

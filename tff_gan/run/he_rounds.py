@@ -22,6 +22,14 @@ decrypt, and the test suite shows that it cannot). So the code computes the sum 
 ciphertexts alone and decrypts nothing but the sum, yet in this simulation the trainer
 process also saw every update in the clear.
 
+With user-level differential privacy (`HeDp`), clipping moves to the clients: each clips
+its whole update to the DP clip C (less the most that rounding can add, so the encoded update
+is within C too) and sends it unweighted, with nothing else. The key holder, the trusted
+curator, decrypts the sum of the clipped updates, adds Gaussian noise of standard deviation
+z·C drawn under the run's DP noise key (`core.seeds.noise_key`), and releases the sum
+divided by the expected clients per round: DP-FedAvg's fixed-denominator mean, accounted as
+`--aggregator=mean`'s. No loss, count or clipping flag is released.
+
 The stochastic rounding draws from (seed, round, client), so a run, and a resumed run, is
 repeatable. The key is new in every process: nothing encrypted outlives a round.
 """
@@ -29,17 +37,37 @@ repeatable. The key is new in every process: nothing encrypted outlives a round.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 
 import numpy as np
 import tensorflow as tf
 
+from tff_gan.core import seeds
 from tff_gan.secure import he, he_process
 
 # Losses beyond ±METRIC_RANGE are clipped before they are encrypted.
 METRIC_RANGE = 64.0
 CLIPPED_METRIC = 'clipped_fraction'
 _ROUNDING_SALT = 0x6865  # Separates the rounding's random numbers from every other stream.
+_NOISE_SALT = 0x68654450  # Separates the key holder's DP noise from the key's other draws.
+
+
+@dataclasses.dataclass(frozen=True)
+class HeDp:
+  """User-level DP with `--aggregator=he` (module docstring).
+
+  Attributes:
+    noise_multiplier: z ≥ 0.
+    clip: C > 0, the L2 bound of a client's update.
+    clients_per_round: The expected clients per round, the mean's fixed denominator.
+    noise_key: The key the key holder's noise descends from (`core.seeds.noise_key`).
+  """
+
+  noise_multiplier: float
+  clip: float
+  clients_per_round: float
+  noise_key: tuple[int, int]
 
 
 def max_client_weight(client_sizes, local_epochs: int, batch_size: int,
@@ -51,11 +79,18 @@ def max_client_weight(client_sizes, local_epochs: int, batch_size: int,
   return max(most, 1)
 
 
-def check_bounds(*, clip: float, max_weight: int, max_clients: int, seed: int) -> None:
+def check_bounds(*, clip: float, max_weight: int, max_clients: int, seed: int,
+                 dp: HeDp | None = None) -> None:
   """Raises `ValueError` (one line naming the limit) if `HeRounds` with these settings
   could not hold its sums in the plaintext modulus; builds no key."""
   del seed  # Rounding only.
-  he.choose_params(clip, max_weight, max_clients)
+  _params(clip, max_weight, max_clients, dp)
+
+
+def _params(clip: float, max_weight: int, max_clients: int, dp: HeDp | None) -> he.HeParams:
+  if dp is not None:  # Unweighted updates within the DP clip.
+    return he.choose_params(dp.clip, 1, max_clients)
+  return he.choose_params(clip, max_weight, max_clients)
 
 
 class HeRounds:
@@ -64,7 +99,8 @@ class HeRounds:
   Use as a context manager, or call `close`: it owns the aggregator process.
   """
 
-  def __init__(self, process, *, clip: float, max_weight: int, max_clients: int, seed: int):
+  def __init__(self, process, *, clip: float, max_weight: int, max_clients: int, seed: int,
+               dp: HeDp | None = None):
     """Creates the key holder, the public context and the aggregator process.
 
     Args:
@@ -73,13 +109,15 @@ class HeRounds:
       max_weight: The largest n_k a client can report (`max_client_weight`).
       max_clients: The most clients one round can sum.
       seed: The run seed, which the stochastic rounding descends from.
+      dp: User-level DP (`HeDp`): `clip` and `max_weight` are then unused.
 
     Raises:
       ValueError: If no fixed-point format fits these bounds in the plaintext modulus (one
         line naming the limit).
     """
-    self.params = he.choose_params(clip, max_weight, max_clients)
-    self._process, self._clip, self._max_weight, self._seed = process, clip, max_weight, seed
+    self.params = _params(clip, max_weight, max_clients, dp)
+    self._process, self._max_weight, self._seed, self._dp = process, max_weight, seed, dp
+    self._clip = clip if dp is None else dp.clip
     self._key_holder = he.KeyHolder(self.params)
     self.public_context = self._key_holder.public_context_bytes()
     self._encryptor = he.Encryptor(self.public_context, self.params)
@@ -113,7 +151,9 @@ class HeRounds:
       weight = round(float(output.num_examples))
       if discarded or weight < 1:  # Non-finite, or no data: it sends nothing.
         continue
-      if weight > self._max_weight:
+      if self._dp is not None:
+        weight = 1  # DP-FedAvg: every client counts the same.
+      elif weight > self._max_weight:
         raise RuntimeError(f'client {client_id} reports {weight} examples, above the bound '
                            f'{self._max_weight} the HE parameters were chosen for.')
       encrypted = self._encrypt(output, weight, client_id, round_num)
@@ -122,20 +162,44 @@ class HeRounds:
     new_clients = set(int(c) for c in client_ids) - self._has_context
     self._has_context |= new_clients
     traffic = {'up': bytes_up, 'context_down': len(new_clients) * len(self.public_context)}
-    mean_output, clipped = self._decrypted_mean(template, summed=bytes_up > 0)
+    if self._dp is None:
+      mean_output, clipped = self._decrypted_mean(template, summed=bytes_up > 0)
+    else:
+      mean_output, clipped = self._noised_mean(template, round_num, summed=bytes_up > 0), None
     state, metrics = self._process.server_step(
         state, [mean_output], [np.int32(total_discarded)], [np.float32(1.0)])
     metrics = collections.OrderedDict(metrics)
-    metrics[CLIPPED_METRIC] = clipped
+    if clipped is not None:
+      metrics[CLIPPED_METRIC] = clipped
     return state, metrics, traffic
 
   def _encrypt(self, output, weight: int, client_id: int, round_num: int) -> he.EncryptedUpdate:
     rng = np.random.default_rng([self._seed, _ROUNDING_SALT, round_num, int(client_id)])
     update = _flatten(output.delta)
+    if self._dp is not None:  # Within C after rounding too: it adds at most 2^-f a coordinate.
+      clip = self._clip - math.sqrt(update.size) * 2.0**-self.params.fraction_bits
+      encoded, _ = he.encode(update, clip, 1, self.params.fraction_bits, rng)
+      return self._encryptor.encrypt(encoded, 1)
     encoded, clipped = he.encode(update, self._clip, weight, self.params.fraction_bits, rng)
     extras, _ = he.encode(self._extras_to_slots(output.metrics, clipped), self._clip, weight,
                           self.params.fraction_bits, rng)
     return self._encryptor.encrypt(np.concatenate([encoded, extras]), weight)
+
+  def _noised_mean(self, template, round_num: int, *, summed: bool):
+    """Under DP: (Σ clipped updates + N(0, (z·C)²)) / clients per round, as one output."""
+    size = _flatten(template.delta).size
+    total = np.zeros(size)
+    if summed:
+      sums, _ = self._key_holder.decrypt(self._aggregator.result())
+      total = sums / 2.0**self.params.fraction_bits
+    noise_seed = tf.random.experimental.stateless_fold_in(
+        seeds.keyed_seed(self._dp.noise_key, _NOISE_SALT), round_num)
+    noise = tf.random.stateless_normal(
+        [size], noise_seed, stddev=self._dp.noise_multiplier * self._dp.clip, dtype=tf.float64)
+    mean = (total + noise.numpy()) / self._dp.clients_per_round
+    return template._replace(delta=_unflatten(mean, template.delta),
+                             num_examples=np.float32(1.0),
+                             metrics=tf.nest.map_structure(np.zeros_like, template.metrics))
 
   def _extras_to_slots(self, metrics, clipped: bool) -> np.ndarray:
     """The losses (clipped to ±METRIC_RANGE) and the clipped flag, scaled so that their

@@ -2,7 +2,7 @@
 
 * `--dp_unit=client` (DP-FedAvg): every round is the aggregator's Gaussian mechanism on a
   sample of clients; ε follows from the round count and the DP event kept in the server state
-  (`ClientLevelLedger`).
+  (`ClientLevelLedger`; under `--aggregator=he`, the key holder's Gaussian mechanism).
 * `--dp_unit=example` (DP-SGD in each client): each client protects its own examples, and its
   ε follows from its own Poisson rate B / n_k and the DP-SGD steps it has taken: ⌈E·n_k / B⌉
   (capped by `--local_steps`) in every round that sampled it, dropped out or not (it may have
@@ -32,6 +32,7 @@ import dp_accounting
 import numpy as np
 from absl import logging
 
+from tff_gan import choices
 from tff_gan.core import dp_sgd, feedback
 from tff_gan.core.state import ServerState
 from tff_gan.privacy import accounting
@@ -47,12 +48,16 @@ class ClientLevelLedger:
     self._delta = config.effective_dp_delta
     self._accountant = config.dp_accountant
     self._curve = None
+    # Under --aggregator=he the key holder adds the noise outside TFF (`run.he_rounds`): the
+    # same Gaussian mechanism, whose event no aggregator state records.
+    self._event = (dp_accounting.GaussianDpEvent(float(config.dp_noise_multiplier))
+                   if config.aggregator in choices.SECURE_AGGREGATORS else None)
 
   def epsilon(self, state: ServerState) -> float:
     if self._curve is None:  # The same mechanism every round: account for it once.
       self._curve = accounting.EpsilonCurve(
-          accounting.round_event_from_aggregator_state(state.aggregator_state), self._sampling,
-          self._delta, self._accountant)
+          self._event or accounting.round_event_from_aggregator_state(state.aggregator_state),
+          self._sampling, self._delta, self._accountant)
     return self._curve(int(state.round_num))
 
 

@@ -33,6 +33,7 @@ from tff_gan import files
 from tff_gan.algorithms import communication
 from tff_gan.clients import clock as clock_lib
 from tff_gan.clients import populations, sampling
+from tff_gan.core import seeds
 from tff_gan.core.state import ServerState
 from tff_gan.run import (
   async_training,
@@ -227,6 +228,11 @@ def _he_settings(config: TrainConfig, population, work) -> dict | None:
                                              work.batch_size, work.local_steps),
       max_clients=(config.num_clients if config.client_sampling == 'poisson'
                    else config.clients_per_round), seed=config.seed)
+  if config.client_dp:  # The key holder adds the noise (`he_rounds.HeDp`).
+    settings['dp'] = he_rounds.HeDp(
+        noise_multiplier=config.dp_noise_multiplier, clip=config.effective_dp_clip,
+        clients_per_round=config.clients_per_aggregation,
+        noise_key=seeds.noise_key(config.dp_noise, config.seed))
   try:
     he_rounds.check_bounds(**settings)
   except ValueError as e:
@@ -269,7 +275,8 @@ def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population
     if he_round is not None and metrics is not None:
       row['bytes_up'] = encrypted['up']
       row['bytes_down'] += encrypted['context_down']
-      row[he_rounds.CLIPPED_METRIC] = metrics[he_rounds.CLIPPED_METRIC]
+      if he_rounds.CLIPPED_METRIC in metrics:  # Not released under DP.
+        row[he_rounds.CLIPPED_METRIC] = metrics[he_rounds.CLIPPED_METRIC]
     if clock is not None:
       simulated_time += clock.sync_round_seconds(client_ids, completed, round_num)
       row['simulated_time'] = simulated_time

@@ -38,11 +38,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import secrets
 from collections.abc import Sequence
 
 import numpy as np
 import tenseal as ts
+
+from tff_gan.secure import fixed_point
+from tff_gan.secure.fixed_point import check_count as _check_count
+from tff_gan.secure.fixed_point import coordinate_bound as coordinate_bound  # he's API too.
+from tff_gan.secure.fixed_point import decode as decode  # he's API too.
 
 POLY_MODULUS_DEGREE = 8192
 COEFF_MOD_BIT_SIZES = (60, 60)
@@ -50,8 +54,8 @@ PLAIN_MODULUS = 1073692673
 # The HE standard's largest coefficient modulus (bits) for 128-bit security, by ring dimension.
 MAX_COEFF_MODULUS_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 MAX_MULTIPLIER_SUM = 2**16  # Σ multipliers of one sum: the noise budget, with 6 bits to spare.
-MIN_FRACTION_BITS = 8  # With fewer, rounding errors (up to 2^-f per coordinate) swamp updates.
-_MAX_FRACTION_BITS = 62
+MIN_FRACTION_BITS = fixed_point.MIN_FRACTION_BITS
+_MAX_FRACTION_BITS = fixed_point.MAX_FRACTION_BITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,19 +94,6 @@ class HeParams:
     return (self.plain_modulus - 1) // 2
 
 
-def _check_count(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-    raise ValueError(f'{name} must be an integer >= 1, got {value!r}.')
-
-
-def coordinate_bound(clip: float, fraction_bits: int) -> int:
-  """The largest |integer| one coordinate of a clipped update encodes to, before weighting.
-
-  |x| ≤ clip, and stochastic rounding picks floor(x·2^f) or the integer above it.
-  """
-  return math.floor(clip * 2.0**fraction_bits) + 1
-
-
 def choose_params(clip: float, max_weight: int, max_clients: int, *, max_multiplier: int = 1,
                   min_fraction_bits: int = MIN_FRACTION_BITS) -> HeParams:
   """The most fraction bits with which no sum can wrap modulo t.
@@ -126,17 +117,16 @@ def choose_params(clip: float, max_weight: int, max_clients: int, *, max_multipl
   for name, value in [('max_weight', max_weight), ('max_clients', max_clients),
                       ('max_multiplier', max_multiplier)]:
     _check_count(name, value)
-  if not (math.isfinite(clip) and clip > 0):
-    raise ValueError(f'clip must be positive and finite, got {clip}.')
+  fixed_point.check_clip(clip)
   if max_clients * max_multiplier > MAX_MULTIPLIER_SUM:
     raise ValueError(f'--aggregator=he: {max_clients} clients × multipliers up to '
                      f'{max_multiplier} pass the BFV noise budget of {MAX_MULTIPLIER_SUM} '
                      'multipliers per sum; lower --clients_per_round or the staleness weights.')
   scale = max_clients * max_weight * max_multiplier
   limit = HeParams(0).max_centered
-  for fraction_bits in range(_MAX_FRACTION_BITS, min_fraction_bits - 1, -1):
-    if scale * coordinate_bound(clip, fraction_bits) <= limit:
-      return HeParams(fraction_bits)
+  fraction_bits = fixed_point.most_fraction_bits(clip, scale, limit, min_fraction_bits)
+  if fraction_bits is not None:
+    return HeParams(fraction_bits)
   needed = scale * coordinate_bound(clip, min_fraction_bits)
   multiplier = f' × multipliers up to {max_multiplier}' if max_multiplier > 1 else ''
   raise ValueError(
@@ -159,43 +149,12 @@ def from_residues(residues: np.ndarray, plain_modulus: int = PLAIN_MODULUS) -> n
 
 def encode(update: np.ndarray, clip: float, weight: int, fraction_bits: int,
            rng: np.random.Generator | None = None) -> tuple[np.ndarray, bool]:
-  """A client's update in weighted fixed point: round(clip_to_norm(x, clip)·2^f)·n_k.
-
-  Rounding is stochastic and unbiased: floor(y) plus one with probability y - floor(y).
-
-  Args:
-    update: The flat float update.
-    clip: Its L2 bound; a longer update is scaled down to it.
-    weight: The client's integer weight n_k ≥ 1.
-    fraction_bits: f.
-    rng: The rounding's random numbers; by default seeded from the OS's entropy.
+  """`fixed_point.encode` (weighted fixed point, stochastic rounding), its errors naming he.
 
   Returns:
-    The signed int64 vector, and whether the update was clipped.
+    The signed int64 vector round(clip_to_norm(x, clip)·2^f)·n_k, and whether it was clipped.
   """
-  _check_count('weight', weight)
-  if not (math.isfinite(clip) and clip > 0):
-    raise ValueError(f'clip must be positive and finite, got {clip}.')
-  rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
-  values = np.asarray(update, np.float64).ravel()
-  norm = float(np.linalg.norm(values))
-  if not math.isfinite(norm):
-    raise ValueError('--aggregator=he: an update has a non-finite value; it cannot be encoded.')
-  clipped = norm > clip
-  if clipped:
-    values = values * (clip / norm)
-  scaled = values * 2.0**fraction_bits
-  rounded = np.floor(scaled)
-  rounded += rng.random(scaled.shape) < scaled - rounded
-  bound = coordinate_bound(clip, fraction_bits)  # Guards the headroom against float error.
-  return np.clip(rounded, -bound, bound).astype(np.int64) * int(weight), clipped
-
-
-def decode(sums: np.ndarray, total_weight: int, fraction_bits: int) -> np.ndarray:
-  """The weighted mean Σ_k n_k·x_k / Σ_k n_k (float64) from the decrypted integer sums."""
-  if total_weight < 1:
-    raise ValueError(f'total_weight must be >= 1, got {total_weight}.')
-  return np.asarray(sums, np.float64) / (float(total_weight) * 2.0**fraction_bits)
+  return fixed_point.encode(update, clip, weight, fraction_bits, rng, aggregator='he')
 
 
 def key_id(public_context: bytes) -> str:
