@@ -37,11 +37,16 @@ what it receives in a `ServerView`; bytes are counted, nothing is sent over a ne
   checked against its public key; a wrong share of b_u goes unnoticed and spoils the sum. A
   malicious client can send any vector in the ring: there is no range proof.
 
-Parameters (`check_params`): k neighbours per client (`--secagg_neighbours`, by default every
-other client up to 33 clients per round, else 32: per-client cost stays constant, O(log n)
-suffices for Bell et al.'s bounds) and the threshold t (`--secagg_threshold`, by default
-⌊k/2⌋ + 1, the least that defeats a server lying about dropouts, so the most dropouts a round
-survives: a survivor's seed needs t of its neighbours to answer the unmasking).
+Parameters (`check_params`): k neighbours per client (`--secagg_neighbours`) is by default
+every other client up to 33 clients per round (the complete graph: Bonawitz et al.'s
+protocol, which assumes nothing of the graph), else 32, so that a client's cost stops growing
+with n. Bell et al. need k of order log n, with constants that grow with the dropout and
+corruption rates; 32 is a choice for this project's rounds (tens to hundreds of clients), not
+a bound proven for every rate. The threshold t (`--secagg_threshold`) is by default ⌊k/2⌋ + 1
+(k + 1 in place of k when k and n are both odd), the least that defeats a server lying about
+dropouts, so the round survives the most dropouts (a survivor's seed needs t of its
+neighbours to answer the unmasking); a larger t resists more clients colluding with the
+server (t of a client's neighbours hold both its secrets) but fails the round sooner.
 """
 
 from __future__ import annotations
@@ -55,13 +60,13 @@ import numpy as np
 
 from tff_gan.secure import fixed_point
 from tff_gan.secure import secagg_crypto as crypto
-# The parties, re-exported: callers need import `secagg` alone.
-from tff_gan.secure.secagg_parties import (
-    SecAggAborted as SecAggAborted,
-    SecAggClient as SecAggClient,
-    SecAggServer as SecAggServer,
-    ServerView as ServerView,
-)
+from tff_gan.secure.secagg_parties import SecAggAborted, SecAggClient, SecAggServer, ServerView
+
+__all__ = [  # The parties are re-exported: callers need import `secagg` alone.
+    'DEFAULT_MAX_NEIGHBOURS', 'MAX_CENTERED', 'MODULUS', 'SecAggAborted', 'SecAggClient',
+    'SecAggParams', 'SecAggServer', 'ServerView', 'check_params', 'choose_fraction_bits',
+    'decode', 'encode', 'from_ring', 'neighbour_graph', 'secure_sum', 'to_ring',
+]
 
 DEFAULT_MAX_NEIGHBOURS = 32
 MODULUS = 2**32
@@ -96,21 +101,26 @@ def check_params(clients: int, neighbours: int | None = None,
     raise ValueError(f'--aggregator=secagg needs at least 2 clients per round, got {clients}.')
   if neighbours is None:
     neighbours = min(clients - 1, DEFAULT_MAX_NEIGHBOURS)
-  if not _is_count(neighbours) or neighbours > clients - 1:
-    raise ValueError(f'--secagg_neighbours must be in [1, {clients - 1}] with {clients} '
-                     f'clients per round, got {neighbours}; lower it or raise '
+  if not _is_count(neighbours):
+    raise ValueError(f'--secagg_neighbours must be an integer >= 1, got {neighbours!r}.')
+  if neighbours > clients - 1:
+    raise ValueError(f'--secagg_neighbours {neighbours} needs {neighbours + 1} clients per '
+                     f'round, got {clients}; lower it to at most {clients - 1} or raise '
                      '--clients_per_round.')
   degree = SecAggParams(clients, neighbours, 1).max_degree
   lowest = degree // 2 + 1  # Bell et al.: t > k/2, for every client's degree.
-  odd = (f' (one client has {degree}: --secagg_neighbours {neighbours} and {clients} clients '
-         'are both odd)') if degree > neighbours else ''
+  odd = (f' (--secagg_neighbours {neighbours} and {clients} clients are both odd, so one '
+         f'client has {degree})') if degree > neighbours else ''
   if lowest > neighbours:
     raise ValueError(f'--secagg_neighbours {neighbours} leaves no valid --secagg_threshold'
                      f'{odd}; raise --secagg_neighbours to {neighbours + 1}.')
   threshold = lowest if threshold is None else threshold
-  if not _is_count(threshold) or threshold > neighbours:
-    raise ValueError(f'--secagg_threshold must be in [1, --secagg_neighbours {neighbours}], '
-                     f'got {threshold}: no secret could be rebuilt; lower it.')
+  if not _is_count(threshold):
+    raise ValueError(f'--secagg_threshold must be an integer >= 1, got {threshold!r}.')
+  if threshold > neighbours:
+    raise ValueError(f'--secagg_threshold {threshold} is more than --secagg_neighbours '
+                     f'{neighbours}: no secret could be rebuilt; lower it to at most '
+                     f'{neighbours}.')
   if 2 * threshold <= degree:
     raise ValueError(f'--secagg_threshold {threshold} is not above half of {degree} neighbours'
                      f'{odd}: a server lying about dropouts could rebuild both of a client\'s '

@@ -164,8 +164,14 @@ class SecAggClient:
     Args:
       vector: x_u, uint32.
       encrypted_shares: Sender -> the shares it sealed for this client (kept for step 3).
+
+    Raises:
+      SecAggAborted: On a second call (two inputs under the same masks would reveal their
+        difference), or if fewer than t neighbours shared.
     """
     vector = _vector(vector)
+    if self._inbox is not None:
+      raise self._abort('a second masked input is asked for')
     if set(encrypted_shares) - set(self._peer_keys):
       raise ValueError(f'client {self.client_id} was sent shares from clients whose keys it '
                        f'never got: {sorted(set(encrypted_shares) - set(self._peer_keys))}.')
@@ -271,8 +277,7 @@ class SecAggServer:
     self._enter(2, 'a request for shares', client_id)
     shares = {sender: c for (sender, recipient), c in self.view.encrypted_shares.items()
               if recipient == client_id}
-    _count(self.view.bytes_down, client_id,
-                    sum(ID_BYTES + len(c) for c in shares.values()))
+    _count(self.view.bytes_down, client_id, sum(ID_BYTES + len(c) for c in shares.values()))
     return shares
 
   def _sharers(self) -> set[int]:
@@ -303,8 +308,7 @@ class SecAggServer:
     self._enter(3, 'a request to unmask', client_id)
     neighbours = set(self.graph[client_id])
     survivors, dropped = self.view.survivors & neighbours, self.view.dropped & neighbours
-    _count(self.view.bytes_down, client_id,
-                    (ID_BYTES + 1) * (len(survivors) + len(dropped)))
+    _count(self.view.bytes_down, client_id, (ID_BYTES + 1) * (len(survivors) + len(dropped)))
     return survivors, dropped
 
   def receive_unmask(self, client_id: int, message: bytes) -> None:
@@ -327,7 +331,9 @@ class SecAggServer:
         a rebuilt mask key does not match its advertised public key (a corrupt share).
     """
     self._close_inputs()
-    if self._step != 3 or not self.view.survivors:
+    if self._step != 3:
+      raise ValueError('the sum of this round was taken already.')
+    if not self.view.survivors:
       raise SecAggAborted('secagg: the round fails: no masked input reached unmasking.')
     survivors, t = self.view.survivors, self.threshold
     needed = [(u, SEED) for u in sorted(survivors)] + [
@@ -338,9 +344,10 @@ class SecAggServer:
       got, (owner, kind) = short[0]
       more = f'; {len(short) - 1} more secrets lack shares too' if len(short) > 1 else ''
       raise SecAggAborted(
-          f'secagg: the round fails: client {owner}\'s {_KIND_NAMES[kind]} needs {t} shares '
-          f'and got {got} (from {len(self.graph[owner])} neighbours, too many of them '
-          f'dropped out){more}; raise --secagg_neighbours or lower --secagg_threshold.')
+          f'secagg: the round fails: client {owner}\'s {_KIND_NAMES[kind]} needs {t} of its '
+          f'{len(self.graph[owner])} neighbours\' shares and got {got} (too many dropped out)'
+          f'{more}; a larger --secagg_neighbours or a --secagg_threshold nearer half of it '
+          'tolerates more dropouts.')
     total = np.zeros(self._length, np.uint32)
     for masked in self.view.masked_inputs.values():
       total += masked
