@@ -68,9 +68,9 @@ OPTIMIZERS = ('sgd', 'sgdm', 'adam', 'yogi', 'adagrad', 'rmsprop')  # Every one 
 # Aggregation (`algorithms.aggregators`).
 AGGREGATORS = ('mean', 'unweighted_mean', 'robust', 'secure', 'compressed')
 # Aggregators whose sum the run loop computes outside TFF, with cryptography (`tff_gan.secure`).
-SECURE_AGGREGATORS = ('he',)
-# --he_clip's default: the public L2 bound of a client's update under --aggregator=he.
-DEFAULT_HE_CLIP = 10.0
+SECURE_AGGREGATORS = ('he', 'secagg')
+# --secure_clip's default: the public L2 bound of a client's update under SECURE_AGGREGATORS.
+DEFAULT_SECURE_CLIP = 10.0
 DEFAULT_BITS = 8
 MAX_BITS = 16  # The most tensor_encoding's uniform quantization allows.
 

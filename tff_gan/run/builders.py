@@ -21,7 +21,7 @@ from tff_gan.runtime import contexts, tls
 
 def build_aggregator(config: TrainConfig):
   """The `tff.aggregators` factory `config` asks for (DP-FedAvg under client-level DP)."""
-  if config.aggregator in choices.SECURE_AGGREGATORS:  # The run loop sums (`run.he_rounds`);
+  if config.aggregator in choices.SECURE_AGGREGATORS:  # The run loop sums (`run.secure_rounds`);
     return aggregators.build_aggregator('mean')  # TFF then averages the one decrypted mean.
   if not config.client_dp:
     return aggregators.build_aggregator(config.aggregator, bits=config.effective_bits,

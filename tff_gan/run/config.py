@@ -68,7 +68,9 @@ class TrainConfig:
   aggregator: str = 'mean'
   bits: int | None = None
   hadamard: bool = False
-  he_clip: float | None = None
+  secure_clip: float | None = None
+  secagg_neighbours: int | None = None
+  secagg_threshold: int | None = None
   dropout_rate: float = 0.0
   server_gen_steps: int = 0
   generator_learning_rate: float = 1e-3
@@ -350,8 +352,8 @@ class TrainConfig:
       raise ConfigError(f'--bits must be from 1 to {choices.MAX_BITS}, got {self.bits}.')
 
   @property
-  def effective_he_clip(self) -> float:
-    return choices.DEFAULT_HE_CLIP if self.he_clip is None else self.he_clip
+  def effective_secure_clip(self) -> float:
+    return choices.DEFAULT_SECURE_CLIP if self.secure_clip is None else self.secure_clip
 
   @property
   def effective_dp_clip(self) -> float:

@@ -17,25 +17,49 @@ TLS_FILES = ('tls_ca', 'tls_client_cert', 'tls_client_key', 'auth_token_file')
 
 
 def secure_aggregation_problem(config) -> str | None:
-  """The first thing wrong with `--aggregator=he`'s settings, or None."""
+  """The first thing wrong with `--aggregator=he` or `secagg`'s settings, or None."""
+  for name in ('secagg_neighbours', 'secagg_threshold'):
+    if getattr(config, name) is not None and config.aggregator != 'secagg':
+      return f'--{name} applies only to --aggregator=secagg; set that, or drop --{name}.'
   if config.aggregator not in choices.SECURE_AGGREGATORS:
-    if config.he_clip is not None:
-      return '--he_clip applies only to --aggregator=he; set that, or drop --he_clip.'
+    if config.secure_clip is not None:
+      return ('--secure_clip applies only to --aggregator=he or secagg; set one, or drop '
+              '--secure_clip.')
     return None
-  if not (math.isfinite(config.effective_he_clip) and config.effective_he_clip > 0):
-    return f'--he_clip must be a positive number, got {config.he_clip}.'
+  if not (math.isfinite(config.effective_secure_clip) and config.effective_secure_clip > 0):
+    return f'--secure_clip must be a positive number, got {config.secure_clip}.'
   if config.mode == 'async':
-    return ('--aggregator=he runs synchronous rounds only (asynchronous staleness weights are '
-            'not built yet); drop --mode=async, or use another aggregator.')
-  if config.dp_enabled and config.he_clip is not None:
-    return ('--he_clip has no effect under differential privacy: the clients clip to '
-            '--dp_clip; drop --he_clip.')
+    return (f'--aggregator={config.aggregator} runs synchronous rounds only (asynchronous '
+            'staleness weights are not built yet); drop --mode=async, or use another '
+            'aggregator.')
+  if config.aggregator == 'secagg':
+    return _secagg_problem(config)
+  if config.dp_enabled and config.secure_clip is not None:
+    return ('--secure_clip has no effect under differential privacy: the clients clip to '
+            '--dp_clip; drop --secure_clip.')
   if config.example_dp:
     return ('--aggregator=he with --dp_unit=example is not built yet; use --dp_unit=client '
             '(the key holder adds the noise) or --aggregator=mean.')
   if config.dp_adaptive_clip_quantile is not None:
     return ('--aggregator=he clips on the clients to a fixed bound; drop '
             '--dp_adaptive_clip_quantile.')
+  return None
+
+
+def _secagg_problem(config) -> str | None:
+  if config.dp_enabled:
+    return ('--aggregator=secagg with differential privacy is not built yet (the server sees '
+            'the sum; the noise would have to come from the clients); use --aggregator=he, '
+            'whose key holder adds it, or drop --dp_noise_multiplier.')
+  if config.client_sampling != 'fixed':
+    return ('--aggregator=secagg needs --client_sampling=fixed (its neighbour count is set for '
+            'a round of --clients_per_round clients).')
+  from tff_gan.secure import secagg  # noqa: PLC0415  (numpy and cryptography only)
+  try:
+    secagg.check_params(config.clients_per_round, config.secagg_neighbours,
+                        config.secagg_threshold)
+  except ValueError as e:
+    return str(e)
   return None
 
 

@@ -48,7 +48,7 @@ class ClientLevelLedger:
     self._delta = config.effective_dp_delta
     self._accountant = config.dp_accountant
     self._curve = None
-    # Under --aggregator=he the key holder adds the noise outside TFF (`run.he_rounds`): the
+    # Under --aggregator=he the key holder adds the noise outside TFF (`run.secure_rounds`): the
     # same Gaussian mechanism, whose event no aggregator state records.
     self._event = (dp_accounting.GaussianDpEvent(float(config.dp_noise_multiplier))
                    if config.aggregator in choices.SECURE_AGGREGATORS else None)

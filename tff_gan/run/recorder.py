@@ -39,7 +39,7 @@ def columns(config: TrainConfig, task, *, coverage: bool = False) -> tuple[str, 
     timing = ('simulated_time',)
   privacy = ('epsilon',) if config.dp_enabled else ()
   if config.aggregator in choices.SECURE_AGGREGATORS and not config.dp_enabled:
-    # `he_rounds.CLIPPED_METRIC`, a release of client data that DP withholds.
+    # `secure_rounds.CLIPPED_METRIC`, a release of client data that DP withholds.
     privacy += ('clipped_fraction',)
   return (BASE_COLUMNS + timing + privacy + metric_names(config, task)
           + (COVERAGE_METRICS if coverage else ()))

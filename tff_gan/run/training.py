@@ -29,7 +29,7 @@ from typing import Any
 from absl import logging
 from tqdm import tqdm
 
-from tff_gan import files
+from tff_gan import choices, files
 from tff_gan.algorithms import communication
 from tff_gan.clients import clock as clock_lib
 from tff_gan.clients import populations, sampling
@@ -39,13 +39,13 @@ from tff_gan.run import (
   async_training,
   builders,
   export,
-  he_rounds,
   ledgers,
   persistence,
   pictures,
   recorder,
   rundir,
   schemes,
+  secure_rounds,
 )
 from tff_gan.run.client_states import ClientStates, load_run_state, run_state
 from tff_gan.run.config import ConfigError, TrainConfig
@@ -139,7 +139,7 @@ def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -
   config = config.with_population(population.num_clients).validate()
   scheme.check_population(config, population)
   work = scheme.local_work(config, task)
-  he_settings = _he_settings(config, population, work)
+  secure_settings = _secure_settings(config, population, work)
   process = scheme.build_process(config, models)
   traffic = communication.round_traffic(process.next)
   keyed_process = process.with_client_data(population, work)
@@ -188,11 +188,11 @@ def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -
       rounds.close()
       row = last_row or row
     else:
-      with (he_rounds.HeRounds(keyed_process, **he_settings) if he_settings
-            else contextlib.nullcontext()) as he_round:
+      with (secure_rounds.SecureRounds(keyed_process, secure_settings) if secure_settings
+            else contextlib.nullcontext()) as secure_round:
         state, row = _train_sync(config, scheme, keyed_process, population, state, rounds,
                                  round_recorder, traffic, start_time, row, client_states,
-                                 he_round)
+                                 secure_round)
   _write_curves(config, task)
   return TrainResult(state, row, process.generator_weights(state))
 
@@ -217,24 +217,28 @@ def _write_curves(config: TrainConfig, task) -> None:
                                  title)
 
 
-def _he_settings(config: TrainConfig, population, work) -> dict | None:
-  """`he_rounds.HeRounds`' bounds under `--aggregator=he` (else None), checked before anything
-  is written: a configuration whose sums could wrap is a usage error."""
-  if config.aggregator != 'he':
+def _secure_settings(config: TrainConfig, population,
+                     work) -> secure_rounds.SecureSettings | None:
+  """The secure sum's settings under `--aggregator=he` or `secagg` (else None), checked
+  before anything is written: a configuration whose sums could wrap is a usage error."""
+  if config.aggregator not in choices.SECURE_AGGREGATORS:
     return None
-  settings = dict(
-      clip=config.effective_he_clip,
-      max_weight=he_rounds.max_client_weight(population.client_sizes, work.local_epochs,
-                                             work.batch_size, work.local_steps),
-      max_clients=(config.num_clients if config.client_sampling == 'poisson'
-                   else config.clients_per_round), seed=config.seed)
-  if config.client_dp:  # The key holder adds the noise (`he_rounds.HeDp`).
-    settings['dp'] = he_rounds.HeDp(
+  dp = None
+  if config.client_dp:  # The key holder adds the noise.
+    dp = secure_rounds.SecureDp(
         noise_multiplier=config.dp_noise_multiplier, clip=config.effective_dp_clip,
         clients_per_round=config.clients_per_aggregation,
         noise_key=seeds.noise_key(config.dp_noise, config.seed))
+  settings = secure_rounds.SecureSettings(
+      aggregator=config.aggregator, clip=config.effective_secure_clip,
+      max_weight=secure_rounds.max_client_weight(population.client_sizes, work.local_epochs,
+                                                 work.batch_size, work.local_steps),
+      max_clients=(config.num_clients if config.client_sampling == 'poisson'
+                   else config.clients_per_round),
+      seed=config.seed, dp=dp, neighbours=config.secagg_neighbours,
+      threshold=config.secagg_threshold)
   try:
-    he_rounds.check_bounds(**settings)
+    settings.fraction_bits()
   except ValueError as e:
     raise ConfigError(str(e)) from e
   return settings
@@ -242,10 +246,11 @@ def _he_settings(config: TrainConfig, population, work) -> dict | None:
 
 def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population, state,
                 rounds, round_recorder, traffic, simulated_time: float, row, client_states,
-                he_round=None):
+                secure_round=None):
   """Synchronous rounds: sample, drop out, run the round on the survivors' keys, record.
 
-  With `he_round` (a `he_rounds.HeRounds`), each round's sum is computed encrypted.
+  With `secure_round` (a `secure_rounds.SecureRounds`), each round's sum is computed
+  securely; a round SecAgg+ aborts leaves the model as it is and counts no client completed.
   """
   clock = clock_lib.ClientClock.from_config(config) if config.latency else None
   for round_num in rounds:
@@ -256,8 +261,11 @@ def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population
     if len(completed) or not len(client_ids):
       keys = populations.round_keys(completed, round_num=round_num, seed=config.seed)
       with signals.deferred():  # A signal stops the run after this call, not inside it.
-        if he_round is not None:
-          state, metrics, encrypted = he_round.next(state, keys, completed, round_num)
+        if secure_round is not None:
+          state, metrics, secure_bytes = secure_round.next(state, keys, client_ids, completed,
+                                                           round_num)
+          if metrics is None:  # Aborted: no client's update counted.
+            completed = completed[:0]
         elif client_states is None:
           state, metrics = process.next(state, keys)
         else:  # Each client brings its own state and takes the new one back.
@@ -272,11 +280,11 @@ def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population
                              len(completed), metrics, traffic)
     if not scheme.communicates:
       row['bytes_down'] = row['bytes_up'] = None
-    if he_round is not None and metrics is not None:
-      row['bytes_up'] = encrypted['up']
-      row['bytes_down'] += encrypted['context_down']
-      if he_rounds.CLIPPED_METRIC in metrics:  # Not released under DP.
-        row[he_rounds.CLIPPED_METRIC] = metrics[he_rounds.CLIPPED_METRIC]
+    if secure_round is not None and metrics is not None:
+      row['bytes_up'] = secure_bytes['up']
+      row['bytes_down'] += secure_bytes['down']
+      if secure_rounds.CLIPPED_METRIC in metrics:  # Not released under DP.
+        row[secure_rounds.CLIPPED_METRIC] = metrics[secure_rounds.CLIPPED_METRIC]
     if clock is not None:
       simulated_time += clock.sync_round_seconds(client_ids, completed, round_num)
       row['simulated_time'] = simulated_time

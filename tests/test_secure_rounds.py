@@ -1,7 +1,9 @@
-"""`--aggregator=he` in the run loop: one encrypted round against the plaintext mean round
-(and, under DP, against TFF's DP aggregator), the key holder's noise and ε, bytes as they
-travel, clipping, refusals, and no aggregator process left behind."""
+"""`--aggregator=he` and `secagg` in the run loop: one secure round against the plaintext
+mean round (and, for `he` under DP, against TFF's DP aggregator), the key holder's noise and
+ε, SecAgg+ dropouts and aborts against numpy, bytes as they travel, clipping, refusals, and no
+aggregator process left behind."""
 
+import collections
 import csv
 import os
 
@@ -11,15 +13,22 @@ import tensorflow as tf
 from conftest import as_numpy
 
 import tasks
+from tff_gan.core.state import ClientOutput
 from tff_gan.run import config as config_lib
-from tff_gan.run import he_rounds, training
-from tff_gan.secure import he
+from tff_gan.run import secure_rounds, training
+from tff_gan.secure import he, secagg
 
 TINY = dict(task='ring', model_width=0.0625, local_steps=2, batch_size=16, eval_every=1,
             num_eval_samples=200, num_clients=4, clients_per_round=4, rounds=1)
 # A client's weight: 2 local steps of 16 examples.
 MAX_WEIGHT = 32
-TINY_CLIP = config_lib.TrainConfig(aggregator='he').effective_he_clip
+CLIP = config_lib.TrainConfig(aggregator='he').effective_secure_clip
+
+
+def fraction_bits(aggregator, clip=CLIP, weight=MAX_WEIGHT, clients=TINY['clients_per_round']):
+  if aggregator == 'he':
+    return he.choose_params(clip, weight, clients).fraction_bits
+  return secagg.choose_fraction_bits(clip, weight, clients)
 
 
 def read_rows(output_dir):
@@ -53,55 +62,72 @@ def train(tmp_path_factory, name, **settings):
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """One round from the same initial state: plaintext mean, HE, and HE with a tiny clip."""
+  """One round from the same initial state: plaintext mean, HE, SecAgg+, HE with a tiny clip."""
   return {name: train(tmp_path_factory, name, **settings) for name, settings in [
-      ('mean', {}), ('he', dict(aggregator='he')),
-      ('he_clipped', dict(aggregator='he', he_clip=1e-3))]}
+      ('mean', {}), ('he', dict(aggregator='he')), ('secagg', dict(aggregator='secagg')),
+      ('tiny_clip', dict(aggregator='he', secure_clip=1e-3))]}
 
 
-def test_an_encrypted_round_equals_the_plaintext_round_within_the_fixed_point_bound(runs):
-  (mean, _), (encrypted, _) = runs['mean'], runs['he']
-  fraction_bits = he.choose_params(TINY_CLIP, MAX_WEIGHT, TINY['clients_per_round']).fraction_bits
+@pytest.mark.parametrize('aggregator', ['he', 'secagg'])
+def test_a_secure_round_equals_the_plaintext_round_within_the_fixed_point_bound(runs,
+                                                                                 aggregator):
+  (mean, _), (secure, _) = runs['mean'], runs[aggregator]
   # Server SGD at learning rate 1: new weights = old + mean update, and the decoded mean is
   # within 2^-f of the exact one per coordinate (plus float32 rounding of the weights).
   differences = [np.abs(ours - theirs).max() for ours, theirs in zip(
-      tf.nest.flatten(as_numpy(encrypted.state.weights)),
+      tf.nest.flatten(as_numpy(secure.state.weights)),
       tf.nest.flatten(as_numpy(mean.state.weights)), strict=True)]
-  assert max(differences) <= 2.0**-fraction_bits + 1e-6
+  assert max(differences) <= 2.0**-fraction_bits(aggregator) + 1e-6
   assert max(differences) > 0  # Rounding happened: the two paths are not the same code.
 
 
-def test_losses_travel_encrypted_and_decode_to_the_clients_mean(runs):
-  (_, plain_rows), (_, he_rows) = runs['mean'], runs['he']
+@pytest.mark.parametrize('aggregator', ['he', 'secagg'])
+def test_losses_travel_inside_the_sum_and_decode_to_the_clients_mean(runs, aggregator):
+  (_, plain_rows), (_, secure_rows) = runs['mean'], runs[aggregator]
   # Losses are encoded at a step of 2^-f · METRIC_RANGE · √3 / clip.
-  fraction_bits = he.choose_params(TINY_CLIP, MAX_WEIGHT, TINY['clients_per_round']).fraction_bits
-  step = 2.0**-fraction_bits * he_rounds.METRIC_RANGE * np.sqrt(3) / TINY_CLIP
+  step = 2.0**-fraction_bits(aggregator) * secure_rounds.METRIC_RANGE * np.sqrt(3) / CLIP
   for column in ('d_loss', 'g_loss'):
-    assert float(he_rows[0][column]) == pytest.approx(float(plain_rows[0][column]),
-                                                      abs=step + 1e-5)
-  assert he_rows[0]['num_examples'] == plain_rows[0]['num_examples'] == str(4 * MAX_WEIGHT)
+    assert float(secure_rows[0][column]) == pytest.approx(float(plain_rows[0][column]),
+                                                          abs=step + 1e-5)
+  assert secure_rows[0]['num_examples'] == plain_rows[0]['num_examples'] == str(4 * MAX_WEIGHT)
 
 
-def test_bytes_count_ciphertexts_up_and_the_public_key_down(runs):
+def model_values(result) -> int:
+  return sum(w.size for w in tf.nest.flatten(as_numpy(result.state.weights)))
+
+
+def test_he_bytes_count_ciphertexts_up_and_the_public_key_down(runs):
   (_, plain_rows), (encrypted, he_rows) = runs['mean'], runs['he']
-  params = he.choose_params(TINY_CLIP, MAX_WEIGHT, TINY['clients_per_round'])
-  context = len(he.KeyHolder(params).public_context_bytes())
+  context = len(he.KeyHolder(he.HeParams(fraction_bits('he'))).public_context_bytes())
   # Every client downloads the key once (its size varies by a few bytes with compression).
   extra_down = int(he_rows[0]['bytes_down']) - int(plain_rows[0]['bytes_down'])
   assert extra_down == pytest.approx(TINY['clients_per_round'] * context, rel=0.01)
   # Up: each client's values (weights, 2 losses, the clipped flag) and its weight, in
   # ciphertexts of N slots; a BFV ciphertext of N = 8192 with a 120-bit modulus holds
   # 2 polynomials × 8192 coefficients × 2 primes × 8 bytes = 262 KB before compression.
-  values = sum(w.size for w in tf.nest.flatten(as_numpy(encrypted.state.weights))) + 3
+  values = model_values(encrypted) + 3
   ciphertexts = TINY['clients_per_round'] * -(-(values + 1) // he.POLY_MODULUS_DEGREE)
   per_ciphertext = int(he_rows[0]['bytes_up']) / ciphertexts
   assert 0.4 * 262_144 < per_ciphertext <= 262_144 + 1024
   assert int(he_rows[0]['bytes_up']) > 4 * int(plain_rows[0]['bytes_up'])
 
 
+def test_secagg_bytes_count_masked_vectors_keys_and_shares(runs):
+  (_, plain_rows), (masked, secagg_rows) = runs['mean'], runs['secagg']
+  clients, k = TINY['clients_per_round'], TINY['clients_per_round'] - 1
+  # Up, per client: two public keys (64 B), k sealed shares (4 + 94 B), the masked vector
+  # (4 B a value: the weights, 2 losses, the clipped flag and the weight) and k opened
+  # shares (39 B). Down: k neighbours' keys (4 + 64 B), k sealed shares, the unmask request.
+  up = 64 + k * (4 + 94) + 4 * (model_values(masked) + 4) + k * 39
+  assert int(secagg_rows[0]['bytes_up']) == clients * up
+  extra_down = int(secagg_rows[0]['bytes_down']) - int(plain_rows[0]['bytes_down'])
+  assert extra_down == clients * (k * (4 + 64) + k * (4 + 94) + k * 5)
+
+
 def test_clipped_fraction_says_whether_the_clip_bit(runs):
   assert float(runs['he'][1][0]['clipped_fraction']) == 0.0
-  assert float(runs['he_clipped'][1][0]['clipped_fraction']) == 1.0
+  assert float(runs['secagg'][1][0]['clipped_fraction']) == 0.0
+  assert float(runs['tiny_clip'][1][0]['clipped_fraction']) == 1.0
   assert 'clipped_fraction' not in runs['mean'][1][0]
 
 
@@ -110,13 +136,58 @@ def test_no_aggregator_process_survives_the_runs(runs):
   assert aggregator_children() == []
 
 
+class FakeProcess:
+  """`client_work` gives fixed outputs; `server_step` records the one output it is given."""
+
+  def __init__(self, deltas, weights):
+    self.outputs = [(ClientOutput(delta=[d.astype(np.float32)], num_examples=np.float32(w),
+                                  metrics=collections.OrderedDict(discriminator_loss=1.5)),
+                     np.int32(0)) for d, w in zip(deltas, weights, strict=True)]
+    self.applied = []
+
+  def client_work(self, state, keys):
+    return [self.outputs[k] for k in keys]
+
+  def server_step(self, state, outputs, discarded, scales):
+    self.applied.append(outputs[0])
+    return state + 1, collections.OrderedDict(server=collections.OrderedDict())
+
+
+@pytest.mark.parametrize('dropped', [(), (2,), (1, 4)])
+def test_secagg_recovers_dropouts_below_the_threshold_and_aborts_above(dropped):
+  rng = np.random.default_rng(0)
+  deltas, weights = rng.normal(0, 0.1, size=(6, 1000)), [30, 10, 20, 25, 5, 30]
+  process = FakeProcess(deltas, weights)
+  settings = secure_rounds.SecureSettings(aggregator='secagg', clip=CLIP, max_weight=30,
+                                          max_clients=6, seed=0, neighbours=4, threshold=3)
+  completed = [c for c in range(6) if c not in dropped]
+  with secure_rounds.SecureRounds(process, settings) as rounds:
+    state, metrics, traffic = rounds.next(0, completed, list(range(6)), completed, 7)
+  if len(dropped) > 1:  # A client with 2 of 4 neighbours gone has 2 < t = 3 shares left.
+    assert (state, metrics, traffic) == (0, None, {'up': 0, 'down': 0})
+    assert process.applied == []
+    return
+  survivors = np.array(completed)
+  expected = np.average(deltas[survivors], axis=0, weights=np.array(weights)[survivors])
+  applied = process.applied[0]
+  np.testing.assert_allclose(applied.delta[0], expected,
+                             atol=2.0**-rounds.fraction_bits + 1e-7)
+  assert applied.num_examples == sum(weights[c] for c in completed)
+  assert state == 1 and traffic['up'] > 0
+
+
 @pytest.mark.parametrize('settings, message', [
-    (dict(he_clip=1.0), '--he_clip applies only to --aggregator=he'),
-    (dict(aggregator='he', he_clip=-1.0), '--he_clip must be a positive number'),
+    (dict(secure_clip=1.0), '--secure_clip applies only to --aggregator=he or secagg'),
+    (dict(secagg_neighbours=3), '--secagg_neighbours applies only to --aggregator=secagg'),
+    (dict(aggregator='secagg', dp_noise_multiplier=1.0), 'secagg with differential privacy'),
+    (dict(aggregator='secagg', clients_per_round=10, secagg_threshold=4),
+     'not above half of 9 neighbours'),
+    (dict(aggregator='secagg', client_sampling='poisson'), 'needs --client_sampling=fixed'),
+    (dict(aggregator='he', secure_clip=-1.0), '--secure_clip must be a positive number'),
     (dict(aggregator='he', mode='async', buffer_size=2), 'synchronous rounds only'),
     (dict(aggregator='he', dp_noise_multiplier=1.0, dp_unit='example'),
      '--dp_unit=example is not built yet'),
-    (dict(aggregator='he', dp_noise_multiplier=1.0, he_clip=1.0), 'clients clip to --dp_clip'),
+    (dict(aggregator='he', dp_noise_multiplier=1.0, secure_clip=1.0), 'clients clip to --dp_clip'),
     (dict(aggregator='he', dp_noise_multiplier=1.0, dp_adaptive_clip_quantile=0.5),
      'drop --dp_adaptive_clip_quantile'),
     (dict(aggregator='he', scheme='multi_d'), '--aggregator has no meaning for --scheme=multi_d'),
@@ -127,7 +198,7 @@ def test_incompatible_settings_are_refused_in_one_line(settings, message):
 
 
 def test_a_configuration_whose_sums_could_wrap_is_a_usage_error(tmp_path):
-  config = config_lib.TrainConfig(**{**TINY, 'aggregator': 'he', 'he_clip': 1e9},
+  config = config_lib.TrainConfig(**{**TINY, 'aggregator': 'he', 'secure_clip': 1e9},
                                   output_dir=str(tmp_path / 'out'))
   with pytest.raises(config_lib.ConfigError, match='plaintext modulus'):
     training.train(config, tasks.task_from_config(config), show_progress=False)
@@ -137,8 +208,8 @@ def test_a_configuration_whose_sums_could_wrap_is_a_usage_error(tmp_path):
 
 
 def test_max_client_weight_is_the_largest_example_count_of_a_round():
-  assert he_rounds.max_client_weight([100, 300], 2, 16, None) == 600
-  assert he_rounds.max_client_weight([100, 300], 2, 16, 5) == 80
+  assert secure_rounds.max_client_weight([100, 300], 2, 16, None) == 600
+  assert secure_rounds.max_client_weight([100, 300], 2, 16, 5) == 80
 
 
 NOISE = 2.0
@@ -161,10 +232,10 @@ def discriminator(result):
 
 def test_under_dp_the_encrypted_sum_equals_tffs_dp_aggregator_without_noise(dp_runs):
   clip = config_lib.TrainConfig().effective_dp_clip
-  fraction_bits = he.choose_params(clip, 1, TINY['clients_per_round']).fraction_bits
+  bits = fraction_bits('he', clip, 1)
   # Both clip each client's D update to C and average unweighted over the round's clients.
   difference = np.abs(discriminator(dp_runs['he'][0]) - discriminator(dp_runs['mean'][0]))
-  assert difference.max() <= 2.0**-fraction_bits + 1e-6
+  assert difference.max() <= 2.0**-bits + 1e-6
 
 
 def test_the_key_holder_adds_noise_of_std_z_clip_over_clients(dp_runs):

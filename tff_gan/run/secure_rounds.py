@@ -1,0 +1,333 @@
+"""Synchronous rounds whose sum is computed securely: `--aggregator=he` and `secagg`.
+
+A round runs the process's two halves (`GanProcess.client_work`, `GanProcess.server_step`)
+with a secure sum between them:
+
+1. Every sampled client that did not drop out does its local work (TFF, as in any round).
+2. Each flattens its update, clips it to the public L2 bound `--secure_clip`, encodes it in
+   fixed point with stochastic rounding and multiplies it by its example count n_k
+   (`secure.fixed_point`); its losses (mapped into the same range), whether it was clipped,
+   and n_k go in slots after the update.
+3. The sum:
+   * `he` (`secure.he`): each client encrypts its vector under the key holder's public BFV
+     key; the aggregator, a separate process that holds only the public context
+     (`secure.he_process`), adds the ciphertexts; the key holder decrypts the sum only.
+   * `secagg` (`secure.secagg`): SecAgg+ pairwise masking. Every sampled client takes part
+     in the key agreement and secret sharing; those that dropped out after the broadcast
+     send no masked input, and the survivors' shares let the server take their masks out.
+     The server sees masked vectors and the unmasked sum. A round with too many dropouts
+     for the threshold aborts (`secagg.SecAggAborted`): the model stays as it is.
+4. Σ n_k·x_k / Σ n_k is released: the weighted mean update, mean losses and clipped
+   fraction. The server half applies it with the server optimizer, as the update of one
+   client of weight Σ n_k.
+
+SIMULATED: every party runs on this machine. Each client's encoding, encryption or masking
+runs in the trainer process on the client's behalf. The HE key holder is an object of the
+trainer process, and the HE aggregator is a process of its own that holds no secret key
+(it cannot decrypt, and the tests show it). SecAgg+'s clients and server are objects of the
+trainer process, whose messages pass through the server object. So the code computes the sum
+from ciphertexts or masked vectors alone, yet in this simulation the trainer process also
+saw every update in the clear.
+
+With user-level differential privacy (`SecureDp`, `he` only), clipping moves to the
+clients: each clips its whole update to the DP clip C (less the most that rounding can add,
+so the encoded update is within C too) and sends it unweighted, with nothing else. The key
+holder, the trusted curator, decrypts the sum of the clipped updates, adds Gaussian noise of
+standard deviation z·C drawn under the run's DP noise key (`core.seeds.noise_key`), and
+releases the sum divided by the expected clients per round: DP-FedAvg's fixed-denominator
+mean, accounted as `--aggregator=mean`'s. No loss, count or clipping flag is released.
+
+The stochastic rounding draws from (seed, round, client), so a run, and a resumed run, is
+repeatable. Keys are new in every process (`he`) or every round (`secagg`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tff_gan.core import seeds
+from tff_gan.secure import fixed_point, he, he_process, secagg
+
+# Losses beyond ±METRIC_RANGE are clipped before they are encoded.
+METRIC_RANGE = 64.0
+CLIPPED_METRIC = 'clipped_fraction'
+_ROUNDING_SALT = 0x6865  # Separates the rounding's random numbers from every other stream.
+_NOISE_SALT = 0x68654450  # Separates the key holder's DP noise from the key's other draws.
+_GRAPH_SALT = 0x5341  # Separates SecAgg+'s public graph seeds from every other stream.
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureDp:
+  """User-level DP with `--aggregator=he` (module docstring).
+
+  Attributes:
+    noise_multiplier: z ≥ 0.
+    clip: C > 0, the L2 bound of a client's update.
+    clients_per_round: The expected clients per round, the mean's fixed denominator.
+    noise_key: The key the key holder's noise descends from (`core.seeds.noise_key`).
+  """
+
+  noise_multiplier: float
+  clip: float
+  clients_per_round: float
+  noise_key: tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureSettings:
+  """What a run's secure sum needs (`training` fills it from the configuration).
+
+  Attributes:
+    aggregator: `he` or `secagg`.
+    clip: The public L2 bound of a client's update (unused under `dp`).
+    max_weight: The largest n_k a client can report (`max_client_weight`).
+    max_clients: The most clients one round can sum.
+    seed: The run seed; the stochastic rounding and SecAgg+'s public graph descend from it.
+    dp: User-level DP (`he` only).
+    neighbours: SecAgg+'s k (None: `secagg.check_params`' default).
+    threshold: SecAgg+'s t (None: the default).
+  """
+
+  aggregator: str
+  clip: float
+  max_weight: int
+  max_clients: int
+  seed: int
+  dp: SecureDp | None = None
+  neighbours: int | None = None
+  threshold: int | None = None
+
+  def fraction_bits(self) -> int:
+    """f for these bounds; raises `ValueError` (one line naming the limit) if none fits."""
+    clip, weight = (self.dp.clip, 1) if self.dp is not None else (self.clip, self.max_weight)
+    if self.aggregator == 'he':
+      return he.choose_params(clip, weight, self.max_clients).fraction_bits
+    secagg.check_params(self.max_clients, self.neighbours, self.threshold)
+    return secagg.choose_fraction_bits(clip, weight, self.max_clients)
+
+
+def max_client_weight(client_sizes, local_epochs: int, batch_size: int,
+                      local_steps: int | None) -> int:
+  """The largest example count n_k a client can report in a round (its `num_examples`)."""
+  most = int(max(client_sizes)) * local_epochs
+  if local_steps:
+    most = min(most, local_steps * batch_size)
+  return max(most, 1)
+
+
+class _HeSum:
+  """BFV: a key holder, the clients' encryptor, an aggregator process."""
+
+  def __init__(self, fraction_bits: int):
+    self._key_holder = he.KeyHolder(he.HeParams(fraction_bits))
+    self.public_context = self._key_holder.public_context_bytes()
+    self._encryptor = he.Encryptor(self.public_context, self._key_holder.params)
+    self._aggregator = he_process.AggregatorProcess(self.public_context)
+    self._has_context: set[int] = set()  # Clients that downloaded this process's key.
+
+  def close(self) -> None:
+    self._aggregator.close()
+
+  def sum(self, vectors: dict[int, np.ndarray], weights: dict[int, int], sampled, round_num):
+    """`(sums, total_weight, bytes_up, bytes_down)` of the completed clients' vectors (the
+    public context counts down once per client)."""
+    del round_num  # One key for the whole process.
+    self._aggregator.reset()
+    bytes_up = 0
+    for client_id, vector in vectors.items():
+      encrypted = self._encryptor.encrypt(vector, weights[client_id])
+      self._aggregator.add(encrypted)
+      bytes_up += encrypted.nbytes
+    new_clients = {int(c) for c in sampled} - self._has_context
+    self._has_context |= new_clients
+    bytes_down = len(new_clients) * len(self.public_context)
+    if not vectors:
+      return None, 0, bytes_up, bytes_down
+    sums, total_weight = self._key_holder.decrypt(self._aggregator.result())
+    return sums, total_weight, bytes_up, bytes_down
+
+
+class _SecAggSum:
+  """SecAgg+ (`secure.secagg`), every party in this process."""
+
+  def __init__(self, settings: SecureSettings):
+    self._settings = settings
+
+  def close(self) -> None:
+    pass
+
+  def sum(self, vectors: dict[int, np.ndarray], weights: dict[int, int], sampled, round_num):
+    """As `_HeSum.sum`; the sampled clients missing from `vectors` drop out after sharing.
+
+    Raises:
+      secagg.SecAggAborted: When too many dropped out for the threshold.
+    """
+    length = next(iter(vectors.values())).size + 1 if vectors else 1
+    inputs = {int(c): np.zeros(length, np.uint32) for c in sampled}
+    for client_id, vector in vectors.items():
+      inputs[client_id] = secagg.to_ring(np.append(vector, np.int64(weights[client_id])))
+    if len(inputs) < 2 or not vectors:
+      raise secagg.SecAggAborted(f'secagg: the round fails: {len(vectors)} of {len(inputs)} '
+                                 'sampled clients sent an update; masking needs 2 or more.')
+    graph_seed = int(np.random.default_rng([self._settings.seed, _GRAPH_SALT,
+                                            round_num]).integers(2**63))
+    total, view = secagg.secure_sum(
+        inputs, neighbours=self._settings.neighbours, threshold=self._settings.threshold,
+        dropouts_before_input=set(inputs) - set(vectors), graph_seed=graph_seed,
+        round_id=round_num)
+    signed = secagg.from_ring(total)
+    return (signed[:-1], int(signed[-1]), sum(view.bytes_up.values()),
+            sum(view.bytes_down.values()))
+
+
+class SecureRounds:
+  """Runs rounds of a `GanProcess` with a secure sum (module docstring).
+
+  Use as a context manager, or call `close`: with `he` it owns the aggregator process.
+  """
+
+  def __init__(self, process, settings: SecureSettings):
+    """Sets up the sum (for `he`: the key holder, public context and aggregator process).
+
+    Args:
+      process: A `GanProcess` taking dataset keys (`GanProcess.with_client_data`).
+      settings: The `SecureSettings`.
+
+    Raises:
+      ValueError: If no fixed-point format fits the bounds (one line naming the limit).
+    """
+    self.fraction_bits = settings.fraction_bits()
+    self._process, self._settings, self._dp = process, settings, settings.dp
+    self._clip = settings.clip if settings.dp is None else settings.dp.clip
+    self._sum = (_HeSum(self.fraction_bits) if settings.aggregator == 'he'
+                 else _SecAggSum(settings))
+
+  def close(self) -> None:
+    self._sum.close()
+
+  def __enter__(self) -> SecureRounds:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+  def next(self, state, keys, sampled, completed, round_num: int):
+    """One round from `state`: the `completed` clients (with these dataset keys) work.
+
+    Args:
+      state: The server state.
+      keys: The completed clients' dataset keys (`populations.round_keys`).
+      sampled: The ids of the round's sampled clients (they receive the model).
+      completed: The ids of those that did not drop out, in the order of `keys`.
+      round_num: The round.
+
+    Returns:
+      `(new_state, metrics, traffic)`: the server half's metrics (the released means as the
+      clients' metrics, plus `CLIPPED_METRIC` unless under DP), or None and the state
+      unchanged when SecAgg+ aborted the round; `traffic` the bytes that travelled beyond
+      the model: `{'up': ..., 'down': ...}` (ciphertexts and the public key; masked vectors,
+      keys and shares).
+    """
+    outputs = self._process.client_work(state, keys)
+    vectors, weights, total_discarded, template = {}, {}, 0, None
+    for client_id, (output, discarded) in zip(completed, outputs, strict=True):
+      template = output
+      total_discarded += int(discarded)
+      weight = round(float(output.num_examples))
+      if discarded or weight < 1:  # Non-finite, or no data: it sends nothing.
+        continue
+      if self._dp is not None:
+        weight = 1  # DP-FedAvg: every client counts the same.
+      elif weight > self._settings.max_weight:
+        raise RuntimeError(f'client {client_id} reports {weight} examples, above the bound '
+                           f'{self._settings.max_weight} the fixed point was chosen for.')
+      vectors[int(client_id)] = self._encode(output, weight, int(client_id), round_num)
+      weights[int(client_id)] = weight
+    try:
+      sums, total_weight, bytes_up, bytes_down = self._sum.sum(vectors, weights, sampled,
+                                                               round_num)
+    except secagg.SecAggAborted as aborted:
+      logging.warning('round %d: %s; the model stays as it is.', round_num,
+                      str(aborted).rstrip('.'))
+      return state, None, {'up': 0, 'down': 0}
+    if self._dp is None:
+      mean_output, clipped = self._released_mean(template, sums, total_weight)
+    else:
+      mean_output, clipped = self._noised_mean(template, sums, round_num), None
+    state, metrics = self._process.server_step(
+        state, [mean_output], [np.int32(total_discarded)], [np.float32(1.0)])
+    metrics = collections.OrderedDict(metrics)
+    if clipped is not None:
+      metrics[CLIPPED_METRIC] = clipped
+    return state, metrics, {'up': bytes_up, 'down': bytes_down}
+
+  def _encode(self, output, weight: int, client_id: int, round_num: int) -> np.ndarray:
+    """A client's signed integers: its update and, unless under DP, its extras."""
+    rng = np.random.default_rng([self._settings.seed, _ROUNDING_SALT, round_num, client_id])
+    update = _flatten(output.delta)
+    encode = dict(fraction_bits=self.fraction_bits, rng=rng,
+                  aggregator=self._settings.aggregator)
+    if self._dp is not None:  # Within C after rounding too: it adds at most 2^-f a coordinate.
+      clip = self._clip - math.sqrt(update.size) * 2.0**-self.fraction_bits
+      return fixed_point.encode(update, clip, 1, **encode)[0]
+    encoded, clipped = fixed_point.encode(update, self._clip, weight, **encode)
+    extras, _ = fixed_point.encode(self._extras_to_slots(output.metrics, clipped), self._clip,
+                                   weight, **encode)
+    return np.concatenate([encoded, extras])
+
+  def _extras_to_slots(self, metrics, clipped: bool) -> np.ndarray:
+    """The losses (clipped to ±METRIC_RANGE) and the clipped flag, scaled so that their
+    vector's L2 norm is at most the clip (`encode` then leaves them as they are)."""
+    values = [float(np.clip(v, -METRIC_RANGE, METRIC_RANGE)) / METRIC_RANGE
+              for v in metrics.values()] + [float(clipped)]
+    return np.asarray(values) * self._clip / math.sqrt(len(values))
+
+  def _released_mean(self, template, sums, total_weight: int):
+    """The server half's input (one output of weight Σ n_k) and the clipped fraction."""
+    if template is None:
+      raise ValueError('a secure round needs at least one client.')
+    num_metrics = len(template.metrics)
+    if sums is None:  # Nobody sent anything: a zero update of weight 0, as the plain mean.
+      mean = np.zeros(_flatten(template.delta).size + num_metrics + 1)
+    else:
+      mean = fixed_point.decode(sums, total_weight, self.fraction_bits)
+    update, extras = mean[:-num_metrics - 1], mean[-num_metrics - 1:]
+    extras = extras * math.sqrt(num_metrics + 1) / self._clip
+    metrics = collections.OrderedDict(
+        (name, np.float32(value * METRIC_RANGE))
+        for name, value in zip(template.metrics, extras[:-1], strict=True))
+    output = template._replace(delta=_unflatten(update, template.delta),
+                               num_examples=np.float32(total_weight), metrics=metrics)
+    return output, float(np.clip(extras[-1], 0.0, 1.0))
+
+  def _noised_mean(self, template, sums, round_num: int):
+    """Under DP: (Σ clipped updates + N(0, (z·C)²)) / clients per round, as one output."""
+    size = _flatten(template.delta).size
+    total = np.zeros(size) if sums is None else sums / 2.0**self.fraction_bits
+    noise_seed = tf.random.experimental.stateless_fold_in(
+        seeds.keyed_seed(self._dp.noise_key, _NOISE_SALT), round_num)
+    noise = tf.random.stateless_normal(
+        [size], noise_seed, stddev=self._dp.noise_multiplier * self._dp.clip, dtype=tf.float64)
+    mean = (total + noise.numpy()) / self._dp.clients_per_round
+    return template._replace(delta=_unflatten(mean, template.delta),
+                             num_examples=np.float32(1.0),
+                             metrics=tf.nest.map_structure(np.zeros_like, template.metrics))
+
+
+def _flatten(structure) -> np.ndarray:
+  return np.concatenate([np.asarray(t, np.float64).ravel() for t in tf.nest.flatten(structure)])
+
+
+def _unflatten(flat: np.ndarray, like):
+  parts, start = [], 0
+  for tensor in tf.nest.flatten(like):
+    tensor = np.asarray(tensor)
+    parts.append(flat[start:start + tensor.size].reshape(tensor.shape).astype(tensor.dtype))
+    start += tensor.size
+  return tf.nest.pack_sequence_as(like, parts)
