@@ -57,6 +57,29 @@ def test_plain_modulus_is_a_batching_prime():
   assert context.seal_context().data.first_context_data().qualifiers().using_batching
 
 
+def test_the_wide_format_is_a_batching_prime_within_128_bit_security():
+  wide = he.WIDE_PLAIN_MODULUS
+  # Trial division by every odd number up to √t (2^25), vectorized.
+  divisors = np.arange(3, math.isqrt(wide) + 1, 2, dtype=np.int64)
+  assert wide % 2 and np.all(wide % divisors)
+  assert wide % (2 * N) == 1 and 49 < math.log2(wide) < 50
+  assert sum(he.WIDE_COEFF_MOD_BIT_SIZES) <= he.MAX_COEFF_MODULUS_BITS_128[N]
+  context = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=N, plain_modulus=wide,
+                       coeff_mod_bit_sizes=list(he.WIDE_COEFF_MOD_BIT_SIZES))
+  assert context.seal_context().data.first_context_data().qualifiers().using_batching
+  # Sums with multipliers: decrypted exactly, at the noise budget's limit.
+  params = he.choose_params(1.0, 1, 2, max_multiplier=he.MAX_MULTIPLIER_SUM // 2, wide=True)
+  holder = he.KeyHolder(params)
+  encryptor = he.Encryptor(holder.public_context_bytes(), params)
+  aggregator = he.Aggregator(holder.public_context_bytes())
+  values = np.random.default_rng(0).integers(-2**20, 2**20, N + 5)
+  for _ in range(2):
+    aggregator.add(encryptor.encrypt(values, 3), he.MAX_MULTIPLIER_SUM // 2)
+  sums, total = holder.decrypt(aggregator.result())
+  np.testing.assert_array_equal(sums, values * he.MAX_MULTIPLIER_SUM)
+  assert total == 3 * he.MAX_MULTIPLIER_SUM
+
+
 def test_coefficient_modulus_within_128_bit_security():
   assert sum(he.COEFF_MOD_BIT_SIZES) <= he.MAX_COEFF_MODULUS_BITS_128[N] == 218
   # SEAL enforces the same table: one bit more at N = 8192 is refused.

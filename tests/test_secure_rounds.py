@@ -176,6 +176,44 @@ def test_secagg_recovers_dropouts_below_the_threshold_and_aborts_above(dropped):
   assert state == 1 and traffic['up'] > 0
 
 
+def test_asynchronous_staleness_weights_multiply_the_ciphertexts():
+  rng = np.random.default_rng(1)
+  deltas, weights = rng.normal(0, 0.05, size=(3, 20000)), [30, 10, 20]  # Norms ≈ 7 < clip.
+  scales = [1.0, 0.5, 0.25]  # Exact in 1/STALENESS_STEPS.
+  process = FakeProcess(deltas, weights)
+  settings = secure_rounds.SecureSettings(aggregator='he', clip=CLIP, max_weight=30,
+                                          max_clients=3, seed=0, asynchronous=True)
+  with secure_rounds.SecureRounds(process, settings) as rounds:
+    outputs = [(k, *process.outputs[k]) for k in range(3)]
+    state, _, traffic = rounds.apply(0, outputs, [0, 1, 2], 5, scales=scales)
+  # The asynchronous rule of --aggregator=mean: Σ n_k s_k Δ_k / Σ n_k.
+  expected = sum(w * s * d for w, s, d in zip(weights, scales, deltas, strict=True))
+  expected = expected / sum(weights)
+  applied = process.applied[0]
+  np.testing.assert_allclose(applied.delta[0], expected, atol=2.0**-rounds.fraction_bits + 1e-7)
+  assert applied.num_examples == sum(weights)
+  # Losses are means weighted by n_k·s_k: all 1.5 here.
+  assert float(applied.metrics['discriminator_loss']) == pytest.approx(1.5, abs=1e-3)
+  assert state == 1
+  # Each client sends its update and its weight alone, in the wide format (twice the bytes).
+  assert traffic['up'] == pytest.approx(3 * (3 + 1) * 2 * 131_000, rel=0.05)
+
+
+def test_fedbuff_with_he_equals_fedbuff_with_mean_within_the_bound(tmp_path_factory):
+  settings = dict(mode='async', buffer_size=4, max_concurrent_clients=4,
+                  staleness_exponent=0.0, client_latency='lognormal:0.5,0')
+  mean, _ = train(tmp_path_factory, 'async_mean', **settings)
+  encrypted, rows = train(tmp_path_factory, 'async_he', aggregator='he', **settings)
+  bits = secure_rounds.SecureSettings(aggregator='he', clip=CLIP, max_weight=MAX_WEIGHT,
+                                      max_clients=4, seed=0, asynchronous=True).fraction_bits()
+  differences = [np.abs(ours - theirs).max() for ours, theirs in zip(
+      tf.nest.flatten(as_numpy(encrypted.state.weights)),
+      tf.nest.flatten(as_numpy(mean.state.weights)), strict=True)]
+  assert 0 < max(differences) <= 2.0**-bits + 1e-6
+  assert float(rows[0]['clipped_fraction']) == 0.0
+  assert aggregator_children() == []
+
+
 @pytest.mark.parametrize('settings, message', [
     (dict(secure_clip=1.0), '--secure_clip applies only to --aggregator=he or secagg'),
     (dict(secagg_neighbours=3), '--secagg_neighbours applies only to --aggregator=secagg'),
@@ -184,7 +222,9 @@ def test_secagg_recovers_dropouts_below_the_threshold_and_aborts_above(dropped):
      'not above half of 9 neighbours'),
     (dict(aggregator='secagg', client_sampling='poisson'), 'needs --client_sampling=fixed'),
     (dict(aggregator='he', secure_clip=-1.0), '--secure_clip must be a positive number'),
-    (dict(aggregator='he', mode='async', buffer_size=2), 'synchronous rounds only'),
+    (dict(aggregator='secagg', mode='async', buffer_size=2), 'synchronous rounds only'),
+    (dict(aggregator='he', mode='async', buffer_size=2, dp_noise_multiplier=1.0),
+     '--mode=async and differential privacy is not built yet'),
     (dict(aggregator='he', dp_noise_multiplier=1.0, dp_unit='example'),
      '--dp_unit=example is not built yet'),
     (dict(aggregator='he', dp_noise_multiplier=1.0, secure_clip=1.0), 'clients clip to --dp_clip'),

@@ -54,6 +54,7 @@ from absl import logging
 from tff_gan.clients import populations, sampling
 from tff_gan.clients.clock import ClientClock
 from tff_gan.core import seeds
+from tff_gan.run import secure_rounds
 from tff_gan.run.config import ConfigError
 from tff_gan.run.recorder import round_row
 from tff_gan.runtime import signals
@@ -76,7 +77,7 @@ class _Task:
 
 
 def train_async(config, process, num_clients: int, state, *, start_round: int,
-                start_time: float, recorder, traffic):
+                start_time: float, recorder, traffic, secure_round=None):
   """Runs server steps `start_round + 1 .. config.rounds` asynchronously (module docstring).
 
   Args:
@@ -90,6 +91,8 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
     start_time: Simulated seconds already elapsed.
     recorder: The run's `recorder.RoundRecorder`, which evaluates, releases and saves.
     traffic: The run's `communication.RoundTraffic` (bytes per client, each way).
+    secure_round: Under `--aggregator=he`, the run's `secure_rounds.SecureRounds`: each
+      buffer is summed encrypted, its staleness weights as integer multipliers.
 
   Returns:
     `(state, last_row)`.
@@ -167,14 +170,21 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
     if config.async_rule == 'fedasync':
       scales = config.fedasync_mixing * scales
     with signals.deferred():
-      state, metrics = server_step(
-          state, [task.output for task, _ in buffer], [task.discarded for task, _ in buffer],
-          [np.float32(scale) for scale in scales])
+      if secure_round is None:
+        state, metrics = server_step(
+            state, [task.output for task, _ in buffer], [task.discarded for task, _ in buffer],
+            [np.float32(scale) for scale in scales])
+      else:
+        state, metrics, secure_bytes = secure_round.apply(
+            state, [(task.client_id, task.output, task.discarded) for task, _ in buffer],
+            [task.client_id for task, _ in buffer], version + 1, scales=scales)
     version += 1
     dispatches_at_version = 0
     row = round_row(version, time.perf_counter() - wall_start, len(buffer),
                              len(buffer), metrics, traffic)
     row['bytes_down'] = traffic.bytes_down(dispatched_since_step)
+    if secure_round is not None:
+      secure_rounds.update_row(row, metrics, secure_bytes)
     row.update(simulated_time=now, mean_staleness=float(staleness.mean()),
                max_staleness=int(staleness.max()))
     recorder.finish(row, state, version)

@@ -28,10 +28,12 @@ def secure_aggregation_problem(config) -> str | None:
     return None
   if not (math.isfinite(config.effective_secure_clip) and config.effective_secure_clip > 0):
     return f'--secure_clip must be a positive number, got {config.secure_clip}.'
-  if config.mode == 'async':
-    return (f'--aggregator={config.aggregator} runs synchronous rounds only (asynchronous '
-            'staleness weights are not built yet); drop --mode=async, or use another '
-            'aggregator.')
+  if config.mode == 'async' and config.aggregator == 'secagg':
+    return ('--aggregator=secagg runs synchronous rounds only (its masks cancel within one '
+            "round's clients); drop --mode=async, or use --aggregator=he.")
+  if config.mode == 'async' and config.dp_enabled:
+    return ('--aggregator=he with --mode=async and differential privacy is not built yet; '
+            'drop one of them.')
   if config.aggregator == 'secagg':
     return _secagg_problem(config)
   if config.dp_enabled and config.secure_clip is not None:

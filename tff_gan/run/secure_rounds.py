@@ -60,6 +60,8 @@ CLIPPED_METRIC = 'clipped_fraction'
 _ROUNDING_SALT = 0x6865  # Separates the rounding's random numbers from every other stream.
 _NOISE_SALT = 0x68654450  # Separates the key holder's DP noise from the key's other draws.
 _GRAPH_SALT = 0x5341  # Separates SecAgg+'s public graph seeds from every other stream.
+# Asynchronous staleness weights in (0, 1] travel as integer multipliers of this many steps.
+STALENESS_STEPS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,9 @@ class SecureSettings:
     dp: User-level DP (`he` only).
     neighbours: SecAgg+'s k (None: `secagg.check_params`' default).
     threshold: SecAgg+'s t (None: the default).
+    asynchronous: Whether updates come with staleness weights (`he` only), each sent as
+      the integer multiplier round(weight · `STALENESS_STEPS`) of its ciphertext; the wide
+      BFV format (`he.WIDE_PLAIN_MODULUS`) then makes room for them.
   """
 
   aggregator: str
@@ -102,14 +107,32 @@ class SecureSettings:
   dp: SecureDp | None = None
   neighbours: int | None = None
   threshold: int | None = None
+  asynchronous: bool = False
+
+  def _clip_and_weight(self) -> tuple[float, int]:
+    return (self.dp.clip, 1) if self.dp is not None else (self.clip, self.max_weight)
+
+  def he_params(self) -> he.HeParams:
+    """The BFV parameters for these bounds (`he.choose_params`)."""
+    multiplier = STALENESS_STEPS if self.asynchronous else 1
+    return he.choose_params(*self._clip_and_weight(), self.max_clients,
+                            max_multiplier=multiplier, wide=self.asynchronous)
 
   def fraction_bits(self) -> int:
     """f for these bounds; raises `ValueError` (one line naming the limit) if none fits."""
-    clip, weight = (self.dp.clip, 1) if self.dp is not None else (self.clip, self.max_weight)
     if self.aggregator == 'he':
-      return he.choose_params(clip, weight, self.max_clients).fraction_bits
+      return self.he_params().fraction_bits
     secagg.check_params(self.max_clients, self.neighbours, self.threshold)
-    return secagg.choose_fraction_bits(clip, weight, self.max_clients)
+    return secagg.choose_fraction_bits(*self._clip_and_weight(), self.max_clients)
+
+
+def update_row(row: dict, metrics, traffic: dict) -> None:
+  """Puts a secure round's bytes (beyond the model's broadcast) and clipped fraction in its
+  `metrics.csv` row."""
+  row['bytes_up'] = traffic['up']
+  row['bytes_down'] += traffic['down']
+  if CLIPPED_METRIC in metrics:  # Not released under DP.
+    row[CLIPPED_METRIC] = metrics[CLIPPED_METRIC]
 
 
 def max_client_weight(client_sizes, local_epochs: int, batch_size: int,
@@ -122,34 +145,50 @@ def max_client_weight(client_sizes, local_epochs: int, batch_size: int,
 
 
 class _HeSum:
-  """BFV: a key holder, the clients' encryptor, an aggregator process."""
+  """BFV: a key holder, the clients' encryptor, an aggregator process (and, for multiplied
+  sums, a second one that adds the weights alone)."""
 
-  def __init__(self, fraction_bits: int):
-    self._key_holder = he.KeyHolder(he.HeParams(fraction_bits))
+  def __init__(self, params: he.HeParams, asynchronous: bool):
+    self._key_holder = he.KeyHolder(params)
     self.public_context = self._key_holder.public_context_bytes()
-    self._encryptor = he.Encryptor(self.public_context, self._key_holder.params)
+    self._encryptor = he.Encryptor(self.public_context, params)
     self._aggregator = he_process.AggregatorProcess(self.public_context)
+    self._weights = he_process.AggregatorProcess(self.public_context) if asynchronous else None
     self._has_context: set[int] = set()  # Clients that downloaded this process's key.
 
   def close(self) -> None:
     self._aggregator.close()
+    if self._weights is not None:
+      self._weights.close()
 
-  def sum(self, vectors: dict[int, np.ndarray], weights: dict[int, int], sampled, round_num):
+  def sum(self, vectors: dict[int, np.ndarray], weights: dict[int, int], sampled, round_num,
+          multipliers: dict[int, int] | None = None):
     """`(sums, total_weight, bytes_up, bytes_down)` of the completed clients' vectors (the
-    public context counts down once per client)."""
+    public context counts down once per client). With `multipliers` m_k, `sums` is the pair
+    (Σ m_k·n_k·x_k, Σ n_k), the latter from each client's second ciphertext holding n_k alone,
+    and `total_weight` Σ m_k·n_k."""
     del round_num  # One key for the whole process.
     self._aggregator.reset()
+    if self._weights is not None:
+      self._weights.reset()
     bytes_up = 0
     for client_id, vector in vectors.items():
       encrypted = self._encryptor.encrypt(vector, weights[client_id])
-      self._aggregator.add(encrypted)
+      self._aggregator.add(encrypted, multipliers[client_id] if multipliers else 1)
       bytes_up += encrypted.nbytes
+      if multipliers:
+        weight_only = self._encryptor.encrypt(np.zeros(0, np.int64), weights[client_id])
+        self._weights.add(weight_only)
+        bytes_up += weight_only.nbytes
     new_clients = {int(c) for c in sampled} - self._has_context
     self._has_context |= new_clients
     bytes_down = len(new_clients) * len(self.public_context)
     if not vectors:
       return None, 0, bytes_up, bytes_down
     sums, total_weight = self._key_holder.decrypt(self._aggregator.result())
+    if multipliers:
+      _, weights_alone = self._key_holder.decrypt(self._weights.result())
+      return (sums, weights_alone), total_weight, bytes_up, bytes_down
     return sums, total_weight, bytes_up, bytes_down
 
 
@@ -205,8 +244,8 @@ class SecureRounds:
     self.fraction_bits = settings.fraction_bits()
     self._process, self._settings, self._dp = process, settings, settings.dp
     self._clip = settings.clip if settings.dp is None else settings.dp.clip
-    self._sum = (_HeSum(self.fraction_bits) if settings.aggregator == 'he'
-                 else _SecAggSum(settings))
+    self._sum = (_HeSum(settings.he_params(), settings.asynchronous)
+                 if settings.aggregator == 'he' else _SecAggSum(settings))
 
   def close(self) -> None:
     self._sum.close()
@@ -235,9 +274,29 @@ class SecureRounds:
       keys and shares).
     """
     outputs = self._process.client_work(state, keys)
-    vectors, weights, total_discarded, template = {}, {}, 0, None
-    for client_id, (output, discarded) in zip(completed, outputs, strict=True):
-      template = output
+    return self.apply(state, [(client_id, output, discarded) for client_id, (output, discarded)
+                              in zip(completed, outputs, strict=True)], sampled, round_num)
+
+  def apply(self, state, outputs, sampled, round_num: int, scales=None):
+    """The server half of a round (or of an asynchronous step) on the clients' outputs.
+
+    Args:
+      state: The server state.
+      outputs: `(client_id, ClientOutput, discarded)` of every client that reported.
+      sampled: The ids of the clients that received the model.
+      round_num: The round (or server step) the outputs are applied as.
+      scales: Asynchronous staleness weights in (0, 1], one per output (`he` with
+        `asynchronous` only): output k's ciphertext is multiplied by
+        m_k = max(1, round(scale_k · STALENESS_STEPS)), and the update applied is
+        Σ n_k·(m_k / STALENESS_STEPS)·x_k / Σ n_k, as `--aggregator=mean`'s asynchronous
+        rule; the losses are then means weighted by n_k·m_k.
+
+    Returns:
+      As `next`.
+    """
+    vectors, weights, multipliers, total_discarded, template = {}, {}, {}, 0, None
+    for k, (client_id, output, discarded) in enumerate(outputs):
+      client_id, template = int(client_id), output
       total_discarded += int(discarded)
       weight = round(float(output.num_examples))
       if discarded or weight < 1:  # Non-finite, or no data: it sends nothing.
@@ -247,11 +306,14 @@ class SecureRounds:
       elif weight > self._settings.max_weight:
         raise RuntimeError(f'client {client_id} reports {weight} examples, above the bound '
                            f'{self._settings.max_weight} the fixed point was chosen for.')
-      vectors[int(client_id)] = self._encode(output, weight, int(client_id), round_num)
-      weights[int(client_id)] = weight
+      vectors[client_id] = self._encode(output, weight, client_id, round_num)
+      weights[client_id] = weight
+      if scales is not None:
+        multipliers[client_id] = max(1, round(float(scales[k]) * STALENESS_STEPS))
     try:
-      sums, total_weight, bytes_up, bytes_down = self._sum.sum(vectors, weights, sampled,
-                                                               round_num)
+      sums, total_weight, bytes_up, bytes_down = self._sum.sum(
+          vectors, weights, sampled, round_num, **({'multipliers': multipliers}
+                                                   if scales is not None else {}))
     except secagg.SecAggAborted as aborted:
       logging.warning('round %d: %s; the model stays as it is.', round_num,
                       str(aborted).rstrip('.'))
@@ -293,17 +355,22 @@ class SecureRounds:
     if template is None:
       raise ValueError('a secure round needs at least one client.')
     num_metrics = len(template.metrics)
+    examples = update_weight = total_weight
+    if isinstance(sums, tuple):  # Multiplied: the update over STALENESS_STEPS · Σ n_k.
+      sums, examples = sums
+      update_weight = STALENESS_STEPS * examples
     if sums is None:  # Nobody sent anything: a zero update of weight 0, as the plain mean.
-      mean = np.zeros(_flatten(template.delta).size + num_metrics + 1)
+      update = np.zeros(_flatten(template.delta).size)
+      extras = np.zeros(num_metrics + 1)
     else:
-      mean = fixed_point.decode(sums, total_weight, self.fraction_bits)
-    update, extras = mean[:-num_metrics - 1], mean[-num_metrics - 1:]
+      update = fixed_point.decode(sums[:-num_metrics - 1], update_weight, self.fraction_bits)
+      extras = fixed_point.decode(sums[-num_metrics - 1:], total_weight, self.fraction_bits)
     extras = extras * math.sqrt(num_metrics + 1) / self._clip
     metrics = collections.OrderedDict(
         (name, np.float32(value * METRIC_RANGE))
         for name, value in zip(template.metrics, extras[:-1], strict=True))
     output = template._replace(delta=_unflatten(update, template.delta),
-                               num_examples=np.float32(total_weight), metrics=metrics)
+                               num_examples=np.float32(examples), metrics=metrics)
     return output, float(np.clip(extras[-1], 0.0, 1.0))
 
   def _noised_mean(self, template, sums, round_num: int):

@@ -181,15 +181,16 @@ def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -
         checkpoint_value=lambda state: run_state(state, client_states),
         client_labels=client_labels)
     start_time = float(row.get('simulated_time', 0.0))
-    if config.mode == 'async':
-      state, last_row = async_training.train_async(
-          config, keyed_process, population.num_clients, state, start_round=start_round,
-          start_time=start_time, recorder=round_recorder, traffic=traffic)
-      rounds.close()
-      row = last_row or row
-    else:
-      with (secure_rounds.SecureRounds(keyed_process, secure_settings) if secure_settings
-            else contextlib.nullcontext()) as secure_round:
+    with (secure_rounds.SecureRounds(keyed_process, secure_settings) if secure_settings
+          else contextlib.nullcontext()) as secure_round:
+      if config.mode == 'async':
+        state, last_row = async_training.train_async(
+            config, keyed_process, population.num_clients, state, start_round=start_round,
+            start_time=start_time, recorder=round_recorder, traffic=traffic,
+            secure_round=secure_round)
+        rounds.close()
+        row = last_row or row
+      else:
         state, row = _train_sync(config, scheme, keyed_process, population, state, rounds,
                                  round_recorder, traffic, start_time, row, client_states,
                                  secure_round)
@@ -234,9 +235,9 @@ def _secure_settings(config: TrainConfig, population,
       max_weight=secure_rounds.max_client_weight(population.client_sizes, work.local_epochs,
                                                  work.batch_size, work.local_steps),
       max_clients=(config.num_clients if config.client_sampling == 'poisson'
-                   else config.clients_per_round),
+                   and config.mode == 'sync' else config.clients_per_aggregation),
       seed=config.seed, dp=dp, neighbours=config.secagg_neighbours,
-      threshold=config.secagg_threshold)
+      threshold=config.secagg_threshold, asynchronous=config.mode == 'async')
   try:
     settings.fraction_bits()
   except ValueError as e:
@@ -281,10 +282,7 @@ def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population
     if not scheme.communicates:
       row['bytes_down'] = row['bytes_up'] = None
     if secure_round is not None and metrics is not None:
-      row['bytes_up'] = secure_bytes['up']
-      row['bytes_down'] += secure_bytes['down']
-      if secure_rounds.CLIPPED_METRIC in metrics:  # Not released under DP.
-        row[secure_rounds.CLIPPED_METRIC] = metrics[secure_rounds.CLIPPED_METRIC]
+      secure_rounds.update_row(row, metrics, secure_bytes)
     if clock is not None:
       simulated_time += clock.sync_round_seconds(client_ids, completed, round_num)
       row['simulated_time'] = simulated_time

@@ -53,6 +53,12 @@ COEFF_MOD_BIT_SIZES = (60, 60)
 PLAIN_MODULUS = 1073692673
 # The HE standard's largest coefficient modulus (bits) for 128-bit security, by ring dimension.
 MAX_COEFF_MODULUS_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+# The wide format, for sums with multipliers (asynchronous staleness weights): a third 60-bit
+# prime (180 bits, still within the standard's 218) and a 50-bit batching prime t. Every
+# ciphertext is then twice the size, and a single multiplier up to 2^39 still decrypts
+# (measured), so MAX_MULTIPLIER_SUM holds with room to spare.
+WIDE_COEFF_MOD_BIT_SIZES = (60, 60, 60)
+WIDE_PLAIN_MODULUS = 1125899906826241  # ≡ 1 (mod 2·8192), prime: tests check both.
 MAX_MULTIPLIER_SUM = 2**16  # Σ multipliers of one sum: the noise budget, with 6 bits to spare.
 MIN_FRACTION_BITS = fixed_point.MIN_FRACTION_BITS
 _MAX_FRACTION_BITS = fixed_point.MAX_FRACTION_BITS
@@ -95,7 +101,7 @@ class HeParams:
 
 
 def choose_params(clip: float, max_weight: int, max_clients: int, *, max_multiplier: int = 1,
-                  min_fraction_bits: int = MIN_FRACTION_BITS) -> HeParams:
+                  min_fraction_bits: int = MIN_FRACTION_BITS, wide: bool = False) -> HeParams:
   """The most fraction bits with which no sum can wrap modulo t.
 
   The worst coordinate of a sum is Σ_k m_k·n_k·coordinate_bound(clip, f) ≤ K·n·m·bound, with
@@ -109,6 +115,7 @@ def choose_params(clip: float, max_weight: int, max_clients: int, *, max_multipl
     max_clients: The most updates one sum adds.
     max_multiplier: The largest plaintext multiplier of an update (staleness weight).
     min_fraction_bits: Refuse a configuration that would need fewer.
+    wide: Use the wide format (`WIDE_PLAIN_MODULUS`, t ≈ 2^50, ciphertexts twice the size).
 
   Raises:
     ValueError: With one line naming the limit, when even `min_fraction_bits` wraps or the
@@ -123,16 +130,19 @@ def choose_params(clip: float, max_weight: int, max_clients: int, *, max_multipl
                      f'{max_multiplier} pass the BFV noise budget of {MAX_MULTIPLIER_SUM} '
                      'multipliers per sum; lower --clients_per_round or the staleness weights.')
   scale = max_clients * max_weight * max_multiplier
-  limit = HeParams(0).max_centered
+  modulus = (dict(coeff_mod_bit_sizes=WIDE_COEFF_MOD_BIT_SIZES, plain_modulus=WIDE_PLAIN_MODULUS)
+             if wide else {})
+  limit = HeParams(0, **modulus).max_centered
   fraction_bits = fixed_point.most_fraction_bits(clip, scale, limit, min_fraction_bits)
   if fraction_bits is not None:
-    return HeParams(fraction_bits)
+    return HeParams(fraction_bits, **modulus)
   needed = scale * coordinate_bound(clip, min_fraction_bits)
   multiplier = f' × multipliers up to {max_multiplier}' if max_multiplier > 1 else ''
   raise ValueError(
       f'--aggregator=he: clip {clip:g} × weights up to {max_weight} × {max_clients} clients'
       f'{multiplier} at {min_fraction_bits} fraction bits needs sums up to 2^'
-      f'{math.log2(needed):.1f}, but the plaintext modulus t ≈ 2^30 holds only ±2^'
+      f'{math.log2(needed):.1f}, but the plaintext modulus t ≈ 2^{math.log2(2 * limit):.0f} '
+      'holds only ±2^'
       f'{math.log2(limit):.1f}; lower --dp_clip, --clients_per_round or the client weights.')
 
 
