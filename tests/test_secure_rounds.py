@@ -6,6 +6,8 @@ aggregator process left behind."""
 import collections
 import csv
 import os
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -295,3 +297,64 @@ def test_under_dp_epsilon_is_accounted_as_with_the_mean_aggregator(dp_runs, tmp_
   # Nothing un-noised is released: no losses, counts or clipping flags.
   assert not he_rows[0]['d_loss'] and not he_rows[0]['num_examples']
   assert 'clipped_fraction' not in he_rows[0]
+
+
+def processes_with_mark(mark: bytes, program: bytes) -> list[int]:
+  """Live processes whose command line names `program` and whose environment holds `mark`."""
+  found = []
+  for entry in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{entry}/cmdline', 'rb') as f:
+        command = f.read()
+      with open(f'/proc/{entry}/environ', 'rb') as f:
+        environment = f.read().split(b'\0')
+    except OSError:  # Gone meanwhile, or not ours.
+      continue
+    if program in command and mark in environment:
+      found.append(int(entry))
+  return found
+
+
+BINARY_FLAGS = ['--task=ring', '--model_width=0.0625', '--local_steps=2', '--batch_size=16',
+                '--num_clients=4', '--clients_per_round=4', '--eval_every=50',
+                '--num_eval_samples=200']
+
+
+def test_bin_train_with_async_he_stops_on_ctrl_c_leaving_no_aggregator_and_resumes(tmp_path):
+  from test_run_safety import TRAIN, Terminal, wait_for_rows  # noqa: PLC0415
+  from test_train_binary import run_train  # noqa: PLC0415
+
+  run = tmp_path / 'run'
+  mark = f'TFF_GAN_TEST_MARK={os.getpid()}-{id(run)}'
+  flags = [*BINARY_FLAGS, '--aggregator=he', '--mode=async', '--buffer_size=2',
+           '--max_concurrent_clients=4', f'--output_dir={run}']
+  terminal = Terminal([sys.executable, TRAIN, *flags, '--rounds=400'],
+                      env={**os.environ, mark.split('=')[0]: mark.split('=')[1]})
+  wait_for_rows(run, terminal.process, 2)
+  assert processes_with_mark(mark.encode(), b'tff_gan.secure.he_process')  # Two, at work.
+  terminal.ctrl_c()
+  code, shown = terminal.wait()
+  assert code == 130 and 'Traceback' not in shown, shown
+  assert shown.count('train.py: stopped by SIGINT after round') == 1, shown
+  deadline = time.monotonic() + 10
+  while processes_with_mark(mark.encode(), b'tff_gan.secure.he_process'):
+    assert time.monotonic() < deadline, 'an aggregator process outlived its trainer'
+    time.sleep(0.1)
+  # The same command resumes (to a lower --rounds, reached at once) and exits 0.
+  resumed = run_train(*flags, '--rounds=12', '--noprogress')
+  assert resumed.returncode == 0, resumed.stderr
+  assert int(read_rows(run)[-1]['round']) == 12
+
+
+def test_bin_train_with_secagg_and_dropouts(tmp_path):
+  from test_train_binary import run_train  # noqa: PLC0415
+
+  result = run_train(*BINARY_FLAGS, '--aggregator=secagg', '--dropout_rate=0.3', '--rounds=4',
+                     '--noprogress', f'--output_dir={tmp_path}/run')
+  assert result.returncode == 0, result.stderr
+  rows = read_rows(tmp_path / 'run')
+  assert [int(r['round']) for r in rows] == [1, 2, 3, 4]
+  for row in rows:  # k = 3, t = 2: a round survives one dropout of four, else aborts.
+    completed = int(row['clients_completed'])
+    assert completed in (0, 3, 4)
+    assert (int(row['bytes_up']) > 0) == (completed > 0)
