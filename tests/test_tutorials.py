@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,8 @@ from conftest import REPO_ROOT, pid_alive, started_by_this_session, worker_pids
 from tff_gan.privacy import accounting as privacy
 
 TUTORIALS = os.path.join(REPO_ROOT, 'tutorials')
-NOTEBOOKS = ('quickstart', 'privacy', 'remote_workers', 'secure_deployment', 'hospitals')
+NOTEBOOKS = ('quickstart', 'privacy', 'remote_workers', 'secure_deployment', 'hospitals',
+             'secure_aggregation')
 
 
 def read_notebook(name: str) -> nbformat.NotebookNode:
@@ -43,16 +45,24 @@ def worker_programs() -> set[int]:
   return {int(pid) for pid in found.stdout.split()}
 
 
+def aggregator_programs() -> set[int]:
+  """Pids of running `--aggregator=he` aggregator processes (`tff_gan.secure.he_process`)."""
+  found = subprocess.run(['pgrep', '-f', 'tff_gan.secure.he_process'],
+                         capture_output=True, text=True, check=False)
+  return {int(pid) for pid in found.stdout.split()}
+
+
 @pytest.fixture
 def no_worker_survives():
-  """Fails the test if the notebook left a TFF worker or a bin/worker.py running.
+  """Fails the test if the notebook left a TFF worker, a bin/worker.py or an HE aggregator
+  process running.
 
   Survivors are killed (by pid) before the failure is reported, so they do not outlive the
   test session either.
   """
-  before = worker_pids() | worker_programs()
+  before = worker_pids() | worker_programs() | aggregator_programs()
   yield
-  leaked = {pid for pid in (worker_pids() | worker_programs()) - before
+  leaked = {pid for pid in (worker_pids() | worker_programs() | aggregator_programs()) - before
             if pid_alive(pid) and started_by_this_session(pid)}
   for pid in leaked:
     os.kill(pid, signal.SIGKILL)
@@ -198,6 +208,43 @@ def test_secure_deployment(tmp_path, monkeypatch, no_worker_survives):
   for name in ('token', 'worker.key', 'trainer.key'):
     assert (tmp_path / 'certs' / name).stat().st_mode & 0o077 == 0
   assert images_shown(notebook) == 2  # The losses of both runs, the round times.
+
+
+def test_secure_aggregation(tmp_path, monkeypatch, no_worker_survives):
+  notebook = execute('secure_aggregation', tmp_path, monkeypatch)
+  output = printed(notebook)
+  # Four clients' real updates were tapped from one round of ring.
+  assert '4 clients, each update' in output and 'n_k = [32, 32, 32, 32]' in output
+  assert 'the aggregator holds a secret key: False' in output
+  # The masked vector's bytes pass a chi-square test for uniformity; the input's fail it.
+  masked = re.search(r'masked vector: chi-square ([\d.]+) on 255 degrees of freedom, '
+                     r'p = ([\d.]+)', output)
+  assert masked and float(masked[2]) > 1e-4, output  # Fails 1 run in 10,000 by chance.
+  unmasked = re.search(r'same input unmasked: chi-square \S+, p = (\S+)', output)
+  assert unmasked and float(unmasked[1]) < 1e-6, output
+  # Each decoded mean is within 2^-f of numpy's, per coordinate.
+  errors = re.findall(r'largest difference from the numpy weighted mean ([\d.e+-]+) '
+                      r'\(2\^-f = ([\d.e+-]+)\)', output)
+  assert len(errors) == 2 and all(float(got) <= float(bound) for got, bound in errors), errors
+  # k = 3, t = 2 for 4 clients: one dropout is recovered exactly, two abort in one line.
+  recovered = re.search(r'1 of 4 dropped: recovered; .* within ([\d.e+-]+) of numpy\'s '
+                        r'\(2\^-f = ([\d.e+-]+)\)', output)
+  assert recovered and float(recovered[1]) <= float(recovered[2]), output
+  aborted = [line for line in output.splitlines() if line.startswith('2 of 4 dropped:')]
+  assert len(aborted) == 1 and 'SecAggAborted: secagg: the round fails' in aborted[0]
+  rows = {name: read_rows(tmp_path / name / 'metrics.csv') for name in ('mean', 'he', 'secagg')}
+  for name, table in rows.items():
+    assert [int(row['round']) for row in table] == [1, 2], name
+    assert all(int(row['clients_completed']) == 4 for row in table), name
+  # The ciphertexts cost many times mean's upload; secagg's masked vectors about the same.
+  up = {name: float(table[-1]['bytes_up']) for name, table in rows.items()}
+  assert up['he'] > 5 * up['mean'] and up['mean'] < up['secagg'] < 1.2 * up['mean'], up
+  # The secure sums release mean's update within 2^-f: the same losses to 3 decimals.
+  for name in ('he', 'secagg'):
+    assert float(rows[name][-1]['d_loss']) == pytest.approx(
+        float(rows['mean'][-1]['d_loss']), abs=1e-3)
+  # The four views, the cost bars, the samples side by side.
+  assert images_shown(notebook) == 3
 
 
 @pytest.mark.parametrize('name', NOTEBOOKS)
