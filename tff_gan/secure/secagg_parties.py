@@ -123,6 +123,17 @@ class SecAggClient:
   def _abort(self, reason: str) -> SecAggAborted:
     return SecAggAborted(f'secagg: client {self.client_id} aborts the round: {reason}.')
 
+  def _check_senders(self, received: Mapping[int, bytes], allowed, strangers: str,
+                     sent: str) -> None:
+    """Raises ValueError if a message came from outside `allowed` (`strangers` names
+    them), or aborts the round if fewer than t neighbours `sent` one."""
+    unknown = sorted(set(received) - set(allowed))
+    if unknown:
+      raise ValueError(f'client {self.client_id} was sent {strangers} {unknown}.')
+    if len(received) < self.threshold:
+      raise self._abort(f'{len(received)} of its neighbours {sent}, fewer than the threshold '
+                        f'{self.threshold}')
+
   def advertise_keys(self) -> bytes:
     """Step 0: c_u ‖ s_u, 64 bytes."""
     return self._share_keys.public_bytes + self._mask_keys.public_bytes
@@ -136,12 +147,8 @@ class SecAggClient:
     Returns:
       Neighbour -> sealed (index, share of b_u, share of the mask key).
     """
-    if set(public_keys) - set(self.neighbours):
-      raise ValueError(f'client {self.client_id} was sent keys of non-neighbours '
-                       f'{sorted(set(public_keys) - set(self.neighbours))}.')
-    if len(public_keys) < self.threshold:
-      raise self._abort(f'{len(public_keys)} of its neighbours advertised keys, fewer than '
-                        f'the threshold {self.threshold}')
+    self._check_senders(public_keys, self.neighbours, 'keys of non-neighbours',
+                        'advertised keys')
     keys = {v: (m[:crypto.PUBLIC_KEY_BYTES], m[crypto.PUBLIC_KEY_BYTES:])
             for v, m in public_keys.items() if len(m) == KEYS_BYTES}
     every_key = [key for pair in keys.values() for key in pair] + [
@@ -172,12 +179,8 @@ class SecAggClient:
     vector = _vector(vector)
     if self._inbox is not None:
       raise self._abort('a second masked input is asked for')
-    if set(encrypted_shares) - set(self._peer_keys):
-      raise ValueError(f'client {self.client_id} was sent shares from clients whose keys it '
-                       f'never got: {sorted(set(encrypted_shares) - set(self._peer_keys))}.')
-    if len(encrypted_shares) < self.threshold:
-      raise self._abort(f'{len(encrypted_shares)} of its neighbours shared their keys, fewer '
-                        f'than the threshold {self.threshold}')
+    self._check_senders(encrypted_shares, self._peer_keys,
+                        'shares from clients whose keys it never got:', 'shared their keys')
     self._inbox = dict(encrypted_shares)
     masked = vector + crypto.expand(self._seed, vector.size)
     for v in sorted(self._inbox):
