@@ -52,14 +52,14 @@ import tensorflow as tf
 from absl import logging
 
 from tff_gan.core import seeds
-from tff_gan.secure import fixed_point, he, he_process, secagg
+from tff_gan.run import secure_sums
+from tff_gan.secure import fixed_point, he, secagg
 
 # Losses beyond ±METRIC_RANGE are clipped before they are encoded.
 METRIC_RANGE = 64.0
 CLIPPED_METRIC = 'clipped_fraction'
 _ROUNDING_SALT = 0x6865  # Separates the rounding's random numbers from every other stream.
 _NOISE_SALT = 0x68654450  # Separates the key holder's DP noise from the key's other draws.
-_GRAPH_SALT = 0x5341  # Separates SecAgg+'s public graph seeds from every other stream.
 # Asynchronous staleness weights in (0, 1] travel as integer multipliers of this many steps.
 STALENESS_STEPS = 256
 
@@ -144,87 +144,6 @@ def max_client_weight(client_sizes, local_epochs: int, batch_size: int,
   return max(most, 1)
 
 
-class _HeSum:
-  """BFV: a key holder, the clients' encryptor, an aggregator process (and, for multiplied
-  sums, a second one that adds the weights alone)."""
-
-  def __init__(self, params: he.HeParams, asynchronous: bool):
-    self._key_holder = he.KeyHolder(params)
-    self.public_context = self._key_holder.public_context_bytes()
-    self._encryptor = he.Encryptor(self.public_context, params)
-    self._aggregator = he_process.AggregatorProcess(self.public_context)
-    self._weights = he_process.AggregatorProcess(self.public_context) if asynchronous else None
-    self._has_context: set[int] = set()  # Clients that downloaded this process's key.
-
-  def close(self) -> None:
-    self._aggregator.close()
-    if self._weights is not None:
-      self._weights.close()
-
-  def sum(self, vectors: dict[int, np.ndarray], weights: dict[int, int], sampled, round_num,
-          multipliers: dict[int, int] | None = None):
-    """`(sums, total_weight, bytes_up, bytes_down)` of the completed clients' vectors (the
-    public context counts down once per client). With `multipliers` m_k, `sums` is the pair
-    (Σ m_k·n_k·x_k, Σ n_k), the latter from each client's second ciphertext holding n_k alone,
-    and `total_weight` Σ m_k·n_k."""
-    del round_num  # One key for the whole process.
-    self._aggregator.reset()
-    if self._weights is not None:
-      self._weights.reset()
-    bytes_up = 0
-    for client_id, vector in vectors.items():
-      encrypted = self._encryptor.encrypt(vector, weights[client_id])
-      self._aggregator.add(encrypted, multipliers[client_id] if multipliers else 1)
-      bytes_up += encrypted.nbytes
-      if multipliers:
-        weight_only = self._encryptor.encrypt(np.zeros(0, np.int64), weights[client_id])
-        self._weights.add(weight_only)
-        bytes_up += weight_only.nbytes
-    new_clients = {int(c) for c in sampled} - self._has_context
-    self._has_context |= new_clients
-    bytes_down = len(new_clients) * len(self.public_context)
-    if not vectors:
-      return None, 0, bytes_up, bytes_down
-    sums, total_weight = self._key_holder.decrypt(self._aggregator.result())
-    if multipliers:
-      _, weights_alone = self._key_holder.decrypt(self._weights.result())
-      return (sums, weights_alone), total_weight, bytes_up, bytes_down
-    return sums, total_weight, bytes_up, bytes_down
-
-
-class _SecAggSum:
-  """SecAgg+ (`secure.secagg`), every party in this process."""
-
-  def __init__(self, settings: SecureSettings):
-    self._settings = settings
-
-  def close(self) -> None:
-    pass
-
-  def sum(self, vectors: dict[int, np.ndarray], weights: dict[int, int], sampled, round_num):
-    """As `_HeSum.sum`; the sampled clients missing from `vectors` drop out after sharing.
-
-    Raises:
-      secagg.SecAggAborted: When too many dropped out for the threshold.
-    """
-    length = next(iter(vectors.values())).size + 1 if vectors else 1
-    inputs = {int(c): np.zeros(length, np.uint32) for c in sampled}
-    for client_id, vector in vectors.items():
-      inputs[client_id] = secagg.to_ring(np.append(vector, np.int64(weights[client_id])))
-    if len(inputs) < 2 or not vectors:
-      raise secagg.SecAggAborted(f'secagg: the round fails: {len(vectors)} of {len(inputs)} '
-                                 'sampled clients sent an update; masking needs 2 or more.')
-    graph_seed = int(np.random.default_rng([self._settings.seed, _GRAPH_SALT,
-                                            round_num]).integers(2**63))
-    total, view = secagg.secure_sum(
-        inputs, neighbours=self._settings.neighbours, threshold=self._settings.threshold,
-        dropouts_before_input=set(inputs) - set(vectors), graph_seed=graph_seed,
-        round_id=round_num)
-    signed = secagg.from_ring(total)
-    return (signed[:-1], int(signed[-1]), sum(view.bytes_up.values()),
-            sum(view.bytes_down.values()))
-
-
 class SecureRounds:
   """Runs rounds of a `GanProcess` with a secure sum (module docstring).
 
@@ -244,8 +163,9 @@ class SecureRounds:
     self.fraction_bits = settings.fraction_bits()
     self._process, self._settings, self._dp = process, settings, settings.dp
     self._clip = settings.clip if settings.dp is None else settings.dp.clip
-    self._sum = (_HeSum(settings.he_params(), settings.asynchronous)
-                 if settings.aggregator == 'he' else _SecAggSum(settings))
+    self._sum = (secure_sums.HeSum(settings.he_params(), settings.asynchronous)
+                 if settings.aggregator == 'he' else
+                 secure_sums.SecAggSum(settings.seed, settings.neighbours, settings.threshold))
 
   def close(self) -> None:
     self._sum.close()
@@ -294,7 +214,8 @@ class SecureRounds:
     Returns:
       As `next`.
     """
-    vectors, weights, multipliers, total_discarded, template = {}, {}, {}, 0, None
+    vectors, weights, total_discarded, template = {}, {}, 0, None
+    multipliers = None if scales is None else {}
     for k, (client_id, output, discarded) in enumerate(outputs):
       client_id, template = int(client_id), output
       total_discarded += int(discarded)
@@ -311,23 +232,22 @@ class SecureRounds:
       if scales is not None:
         multipliers[client_id] = max(1, round(float(scales[k]) * STALENESS_STEPS))
     try:
-      sums, total_weight, bytes_up, bytes_down = self._sum.sum(
-          vectors, weights, sampled, round_num, **({'multipliers': multipliers}
-                                                   if scales is not None else {}))
+      total = self._sum.sum(vectors, weights, sampled, round_num, multipliers)
     except secagg.SecAggAborted as aborted:
       logging.warning('round %d: %s; the model stays as it is.', round_num,
                       str(aborted).rstrip('.'))
       return state, None, {'up': 0, 'down': 0}
     if self._dp is None:
-      mean_output, clipped = self._released_mean(template, sums, total_weight)
+      mean_output, clipped = self._released_mean(
+          template, total, (STALENESS_STEPS if multipliers is not None else 1) * total.examples)
     else:
-      mean_output, clipped = self._noised_mean(template, sums, round_num), None
+      mean_output, clipped = self._noised_mean(template, total.sums, round_num), None
     state, metrics = self._process.server_step(
         state, [mean_output], [np.int32(total_discarded)], [np.float32(1.0)])
     metrics = collections.OrderedDict(metrics)
     if clipped is not None:
       metrics[CLIPPED_METRIC] = clipped
-    return state, metrics, {'up': bytes_up, 'down': bytes_down}
+    return state, metrics, {'up': total.bytes_up, 'down': total.bytes_down}
 
   def _encode(self, output, weight: int, client_id: int, round_num: int) -> np.ndarray:
     """A client's signed integers: its update and, unless under DP, its extras."""
@@ -350,27 +270,27 @@ class SecureRounds:
               for v in metrics.values()] + [float(clipped)]
     return np.asarray(values) * self._clip / math.sqrt(len(values))
 
-  def _released_mean(self, template, sums, total_weight: int):
-    """The server half's input (one output of weight Σ n_k) and the clipped fraction."""
+  def _released_mean(self, template, total: secure_sums.Total, update_weight: int):
+    """The server half's input (one output of weight Σ n_k) and the clipped fraction: the
+    update is the summed update over `update_weight`, the losses and the flag the summed
+    ones over the weight slot."""
     if template is None:
       raise ValueError('a secure round needs at least one client.')
     num_metrics = len(template.metrics)
-    examples = update_weight = total_weight
-    if isinstance(sums, tuple):  # Multiplied: the update over STALENESS_STEPS · Σ n_k.
-      sums, examples = sums
-      update_weight = STALENESS_STEPS * examples
+    sums = total.sums
     if sums is None:  # Nobody sent anything: a zero update of weight 0, as the plain mean.
       update = np.zeros(_flatten(template.delta).size)
       extras = np.zeros(num_metrics + 1)
     else:
       update = fixed_point.decode(sums[:-num_metrics - 1], update_weight, self.fraction_bits)
-      extras = fixed_point.decode(sums[-num_metrics - 1:], total_weight, self.fraction_bits)
+      extras = fixed_point.decode(sums[-num_metrics - 1:], total.weight_slot,
+                                  self.fraction_bits)
     extras = extras * math.sqrt(num_metrics + 1) / self._clip
     metrics = collections.OrderedDict(
         (name, np.float32(value * METRIC_RANGE))
         for name, value in zip(template.metrics, extras[:-1], strict=True))
     output = template._replace(delta=_unflatten(update, template.delta),
-                               num_examples=np.float32(examples), metrics=metrics)
+                               num_examples=np.float32(total.examples), metrics=metrics)
     return output, float(np.clip(extras[-1], 0.0, 1.0))
 
   def _noised_mean(self, template, sums, round_num: int):
