@@ -11,7 +11,8 @@ Sampling and neighbouring relation:
   poisson  each client joins a round with probability clients_per_round/num_clients;
            neighbouring datasets add or remove one client's data.
   fixed    exactly clients_per_round clients, drawn without replacement; neighbouring
-           datasets replace one client's data (RDP only).
+           datasets replace one client's data (RDP only), which moves the clipped sum by
+           up to twice the clip: the accountant sees noise multiplier z/2.
 
 --dp_unit=example (DP-SGD inside one client, as bin/train.py --dp_unit=example: one example
 is the unit): the client's --examples=n examples are Poisson-sampled at rate
@@ -107,8 +108,9 @@ def main(argv: list[str]) -> int:
 
   setting += f' accountant={FLAGS.accountant} delta={FLAGS.delta:g}'
   if FLAGS.noise_multiplier is not None:
-    epsilon = privacy.epsilon(dp_accounting.GaussianDpEvent(FLAGS.noise_multiplier), sampling,
-                              count, FLAGS.delta, FLAGS.accountant)
+    event = privacy.clipped_sum_event(dp_accounting.GaussianDpEvent(FLAGS.noise_multiplier),
+                                      sampling)
+    epsilon = privacy.epsilon(event, sampling, count, FLAGS.delta, FLAGS.accountant)
     print(f'epsilon={epsilon:.6g}  ({setting} noise_multiplier={FLAGS.noise_multiplier:g})')
   else:
     try:

@@ -91,6 +91,48 @@ def test_the_entropy_key_is_drawn_anew_by_every_process():
       seeds.noise_key('reproducible', 4)
 
 
+@pytest.mark.parametrize('method', ['fixed', 'poisson'])
+def test_a_client_sample_that_amplifies_dp_is_drawn_from_the_secret_key(method):
+  from tff_gan.clients import sampling  # noqa: PLC0415
+  from tff_gan.run import schemes  # noqa: PLC0415
+
+  def ids(round_num, **settings):
+    config = config_lib.TrainConfig(num_clients=1000, clients_per_round=20,
+                                    client_sampling=method, **settings)
+    return schemes.for_config(config).client_ids(config, 1000, round_num)
+
+  seeded = ids(3, scheme='dp_fedavg_gan')  # No DP: the run seed decides.
+  np.testing.assert_array_equal(seeded, sampling.sample_clients(1000, 20, round_num=3, seed=0,
+                                                                method=method))
+  private = ids(3, scheme='dp_fedavg_gan', dp_noise_multiplier=1.0)
+  # Client-level DP credits amplification by sampling: this process's entropy key decides,
+  # the same for a round's every call, and nobody can recompute it from config.json's seed.
+  np.testing.assert_array_equal(private, sampling.sample_clients(
+      1000, 20, round_num=3, seed=0, method=method, key=seeds.noise_key('entropy', 0)))
+  np.testing.assert_array_equal(private, ids(3, scheme='dp_fedavg_gan', dp_noise_multiplier=1.0))
+  assert not np.array_equal(private, seeded)
+  assert not np.array_equal(private, ids(4, scheme='dp_fedavg_gan', dp_noise_multiplier=1.0))
+  # --dp_noise=reproducible derives the key from the seed (no privacy claim): it repeats.
+  reproducible = ids(3, scheme='fedgan', dp_noise_multiplier=1.0, dp_noise='reproducible')
+  np.testing.assert_array_equal(reproducible, sampling.sample_clients(
+      1000, 20, round_num=3, seed=0, method=method, key=seeds.noise_key('reproducible', 0)))
+  # Example-level DP accounts each client's own rounds, without amplification by client
+  # sampling: the seed decides (its ledger replays the rounds).
+  np.testing.assert_array_equal(
+      ids(3, scheme='fedgan', dp_noise_multiplier=1.0, dp_unit='example'), seeded)
+  # The keyed draw is the sampling it claims: exactly 20, or each client at rate 20/1000.
+  counts = [len(sampling.sample_clients(1000, 20, round_num=r, seed=0, method=method,
+                                        key=(5, 7))) for r in range(300)]
+  if method == 'fixed':
+    assert set(counts) == {20}
+  else:  # Binomial(1000, 0.02) mean over 300 rounds: std of the mean 0.26.
+    assert np.mean(counts) == pytest.approx(20, abs=1.0) and len(set(counts)) > 5
+  hits = np.bincount(np.concatenate([sampling.sample_clients(
+      1000, 20, round_num=r, seed=0, method=method, key=(5, 7)) for r in range(300)]),
+      minlength=1000)
+  assert hits.max() < 20  # Uniform: each client expects 6 of 300 rounds; 20 is 5.6 std off.
+
+
 DP_FEDAVG = ['--scheme=dp_fedavg_gan', '--dp_noise_multiplier=1.0', '--dp_clip=0.1',
              '--checkpoint_every=1']
 

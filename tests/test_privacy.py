@@ -54,6 +54,54 @@ def test_fixed_sampling_uses_replace_one_without_replacement():
     privacy.epsilon(event, sampling, 100, 1e-5, 'pld')
 
 
+def _exact_gaussian_epsilon(mu: float, delta: float) -> float:
+  """ε at δ of a Gaussian mechanism with sensitivity / noise std `mu`: the tight curve
+  δ(ε) = Φ(μ/2 − ε/μ) − e^ε Φ(−μ/2 − ε/μ) (Balle & Wang 2018), solved by bisection."""
+  phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+  curve = lambda e: phi(mu / 2 - e / mu) - math.exp(e) * phi(-mu / 2 - e / mu)  # noqa: E731
+  low, high = 0.0, 500.0
+  for _ in range(200):
+    middle = (low + high) / 2
+    low, high = (middle, high) if curve(middle) > delta else (low, middle)
+  return high
+
+
+@pytest.mark.parametrize('z', [1.0, 3.0])
+def test_replace_one_charges_twice_the_clip(z):
+  # Every client each round (fixed sampling of all N): T rounds of noise z·C on a sum of
+  # updates clipped to C. Replacing one client's data moves the sum by up to 2C, so the
+  # mechanism is exactly a Gaussian of sensitivity/std 2√T / z, whose tight ε no sound
+  # accountant may undercut.
+  rounds, delta = 20, 1e-5
+  sampling = privacy.Sampling('fixed', 10, 10)
+  exact = _exact_gaussian_epsilon(2 * math.sqrt(rounds) / z, delta)
+  charged = privacy.epsilon(privacy.clipped_sum_event(dp_accounting.GaussianDpEvent(z), sampling),
+                            sampling, rounds, delta)
+  assert exact <= charged <= 1.5 * exact
+  # Charging noise z against sensitivity C (the add-or-remove figure) would understate it.
+  assert privacy.epsilon(dp_accounting.GaussianDpEvent(z), sampling, rounds, delta) < exact
+  out = run_privacy('--num_clients=10', '--clients_per_round=10', f'--rounds={rounds}',
+                    f'--noise_multiplier={z}', '--sampling=fixed')
+  assert out.returncode == 0, out.stderr
+  assert float(out.stdout.split()[0].split('=')[1]) == pytest.approx(charged, rel=1e-5)
+  # And the inverse: the noise bin/privacy.py gives for that ε is z again.
+  assert privacy.noise_multiplier_for_epsilon(charged, sampling, rounds, delta) == \
+      pytest.approx(z, rel=1e-3)
+
+
+def test_clipped_sum_event_halves_every_gaussian_under_replace_one_only():
+  composed = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(2.0),
+                                            dp_accounting.SelfComposedDpEvent(
+                                                dp_accounting.GaussianDpEvent(4.0), 3)])
+  poisson, fixed = privacy.Sampling('poisson', 100, 10), privacy.Sampling('fixed', 100, 10)
+  assert privacy.clipped_sum_event(composed, poisson) == composed
+  assert privacy.clipped_sum_event(composed, fixed) == dp_accounting.ComposedDpEvent([
+      dp_accounting.GaussianDpEvent(1.0),
+      dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(2.0), 3)])
+  with pytest.raises(ValueError, match='replace-one'):
+    privacy.clipped_sum_event(dp_accounting.LaplaceDpEvent(1.0), fixed)
+
+
 def test_epsilon_grows_with_rounds_and_is_zero_before_any():
   sampling = privacy.Sampling('poisson', 1000, 10)
   event = dp_accounting.GaussianDpEvent(1.0)

@@ -1,4 +1,10 @@
-"""Which clients take part in a round: sampling and dropouts, seeded from (seed, round)."""
+"""Which clients take part in a round: sampling and dropouts, seeded from (seed, round).
+
+A sample that amplifies differential privacy must be secret: whoever knows who took part in
+a round loses the amplification the accountant credits. `sample_clients(key=...)` draws the
+sample from a secret key (the run's DP key, `seeds.noise_key`) instead of the run seed,
+which config.json publishes.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from tff_gan.core import seeds
 
 
 def sample_clients(num_clients: int, clients_per_round: int, *, round_num: int, seed: int,
-                   method: str = 'fixed') -> np.ndarray:
+                   method: str = 'fixed', key: tuple[int, int] | None = None) -> np.ndarray:
   """The sorted client ids of round `round_num`.
 
   Args:
@@ -25,7 +31,12 @@ def sample_clients(num_clients: int, clients_per_round: int, *, round_num: int, 
   if not 0 < clients_per_round <= num_clients:
     raise ValueError(f'clients_per_round must be in [1, num_clients={num_clients}], got '
                      f'{clients_per_round}.')
-  rng = np.random.default_rng(seeds.derived_seed(seed, round_num, seeds.CLIENT_SAMPLING_SALT))
+  if key is None:
+    rng = np.random.default_rng(seeds.derived_seed(seed, round_num, seeds.CLIENT_SAMPLING_SALT))
+  else:
+    rng = np.random.Generator(np.random.Philox(
+        key=(int(key[0]) << 64) | int(key[1]),
+        counter=[0, 0, int(round_num), seeds.CLIENT_SAMPLING_SALT]))
   if method == 'poisson':
     return np.flatnonzero(rng.random(num_clients) < clients_per_round / num_clients)
   if method not in CLIENT_SAMPLING:

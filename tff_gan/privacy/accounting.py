@@ -12,6 +12,11 @@ amplification and the neighbouring relation:
   differ by replacing one client's data (`SampledWithoutReplacementDpEvent`, replace-one); the
   RDP accountant supports it, the PLD accountant does not.
 
+The accountants take a noise multiplier relative to the mechanism's sensitivity under their
+relation. A sum of contributions each clipped to C (DP-FedAvg's clients, DP-SGD's examples)
+moves by at most C when one is added or removed, but by 2C when one is replaced: under
+replace-one, noise z·C is a Gaussian mechanism of noise multiplier z/2 (`clipped_sum_event`).
+
 ε after t rounds is the accountant's ε at δ for t self-compositions of the round's event.
 The ledger lives in the server state: the round count (`ServerState.round_num`) and the
 round's DP event (`ServerState.aggregator_state.dp_event`), so a resumed run resumes the ε.
@@ -67,6 +72,26 @@ class Sampling:
       return dp_accounting.PoissonSampledDpEvent(self.rate, event)
     return dp_accounting.SampledWithoutReplacementDpEvent(
         self.num_clients, self.clients_per_round, event)
+
+
+def clipped_sum_event(event: dp_accounting.DpEvent, sampling: Sampling) -> dp_accounting.DpEvent:
+  """`event`, the Gaussian mechanism(s) of a round on a sum of contributions clipped to C with
+  noise multipliers relative to C, as `sampling`'s neighbouring relation sees it: unchanged
+  under add-or-remove-one; under replace-one (sensitivity 2C) every noise multiplier halved.
+
+  Raises:
+    ValueError: For an event other than Gaussian ones and their compositions.
+  """
+  if sampling.neighboring_relation == dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE:
+    return event
+  if isinstance(event, dp_accounting.GaussianDpEvent):
+    return dp_accounting.GaussianDpEvent(event.noise_multiplier / 2)
+  if isinstance(event, dp_accounting.SelfComposedDpEvent):
+    return dp_accounting.SelfComposedDpEvent(clipped_sum_event(event.event, sampling),
+                                             event.count)
+  if isinstance(event, dp_accounting.ComposedDpEvent):
+    return dp_accounting.ComposedDpEvent([clipped_sum_event(e, sampling) for e in event.events])
+  raise ValueError(f'cannot rescale a {type(event).__name__} to replace-one sensitivity.')
 
 
 def make_accountant(name: str, sampling: Sampling) -> dp_accounting.PrivacyAccountant:
@@ -136,7 +161,8 @@ def noise_multiplier_for_epsilon(
     delta: float,
     accountant: str = 'rdp',
 ) -> float:
-  """The smallest Gaussian noise multiplier whose `rounds` rounds spend at most `target_epsilon`."""
+  """The smallest noise multiplier z (relative to the clip C of a sum of clipped
+  contributions, `clipped_sum_event`) whose `rounds` rounds spend at most `target_epsilon`."""
   check_delta(delta)
   if not target_epsilon > 0:
     raise ValueError(f'target epsilon must be positive, got {target_epsilon}.')
@@ -145,7 +171,8 @@ def noise_multiplier_for_epsilon(
   return float(dp_accounting.calibrate_dp_mechanism(
       make_fresh_accountant=lambda: make_accountant(accountant, sampling),
       make_event_from_param=lambda z: dp_accounting.SelfComposedDpEvent(
-          sampling.sampled(dp_accounting.GaussianDpEvent(z)), rounds),
+          sampling.sampled(clipped_sum_event(dp_accounting.GaussianDpEvent(z), sampling)),
+          rounds),
       target_epsilon=target_epsilon,
       target_delta=delta,
       bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),

@@ -83,9 +83,14 @@ class Scheme:
                                             if config.example_dp else None))
 
   def client_ids(self, config: TrainConfig, num_clients: int, round_num: int) -> np.ndarray:
-    """The clients round `round_num` samples."""
-    return sampling.sample_clients(num_clients, config.clients_per_round, round_num=round_num,
-                                   seed=config.seed, method=config.client_sampling)
+    """The clients round `round_num` samples: from the DP key when the accountant credits
+    amplification by client sampling (client-level DP-FedAvg, `ledgers.ClientLevelLedger`),
+    which needs a sample nobody can recompute from config.json; from the seed otherwise."""
+    amplified = config.dp_enabled and config.dp_unit == 'client' and config.scheme != 'gs_wgan'
+    return sampling.sample_clients(
+        num_clients, config.clients_per_round, round_num=round_num, seed=config.seed,
+        method=config.client_sampling,
+        key=seeds.noise_key(config.dp_noise, config.seed) if amplified else None)
 
   def parallel_clients(self, config: TrainConfig) -> int:
     """How many clients a round runs side by side."""
