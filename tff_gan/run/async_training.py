@@ -30,11 +30,22 @@ Client work and server steps remain TFF computations (`GanProcess.client_work` a
 update is computed when it is dispatched, from the model it downloads, and held until its
 simulated arrival. Only the event loop is Python.
 
-Differential privacy: each server step aggregates its buffer with the run's DP aggregator
-(clip each update, add Gaussian noise once to the buffer's sum), so every buffer is one DP
-aggregation; ε is accounted as `rounds` such aggregations of `buffer_size` clients sampled
-uniformly from the population (FedAsync: of 1 client). The uniform-sampling amplification is
-an assumption here: which clients fill a buffer depends on their speed.
+Differential privacy (`--dp_unit=client`): each server step aggregates its buffer with the
+run's DP aggregator: each report clipped to C, Gaussian noise of std z·C added once to the
+buffer's sum. Nothing here is a secret random sample, so ε credits no amplification by
+sampling: who is asked is drawn from the seed in config.json, and who fills a buffer depends
+on the clients' speed (stragglers are fixed per client). That schedule does not depend on the
+data, so neighbouring runs share it and differ in one client's data, whose reports turn into
+zero updates. A client that reported c times into a buffer (a fast client can report twice:
+it leaves work when it reports and may be sent the model again before the buffer fills)
+moves the buffer's sum by up to c·C. Client k's steps
+compose into one Gaussian mechanism of noise multiplier z/√S_k, S_k = Σ_steps c², so its ε is
+that Gaussian's at δ (`ledgers.AsyncClientLedger`, the run's accountant; FedAsync: S_k is
+k's count of reports). `metrics.csv`'s `epsilon` is the largest over clients and
+`client_epsilon.csv` lists every client's. Each step's reports, with multiplicity, are
+appended to `checkpoints/async_reports.csv` (`ledgers.AsyncReports`) as the step is applied;
+a resumed run continues that record (and refuses to resume without it), so its ε counts
+every step applied in the run directory.
 
 Resuming: the checkpointed state is the model after a server step; work in flight at the
 interruption is lost (as when a server restarts), so a resumed async run continues
@@ -56,6 +67,8 @@ from tff_gan.clients.clock import ClientClock
 from tff_gan.core import seeds
 from tff_gan.run import secure_rounds
 from tff_gan.run.config import ConfigError
+from tff_gan.run.ledgers import AsyncReports
+from tff_gan.run.persistence import CheckpointError
 from tff_gan.run.recorder import round_row
 from tff_gan.runtime import signals
 
@@ -99,6 +112,8 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
 
   Raises:
     config.ConfigError: If the buffer is larger than the population.
+    persistence.CheckpointError: If, under differential privacy, the record of the
+      checkpointed steps' reports (`ledgers.AsyncReports`) is missing or damaged.
   """
   client_work, server_step = process.client_work, process.server_step
   clock = ClientClock.from_config(config)
@@ -106,6 +121,13 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
   if config.async_rule == 'fedbuff' and capacity < config.buffer_size:
     raise ConfigError(f'--buffer_size={config.buffer_size} exceeds the {num_clients} '
                                  'clients of the data; lower it.')
+  reports = None
+  if config.dp_enabled:  # The record the run's ε counts (`ledgers.AsyncClientLedger`).
+    reports = AsyncReports(config.output_dir)
+    problem = reports.resume_problem(start_round)
+    if problem:
+      raise CheckpointError(f'{problem}, so ε cannot be accounted; rerun with --overwrite to '
+                            'start over.')
   version, now = start_round, start_time
   in_flight: dict[int, _Task] = {}
   events: list[tuple[float, int, str, int]] = []  # (time, sequence, kind, client id)
@@ -174,6 +196,8 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
         state, metrics = server_step(
             state, [task.output for task, _ in buffer], [task.discarded for task, _ in buffer],
             [np.float32(scale) for scale in scales])
+        if reports is not None:  # What the ledger counts, recorded with the step it counts.
+          reports.append(version + 1, [task.client_id for task, _ in buffer])
       else:
         state, metrics, secure_bytes = secure_round.apply(
             state, [(task.client_id, task.output, task.discarded) for task, _ in buffer],

@@ -1,8 +1,11 @@
-"""ε spent so far, as metrics.csv reports it: per run (client-level DP), per client (example).
+"""ε spent so far, as metrics.csv reports it: per run (client-level DP), per client (example,
+asynchronous).
 
-* `--dp_unit=client` (DP-FedAvg): every round is the aggregator's Gaussian mechanism on a
-  sample of clients; ε follows from the round count and the DP event kept in the server state
-  (`ClientLevelLedger`; under `--aggregator=he`, the key holder's Gaussian mechanism).
+* `--dp_unit=client` (DP-FedAvg), `--mode=sync`: every round is the aggregator's Gaussian
+  mechanism on a sample of clients; ε follows from the round count and the DP event kept in
+  the server state (`ClientLevelLedger`; under `--aggregator=he`, the key holder's Gaussian
+  mechanism), at the replace-one sensitivity 2C under `fixed` sampling
+  (`accounting.clipped_sum_event`).
 * `--dp_unit=example` (DP-SGD in each client): each client protects its own examples, and its
   ε follows from its own Poisson rate B / n_k and the DP-SGD steps it has taken: ⌈E·n_k / B⌉
   (capped by `--local_steps`) in every round that sampled it, dropped out or not (it may have
@@ -20,12 +23,28 @@
   1 of K, replace-one neighbours (GS-WGAN's analysis). `GsWganLedger`; the per-client file
   as above.
 
-All are computed from the run's seed and round alone (the sample of each round is a function
-of them), so a resumed run reports the ε an uninterrupted one would.
+* `--mode=async` (client level; `AsyncClientLedger`): no secret sample of clients, so
+  nothing is amplified. Who is asked is drawn from the public seed, and who fills a buffer
+  depends on the clients' (seeded) speed; this schedule does not depend on the data, so
+  neighbouring runs share it and differ in one client's data, whose reports turn into zero
+  updates (the zero-out relation). A client that reported c times into a step's buffer moves
+  its clipped sum by at most c·C, noised with std z·C: a Gaussian mechanism of noise
+  multiplier z / c (c = 2 happens: a fast client may report, be sent the model again and
+  report before the buffer fills). Gaussian mechanisms compose into one Gaussian, so client
+  k's steps amount to noise multiplier z / √S_k, S_k = Σ_steps c², and its ε is that
+  Gaussian's at δ with the run's accountant (exactly so for RDP and PLD alike). FedAsync: one
+  report a step, S_k is k's count of reports. The reports come from `AsyncReports`, which the
+  event loop keeps under `checkpoints/`.
+
+The synchronous ledgers are computed from the run's seed and round alone (the sample of each
+round is a function of them), so a resumed run reports the ε an uninterrupted one would. The
+asynchronous one counts every step ever applied in the run directory, including steps after
+the last checkpoint that a crash abandoned (they were applied, and may have been released).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import dp_accounting
@@ -37,6 +56,9 @@ from tff_gan.core import dp_sgd, feedback
 from tff_gan.core.state import ServerState
 from tff_gan.privacy import accounting
 from tff_gan.run.config import TrainConfig
+from tff_gan.run.rundir import CHECKPOINT_DIR
+
+ASYNC_REPORTS_FILE = 'async_reports.csv'  # Under checkpoints/, which --overwrite deletes.
 
 
 class ClientLevelLedger:
@@ -55,9 +77,11 @@ class ClientLevelLedger:
 
   def epsilon(self, state: ServerState) -> float:
     if self._curve is None:  # The same mechanism every round: account for it once.
+      event = self._event or accounting.round_event_from_aggregator_state(
+          state.aggregator_state)
       self._curve = accounting.EpsilonCurve(
-          self._event or accounting.round_event_from_aggregator_state(state.aggregator_state),
-          self._sampling, self._delta, self._accountant)
+          accounting.clipped_sum_event(event, self._sampling), self._sampling, self._delta,
+          self._accountant)
     return self._curve(int(state.round_num))
 
 
@@ -140,6 +164,150 @@ class GsWganLedger(ExampleLevelLedger):
     return lambda rounds: min(curve(rounds) for curve in self._curves_of_all)
 
 
+class AsyncReports:
+  """`checkpoints/async_reports.csv`: the clients whose reports each asynchronous server step
+  aggregated, a line `round,clients` a step (ids space-separated, a client listed as many
+  times as it reported into that buffer).
+
+  The event loop appends a step's line as it applies the step, before the step's row is
+  released or checkpointed, and never rewrites a line: a resumed run appends after the lines
+  of every earlier attempt, so the steps a crash abandoned stay counted. The file lives with
+  the checkpoints, which `--overwrite` deletes.
+  """
+
+  HEADER = 'round,clients\n'
+
+  def __init__(self, output_dir: str):
+    self.path = os.path.join(output_dir, CHECKPOINT_DIR, ASYNC_REPORTS_FILE)
+
+  def append(self, round_num: int, client_ids) -> None:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    line = f'{round_num},{" ".join(str(int(k)) for k in sorted(client_ids))}\n'
+    with open(self.path, 'a') as f:
+      f.write((self.HEADER if f.tell() == 0 else '') + line)  # One write: a whole line.
+
+  def read(self, offset: int = 0) -> tuple[list[tuple[int, np.ndarray]], int]:
+    """The steps recorded after byte `offset` (whole lines only) and the offset past them."""
+    if not os.path.exists(self.path):
+      return [], 0
+    with open(self.path, 'rb') as f:
+      f.seek(offset)
+      data = f.read()
+    data = data[:data.rfind(b'\n') + 1]
+    steps = []
+    for line in data.decode().splitlines():
+      if line and line + '\n' != self.HEADER:
+        round_num, clients = line.split(',')
+        steps.append((int(round_num), np.array(clients.split(), np.int64)))
+    return steps, offset + len(data)
+
+  def resume_problem(self, start_round: int) -> str | None:
+    """Why ε cannot be accounted when resuming after `start_round` steps, or None."""
+    try:
+      steps, offset = self.read()
+    except ValueError as e:
+      return f'{self.path} is damaged ({e})'
+    if offset != (os.path.getsize(self.path) if os.path.exists(self.path) else 0):
+      return f'{self.path} ends in a cut line'
+    missing = sorted(set(range(1, start_round + 1)) - {r for r, _ in steps})
+    if missing:
+      return (f'{self.path} lacks the clients of {len(missing)} of the {start_round} '
+              f'checkpointed steps (first: {missing[0]})')
+    return None
+
+
+def gaussian_noise_multiplier(event: dp_accounting.DpEvent) -> float:
+  """The noise multiplier of the one Gaussian mechanism `event` amounts to.
+
+  Gaussian mechanisms of noise multipliers z_i on the same data compose into one of
+  (Σ z_i⁻²)^(−1/2) (e.g. adaptive clipping's value and clipped-count noises).
+
+  Raises:
+    ValueError: If `event` is not built of Gaussian mechanisms alone.
+  """
+  if isinstance(event, dp_accounting.GaussianDpEvent):
+    return float(event.noise_multiplier)
+  if isinstance(event, dp_accounting.ComposedDpEvent):
+    parts = [(part, 1) for part in event.events]
+  elif isinstance(event, dp_accounting.SelfComposedDpEvent):
+    parts = [(event.event, event.count)]
+  else:
+    raise ValueError(f'asynchronous DP accounts for Gaussian mechanisms only, not {event}.')
+  multipliers = [(gaussian_noise_multiplier(part), count) for part, count in parts]
+  if any(z == 0 for z, _ in multipliers):
+    return 0.0
+  return sum(count / z**2 for z, count in multipliers) ** -0.5
+
+
+def gaussian_epsilon(noise_multiplier: float, delta: float, accountant: str = 'rdp') -> float:
+  """ε at `delta` of one Gaussian mechanism (add-or-remove-one), with `accountant`."""
+  accounting.check_delta(delta)
+  if accountant not in choices.DP_ACCOUNTANTS:
+    raise ValueError(f"unknown accountant '{accountant}'; choose one of: "
+                     f"{', '.join(choices.DP_ACCOUNTANTS)}.")
+  ledger = (dp_accounting.rdp.RdpAccountant() if accountant == 'rdp'
+            else dp_accounting.pld.PLDAccountant())
+  ledger.compose(dp_accounting.GaussianDpEvent(noise_multiplier))
+  return float(ledger.get_epsilon(delta))
+
+
+class AsyncClientLedger:
+  """Each client's ε in `--mode=async` (module docstring); `epsilon` is the largest.
+
+  Args:
+    config: The run's configuration (`--mode=async`, `--dp_unit=client`).
+    num_clients: The population's size.
+  """
+
+  def __init__(self, config: TrainConfig, num_clients: int):
+    self._record = AsyncReports(config.output_dir)
+    self._offset = 0
+    self.reports = np.zeros(num_clients, np.int64)
+    self.squared_reports = np.zeros(num_clients, np.int64)  # S_k = Σ_steps c².
+    self._delta, self._accountant = config.effective_dp_delta, config.dp_accountant
+    self.noise_multiplier: float | None = None  # z of one report, from the DP event.
+    self._epsilons: dict[int, float] = {}  # By S_k.
+
+  def count(self) -> np.ndarray:
+    """Reads the steps recorded since the last call; returns every client's S_k."""
+    steps, self._offset = self._record.read(self._offset)
+    for _, client_ids in steps:
+      clients, reports = np.unique(client_ids, return_counts=True)
+      self.reports[clients] += reports
+      self.squared_reports[clients] += reports**2
+    return self.squared_reports.copy()
+
+  def client_epsilons(self) -> np.ndarray:
+    """Each client's ε (0 for a client that never reported)."""
+    if self.noise_multiplier is None:
+      raise RuntimeError('call epsilon(state) first: the noise comes from its DP event.')
+    return np.array([self._epsilon(int(s)) for s in self.count()])
+
+  def epsilon(self, state: ServerState) -> float:
+    if self.noise_multiplier is None:
+      self.noise_multiplier = gaussian_noise_multiplier(
+          accounting.round_event_from_aggregator_state(state.aggregator_state))
+    return self._epsilon(int(np.max(self.count())))
+
+  def client_table(self, round_num: int) -> str:
+    """`client_epsilon.csv`: client, reports, S_k (Σ over steps of its reports²), epsilon."""
+    del round_num  # Every step recorded so far.
+    epsilons = self.client_epsilons()
+    lines = ['client,reports,sum_squared_reports,epsilon']
+    lines += [f'{k},{r},{s},{e:.6g}' for k, (r, s, e) in enumerate(
+        zip(self.reports, self.squared_reports, epsilons, strict=True))]
+    return '\n'.join(lines) + '\n'
+
+  def _epsilon(self, squared_reports: int) -> float:
+    if not squared_reports:
+      return 0.0
+    if squared_reports not in self._epsilons:
+      self._epsilons[squared_reports] = gaussian_epsilon(
+          float(self.noise_multiplier / np.sqrt(squared_reports)), self._delta,
+          self._accountant)
+    return self._epsilons[squared_reports]
+
+
 def epsilon_ledger(config: TrainConfig, client_sizes,
                    client_ids: Callable[[int], np.ndarray]):
   """The run's ledger under differential privacy (warning about a large δ), else None."""
@@ -154,8 +322,13 @@ def epsilon_ledger(config: TrainConfig, client_sizes,
     message = accounting.delta_warning(config.effective_dp_delta, int(np.min(client_sizes)),
                                        "(the smallest client's examples)", 'example')
   else:
-    ledger = ClientLevelLedger(config, len(client_sizes))
+    ledger = (AsyncClientLedger(config, len(client_sizes)) if config.mode == 'async'
+              else ClientLevelLedger(config, len(client_sizes)))
     message = accounting.delta_warning(config.effective_dp_delta, len(client_sizes))
+    if config.mode == 'sync' and config.client_sampling == 'fixed':
+      logging.warning('--client_sampling=fixed is accounted at the replace-one sensitivity '
+                      '(twice the clip); --client_sampling=poisson spends far less epsilon '
+                      'for the same noise.')
   if message:
     logging.warning(message)
   return ledger

@@ -39,7 +39,7 @@ CLASSIFIER_DIR = 'classifier'  # The evaluation classifier of image tasks, cache
 REFERENCE_FILE = 'real_data_metrics.json'  # The task's metrics of held-out real data.
 # What `remove_outputs` deletes (`--overwrite`); the cached classifier is kept.
 CURVES_FILE = 'training_curves.png'  # Losses, quality and ε against rounds, at the end.
-CLIENT_EPSILON_FILE = 'client_epsilon.csv'  # Each client's ε under --dp_unit=example.
+CLIENT_EPSILON_FILE = 'client_epsilon.csv'  # Each client's ε: --dp_unit=example, gs_wgan, async.
 LOCK_FILE = '.lock'  # Held by the run writing here (`run_lock`); never removed by it.
 OUTPUTS = (CONFIG_FILE, METRICS_FILE, SAMPLES_DIR, WORKER_LOG, REFERENCE_FILE, CHECKPOINT_DIR,
            TENSORBOARD_DIR, CURVES_FILE, CLIENT_EPSILON_FILE)
