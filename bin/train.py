@@ -108,8 +108,10 @@ flags.DEFINE_integer('examples_per_client', _DEFAULTS.examples_per_client, '0: s
                      '--num_clients.')
 flags.DEFINE_integer('local_epochs', _DEFAULTS.local_epochs, 'Passes over its data a client '
                      'makes per round.')
-flags.DEFINE_integer('local_steps', _DEFAULTS.local_steps, 'Cap on local steps (batches) per '
-                     'round; 0 means no cap. Each step updates D, then G.')
+flags.DEFINE_integer('local_steps', _UNRESOLVED['local_steps'], 'Cap on local steps (batches) '
+                     'per round; 0 means no cap. Each step updates D, then G. Default: 0, '
+                     'except ' + ', '.join(f'{k} {v}' for k, v in
+                                           choices.DEFAULT_LOCAL_STEPS.items()) + '.')
 flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Client batch size.')
 flags.DEFINE_string('client_optimizer', _DEFAULTS.client_optimizer, 'Client optimizer of both '
                     'networks, fresh every round: ' + ', '.join(choices.CLIENT_OPTIMIZERS) +
@@ -186,10 +188,11 @@ flags.DEFINE_integer('server_gen_steps', _UNRESOLVED['server_gen_steps'], 'dp_fe
 flags.DEFINE_float('generator_learning_rate', _DEFAULTS.generator_learning_rate,
                    'dp_fedavg_gan, multi_d: learning rate of the server generator optimizer '
                    '(Adam, beta1=0.5; its state is kept in the server state).')
-flags.DEFINE_float('generator_ema', _DEFAULTS.generator_ema, 'Decay of an exponential moving '
-                   "average of the generator's weights kept by the server, updated once per "
-                   'round (e.g. 0.9); samples, evaluation and export use the average. 0 (the '
-                   'default): off.')
+flags.DEFINE_float('generator_ema', _UNRESOLVED['generator_ema'], 'Decay of an exponential '
+                   "moving average of the generator's weights kept by the server, updated once "
+                   'per round (e.g. 0.9); samples, evaluation and export use the average. 0: '
+                   'off. Default: 0, except ' + ', '.join(
+                       f'{k} {v}' for k, v in choices.DEFAULT_GENERATOR_EMA.items()) + '.')
 flags.DEFINE_integer('discriminator_shards', _DEFAULTS.discriminator_shards, 'gs_wgan: K, '
                      'the discriminators each client keeps. Its data is split over them by a '
                      'hash of each example; every round one, drawn at random from the noise '
@@ -211,7 +214,9 @@ flags.DEFINE_string('client_sampling', _DEFAULTS.client_sampling, 'fixed: exactl
                     '--clients_per_round clients, drawn without replacement (privacy: '
                     'replace-one neighbouring datasets); poisson: each client joins with '
                     'probability clients_per_round/num_clients (privacy: add-or-remove-one '
-                    'neighbouring datasets).')
+                    'neighbouring datasets). Under client-level DP-FedAvg the sample is drawn '
+                    "from --dp_noise's key, not from --seed: the amplification the accountant "
+                    'credits needs a secret sample.')
 flags.DEFINE_float('dp_noise_multiplier', None, 'Turns on differential privacy, of the unit '
                    '--dp_unit names: Gaussian noise of std noise_multiplier*clip is added to '
                    'each clipped sum. Client losses are then not released.')
@@ -228,7 +233,8 @@ flags.DEFINE_enum('dp_unit', _DEFAULTS.dp_unit, choices.DP_UNITS, 'What the DP p
                   '(unamplified); example, each example, amplified by 1/K with '
                   '--discriminator_shards=K >= 2.')
 flags.DEFINE_enum('dp_noise', _DEFAULTS.dp_noise, choices.DP_NOISE, 'Where every DP draw '
-                  '(the noise; with --dp_unit=example also the Poisson masks) comes from. '
+                  '(the noise; with --dp_unit=client also the round\'s client sample; with '
+                  '--dp_unit=example the Poisson masks) comes from. '
                   "entropy: a key of 126 bits from the OS's entropy, drawn anew by every "
                   'training process and never written (in simulation that process draws on '
                   "behalf of every client; TF's unseeded generator is not used, its seed has "
@@ -284,7 +290,8 @@ flags.DEFINE_string('auth_token_file', _DEFAULTS.auth_token_file, 'With --tls_ca
 flags.DEFINE_enum('mode', _DEFAULTS.mode, choices.MODES, 'sync: rounds of sampled clients '
                   'that the server waits for. async: the server keeps '
                   '--max_concurrent_clients clients at work and updates the model as they '
-                  'report, on a simulated clock (see --async_rule).')
+                  'report, on a simulated clock (see --async_rule). Under DP each client\'s '
+                  'epsilon composes its own reports, unamplified (client_epsilon.csv).')
 flags.DEFINE_enum('async_rule', _DEFAULTS.async_rule, choices.ASYNC_RULES, '--mode=async: '
                   'fedbuff (apply the staleness-weighted mean of every --buffer_size reports) or '
                   'fedasync (apply each report at once, scaled by --fedasync_mixing times its '

@@ -191,5 +191,12 @@ def test_mixture_flag_needs_multi_d_and_steps_default_per_scheme():
   assert TrainConfig().sample_anchor == 0.0
   with pytest.raises(ConfigError, match='--sample_anchor applies to --scheme=multi_d'):
     TrainConfig(sample_anchor=1.0).validate()
-  assert TrainConfig(scheme='dp_fedavg_gan').server_gen_steps == 1
+  # dp_fedavg_gan's short equal blocks and generator average; explicit values stay.
+  dp_fedavg_gan = TrainConfig(scheme='dp_fedavg_gan')
+  assert (dp_fedavg_gan.server_gen_steps, dp_fedavg_gan.local_steps,
+          dp_fedavg_gan.generator_ema) == (4, 4, 0.98)
+  assert (TrainConfig().local_steps, TrainConfig().generator_ema) == (0, 0.0)
+  explicit = TrainConfig(scheme='dp_fedavg_gan', local_steps=0, generator_ema=0.0,
+                         server_gen_steps=1)
+  assert (explicit.server_gen_steps, explicit.local_steps, explicit.generator_ema) == (1, 0, 0.0)
   assert NON_SATURATING.name == TrainConfig().loss

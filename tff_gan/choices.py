@@ -43,8 +43,13 @@ PROXIMAL_NETWORKS = ('both', 'discriminator')
 DISCRIMINATOR_MIXTURES = ('mean', 'universal')
 # multi_d keeps a discriminator per client: a cross-silo scheme, for populations up to this.
 MAX_CLIENT_RESIDENT_DISCRIMINATORS = 1000
-# Generator steps per round of the schemes whose server trains the generator.
-DEFAULT_SERVER_GEN_STEPS = {'dp_fedavg_gan': 1, 'multi_d': 16, 'gs_wgan': 1}
+# Generator steps per round of the schemes whose server trains the generator. dp_fedavg_gan
+# trains in short equal blocks: 4 discriminator steps on each client (DEFAULT_LOCAL_STEPS),
+# then 4 generator steps on the server, and samples from the generator's moving average
+# (README, "What DP training reaches here": longer or one-sided blocks let one side win).
+DEFAULT_SERVER_GEN_STEPS = {'dp_fedavg_gan': 4, 'multi_d': 16, 'gs_wgan': 1}
+DEFAULT_LOCAL_STEPS = {'dp_fedavg_gan': 4}  # Elsewhere 0: every batch of the local epochs.
+DEFAULT_GENERATOR_EMA = {'dp_fedavg_gan': 0.98}  # Elsewhere 0: off.
 # multi_d's pull toward the samples the clients judged (`core.feedback`), for data in [-1, 1].
 DEFAULT_SAMPLE_ANCHOR = 300.0
 

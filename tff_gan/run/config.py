@@ -56,7 +56,7 @@ class TrainConfig:
   labels_per_client: int = 2
   examples_per_client: int = 0
   local_epochs: int = 1
-  local_steps: int = 0
+  local_steps: int | None = None
   batch_size: int = 128
   client_optimizer: str = 'adam'
   client_learning_rate: float = 1e-3
@@ -76,7 +76,7 @@ class TrainConfig:
   generator_learning_rate: float = 1e-3
   discriminator_mixture: str = 'mean'
   sample_anchor: float | None = None
-  generator_ema: float = 0.0
+  generator_ema: float | None = None
   discriminator_shards: int = 1
   client_sampling: str = 'fixed'
   dp_noise_multiplier: float | None = None
@@ -124,6 +124,11 @@ class TrainConfig:
     if self.sample_anchor is None:  # Unset: the client-resident schemes' default, else neutral.
       object.__setattr__(self, 'sample_anchor', choices.DEFAULT_SAMPLE_ANCHOR
                          if self.scheme in choices.CLIENT_RESIDENT_SCHEMES else 0.0)
+    if self.local_steps is None:
+      object.__setattr__(self, 'local_steps', choices.DEFAULT_LOCAL_STEPS.get(self.scheme, 0))
+    if self.generator_ema is None:
+      object.__setattr__(self, 'generator_ema',
+                         choices.DEFAULT_GENERATOR_EMA.get(self.scheme, 0.0))
     if not self.server_gen_steps:
       object.__setattr__(self, 'server_gen_steps',
                          choices.DEFAULT_SERVER_GEN_STEPS.get(self.scheme, 1))
