@@ -84,6 +84,10 @@ flags.DEFINE_string('model', _UNRESOLVED['model'], 'Network pair: mlp (all tasks
                     '(image tasks: digits, emnist, image_folder). Default: dcgan for emnist and '
                     'image_folder, mlp otherwise.')
 flags.DEFINE_float('model_width', _DEFAULTS.model_width, 'Multiplier on hidden layer sizes.')
+flags.DEFINE_float('discriminator_width', _DEFAULTS.discriminator_width, "The discriminator's "
+                   'own multiplier on its hidden layer sizes (0: --model_width). Under DP the '
+                   "noise's norm grows with the square root of the noised parameters; "
+                   'dp_fedavg_gan noises the discriminator alone.')
 flags.DEFINE_integer('num_clients', _UNRESOLVED['num_clients'], 'Number of clients. Embedded '
                      'tasks: simulated clients the data is split over (default '
                      f'{choices.DEFAULT_NUM_CLIENTS}). --partition=natural: N of the '

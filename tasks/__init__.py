@@ -45,7 +45,8 @@ def get_task(name: str, **kwargs) -> Task:
 
 def task_from_config(config) -> Task:
   """The task a `tff_gan.run.config.TrainConfig` names, built with the settings it applies to."""
-  kwargs = dict(seed=config.seed, model=config.model, width=config.model_width)
+  kwargs = dict(seed=config.seed, model=config.model, width=config.model_width,
+                discriminator_width=config.discriminator_width or None)
   if config.task == 'emnist':
     kwargs.update(data_dir=config.data_dir, only_digits=config.only_digits)
   elif config.task == 'image_folder':

@@ -68,28 +68,35 @@ class Task(abc.ABC):
   client_ids: list[str] | None = None
   client_indices: list[np.ndarray] | None = None
 
-  def __init__(self, *, seed: int = 0, model: str = 'mlp', width: float = 1.0):
+  def __init__(self, *, seed: int = 0, model: str = 'mlp', width: float = 1.0,
+               discriminator_width: float | None = None):
     """Validates and stores the arguments common to all tasks.
 
     Args:
       seed: Seed of the task's random data generation.
       model: Architecture `gan_models` builds, one of `model_choices`.
       width: Positive multiplier of hidden units and filters; each layer keeps at least 1.
+      discriminator_width: The discriminator's own multiplier (`scaled_d`); None: `width`.
+        Under DP the noise's norm grows with the square root of the noised parameters, and
+        in dp_fedavg_gan only the discriminator is noised.
     """
     if model not in self.model_choices:
       raise ValueError(
           f"unknown model {model!r} for task '{self.name}'; choose one of: "
           f"{', '.join(self.model_choices)}."
       )
-    if (
-        isinstance(width, bool)
-        or not isinstance(width, numbers.Real)
-        or not (math.isfinite(width) and width > 0)
-    ):
-      raise ValueError(f'width must be a positive finite number, got {width!r}; 1.0 is full size.')
+    for name, value in (('width', width), ('discriminator_width', discriminator_width)):
+      if value is None and name == 'discriminator_width':
+        continue
+      if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+          or not (math.isfinite(value) and value > 0)):
+        raise ValueError(f'{name} must be a positive finite number, got {value!r}; 1.0 is '
+                         'full size.')
     self.seed = seed
     self.model = model
     self.width = float(width)
+    self.discriminator_width = float(width if discriminator_width is None
+                                     else discriminator_width)
 
   @property
   def data_shape(self) -> tuple[int, ...]:
@@ -99,6 +106,10 @@ class Task(abc.ABC):
   def scaled(self, units: int) -> int:
     """`units` hidden units or filters multiplied by `width`, rounded, at least 1."""
     return max(1, round(units * self.width))
+
+  def scaled_d(self, units: int) -> int:
+    """`scaled` for the discriminator: by `discriminator_width`."""
+    return max(1, round(units * self.discriminator_width))
 
   @property
   def labelled(self) -> bool:

@@ -46,7 +46,8 @@ class DigitsTask(base.Task):
   metric_names = ('frechet_distance', 'classifier_score')
 
   def __init__(
-      self, *, noise_dim: int = 32, seed: int = 0, model: str = 'mlp', width: float = 1.0
+      self, *, noise_dim: int = 32, seed: int = 0, model: str = 'mlp', width: float = 1.0,
+      discriminator_width: float | None = None,
   ):
     """Loads the dataset (in scikit-learn's order; `seed` does not change the data).
 
@@ -55,8 +56,10 @@ class DigitsTask(base.Task):
       seed: Kept for the common task interface.
       model: `'mlp'` or `'dcgan'`.
       width: Multiplier of hidden units and filters.
+      discriminator_width: The discriminator's own multiplier (None: `width`).
     """
-    super().__init__(seed=seed, model=model, width=width)
+    super().__init__(seed=seed, model=model, width=width,
+                     discriminator_width=discriminator_width)
     if isinstance(noise_dim, bool) or not isinstance(noise_dim, int | np.integer) or noise_dim < 1:
       raise ValueError(f'noise_dim must be a positive int, got {noise_dim!r}.')
     self.noise_dim = int(noise_dim)
@@ -82,13 +85,13 @@ class DigitsTask(base.Task):
           functools.partial(base.mlp_generator, generator_input_dim,
                             (self.scaled(256), self.scaled(512)), data_shape),
           functools.partial(base.mlp_discriminator, discriminator_input_shape,
-                            (self.scaled(512), self.scaled(256))),
+                            (self.scaled_d(512), self.scaled_d(256))),
       )
     return (
         functools.partial(base.dcgan_generator, generator_input_dim, data_shape,
                           self.scaled(128), self.scaled(64)),
-        functools.partial(base.dcgan_discriminator, discriminator_input_shape, self.scaled(64),
-                          self.scaled(128)),
+        functools.partial(base.dcgan_discriminator, discriminator_input_shape, self.scaled_d(64),
+                          self.scaled_d(128)),
     )
 
   def prepare_evaluation(self, cache_dir: str, clients=None) -> dict[str, float]:

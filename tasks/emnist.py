@@ -93,7 +93,8 @@ class EmnistTask(base.Task):
   reads_files = True
 
   def __init__(self, *, data_dir: str, only_digits: bool = True, noise_dim: int = 64,
-               seed: int = 0, model: str = 'dcgan', width: float = 1.0):
+               seed: int = 0, model: str = 'dcgan', width: float = 1.0,
+               discriminator_width: float | None = None):
     """Opens `data_dir/emnist_all.sqlite` with TFF's loader and reads its test split.
 
     Args:
@@ -103,12 +104,14 @@ class EmnistTask(base.Task):
       seed: Kept for the common task interface; the data does not depend on it.
       model: `'dcgan'` or `'mlp'`.
       width: Multiplier of hidden units and filters.
+      discriminator_width: The discriminator's own multiplier (None: `width`).
 
     Raises:
       EmnistError: If the file is missing, unreadable, or not TFF's EMNIST database.
       ValueError: For an invalid `model`, `width` or `noise_dim`.
     """
-    super().__init__(seed=seed, model=model, width=width)
+    super().__init__(seed=seed, model=model, width=width,
+                     discriminator_width=discriminator_width)
     if isinstance(noise_dim, bool) or not isinstance(noise_dim, int | np.integer) or noise_dim < 1:
       raise ValueError(f'noise_dim must be a positive int, got {noise_dim!r}.')
     self.noise_dim = int(noise_dim)
@@ -168,13 +171,13 @@ class EmnistTask(base.Task):
           functools.partial(base.mlp_generator, generator_input_dim,
                             (self.scaled(256), self.scaled(512), self.scaled(1024)), data_shape),
           functools.partial(base.mlp_discriminator, discriminator_input_shape,
-                            (self.scaled(1024), self.scaled(512), self.scaled(256))),
+                            (self.scaled_d(1024), self.scaled_d(512), self.scaled_d(256))),
       )
     return (
         functools.partial(_dcgan_generator, generator_input_dim, self.scaled(1024),
                           self.scaled(256), (self.scaled(64), self.scaled(32))),
         functools.partial(_dcgan_discriminator, discriminator_input_shape,
-                          (self.scaled(64), self.scaled(128)), self.scaled(1024)),
+                          (self.scaled_d(64), self.scaled_d(128)), self.scaled_d(1024)),
     )
 
   def prepare_evaluation(self, cache_dir: str, clients=None) -> dict[str, float]:

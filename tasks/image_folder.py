@@ -49,7 +49,8 @@ class ImageFolderTask(base.Task):
   reads_files = True
 
   def __init__(self, *, data_dir: str, image_size: int = 32, noise_dim: int = 64, seed: int = 0,
-               model: str = 'dcgan', width: float = 1.0):
+               model: str = 'dcgan', width: float = 1.0,
+               discriminator_width: float | None = None):
     """Reads the images.
 
     Args:
@@ -59,12 +60,14 @@ class ImageFolderTask(base.Task):
       seed: Seed of the run (the data does not depend on it).
       model: `'dcgan'` or `'mlp'`.
       width: Multiplier of hidden units and filters.
+      discriminator_width: The discriminator's own multiplier (None: `width`).
 
     Raises:
       ImageFolderError: Naming the folder or file that cannot be used, and the fix.
       ValueError: For invalid arguments.
     """
-    super().__init__(seed=seed, model=model, width=width)
+    super().__init__(seed=seed, model=model, width=width,
+                     discriminator_width=discriminator_width)
     if image_size < 8 or image_size % 4:
       raise ValueError(f'image_size must be a multiple of 4, at least 8, got {image_size}.')
     if noise_dim < 1:
@@ -90,13 +93,13 @@ class ImageFolderTask(base.Task):
           functools.partial(base.mlp_generator, generator_input_dim,
                             (self.scaled(256), self.scaled(512)), self.data_shape),
           functools.partial(base.mlp_discriminator, discriminator_input_shape,
-                            (self.scaled(512), self.scaled(256))),
+                            (self.scaled_d(512), self.scaled_d(256))),
       )
     return (
         functools.partial(base.dcgan_generator, generator_input_dim, self.data_shape,
                           self.scaled(128), self.scaled(64)),
-        functools.partial(base.dcgan_discriminator, discriminator_input_shape, self.scaled(64),
-                          self.scaled(128)),
+        functools.partial(base.dcgan_discriminator, discriminator_input_shape, self.scaled_d(64),
+                          self.scaled_d(128)),
     )
 
   def prepare_evaluation(self, cache_dir: str, clients=None) -> dict[str, float]:

@@ -97,6 +97,7 @@ class GaussianMixtureTask(base.Task):
       seed: int = 0,
       model: str = 'mlp',
       width: float = 1.0,
+      discriminator_width: float | None = None,
   ):
     """Draws the dataset.
 
@@ -108,8 +109,10 @@ class GaussianMixtureTask(base.Task):
       seed: Seed of the draw; the same seed gives the same examples in the same order.
       model: Architecture; only `'mlp'`.
       width: Multiplier of the hidden layer sizes.
+      discriminator_width: The discriminator's own multiplier (None: `width`).
     """
-    super().__init__(seed=seed, model=model, width=width)
+    super().__init__(seed=seed, model=model, width=width,
+                     discriminator_width=discriminator_width)
     num_modes = self.modes.shape[0]
     if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
       raise ValueError(f'num_examples must be an int, got {num_examples!r}.')
@@ -143,7 +146,7 @@ class GaussianMixtureTask(base.Task):
         functools.partial(base.mlp_generator, generator_input_dim,
                           (self.scaled(256), self.scaled(512)), (2,), self.generator_scale),
         functools.partial(base.mlp_discriminator, discriminator_input_shape,
-                          (self.scaled(512), self.scaled(256))),
+                          (self.scaled_d(512), self.scaled_d(256))),
     )
 
   def predict_labels(self, samples: np.ndarray) -> np.ndarray:

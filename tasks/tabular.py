@@ -116,7 +116,7 @@ class TabularTask(base.Task):
   reads_files = True
 
   def __init__(self, *, data_dir: str, noise_dim: int = 32, seed: int = 0, model: str = 'mlp',
-               width: float = 1.0):
+               width: float = 1.0, discriminator_width: float | None = None):
     """Reads the files and normalizes them with federated column statistics.
 
     The statistics run in the current TFF execution context, or on a worker started for
@@ -128,12 +128,14 @@ class TabularTask(base.Task):
       seed: Seed of the run (the data does not depend on it).
       model: Only `'mlp'`.
       width: Multiplier of hidden units.
+      discriminator_width: The discriminator's own multiplier (None: `width`).
 
     Raises:
       TabularError: Naming the file (and line and column) that cannot be used, and the fix.
       ValueError: For invalid arguments.
     """
-    super().__init__(seed=seed, model=model, width=width)
+    super().__init__(seed=seed, model=model, width=width,
+                     discriminator_width=discriminator_width)
     if isinstance(noise_dim, bool) or not isinstance(noise_dim, int | np.integer) or noise_dim < 1:
       raise ValueError(f'noise_dim must be a positive int, got {noise_dim!r}.')
     self.noise_dim = int(noise_dim)
@@ -158,7 +160,7 @@ class TabularTask(base.Task):
         functools.partial(base.mlp_generator, generator_input_dim,
                           (self.scaled(256), self.scaled(256)), self.data_shape, bounded=False),
         functools.partial(base.mlp_discriminator, discriminator_input_shape,
-                          (self.scaled(256), self.scaled(256))),
+                          (self.scaled_d(256), self.scaled_d(256))),
     )
 
   def denormalize(self, samples: np.ndarray) -> np.ndarray:

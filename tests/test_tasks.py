@@ -13,6 +13,7 @@ from PIL import Image
 import tasks
 from tasks.mixtures import GridTask, RingTask, mode_metrics
 from tff_gan import choices
+from tff_gan.run.config import ConfigError, TrainConfig
 
 RING_MODES = RingTask.modes
 GRID_MODES = GridTask.modes
@@ -187,6 +188,33 @@ def test_model_shapes_and_width(name, model, data_shape):
   assert discriminator(samples).shape == (5, 1)
   assert generator.count_params() < large.generator_fn().count_params()
   assert discriminator.count_params() < large.discriminator_fn().count_params()
+
+
+def _dense_params(sizes):
+  """Weights and biases of Dense layers through `sizes` (input first, output last)."""
+  return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def test_discriminator_width_scales_the_discriminator_alone():
+  # Ring: G is noise 64 -> 256w -> 512w -> 2, D is 2 -> 512d -> 256d -> 1.
+  models = RingTask(num_examples=8, width=0.5, discriminator_width=0.125).gan_models()
+  assert models.generator_fn().count_params() == _dense_params([64, 128, 256, 2])
+  assert models.discriminator_fn().count_params() == _dense_params([2, 64, 32, 1])
+  same = RingTask(num_examples=8, width=0.5).gan_models()  # None: the model's width.
+  assert same.discriminator_fn().count_params() == _dense_params([2, 256, 128, 1])
+  digits = tasks.get_task('digits', model='dcgan', width=0.25, discriminator_width=0.5)
+  wide_d = tasks.get_task('digits', model='dcgan', width=0.25).gan_models()
+  assert digits.gan_models().generator_fn().count_params() == \
+      wide_d.generator_fn().count_params()
+  assert digits.gan_models().discriminator_fn().count_params() > \
+      wide_d.discriminator_fn().count_params()
+  with pytest.raises(ValueError, match='discriminator_width must be a positive'):
+    RingTask(num_examples=8, discriminator_width=0.0)
+  config = TrainConfig(model_width=0.5, discriminator_width=0.125)
+  assert tasks.task_from_config(config).discriminator_width == 0.125
+  assert tasks.task_from_config(TrainConfig(model_width=0.5)).discriminator_width == 0.5
+  with pytest.raises(ConfigError, match='--discriminator_width must be positive'):
+    TrainConfig(discriminator_width=-1.0).validate()
 
 
 def test_ring_generator_output_range():

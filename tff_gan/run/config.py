@@ -48,6 +48,7 @@ class TrainConfig:
   scheme: str = 'fedgan'
   model: str = ''
   model_width: float = 1.0
+  discriminator_width: float = 0.0  # 0: model_width.
   num_clients: int = 0
   clients_per_round: int = 0
   rounds: int = 300
@@ -193,6 +194,9 @@ class TrainConfig:
                  'model_width'):
       if not getattr(self, name) > 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
+    if not self.discriminator_width >= 0:
+      raise ConfigError(f'--discriminator_width must be positive (or 0: --model_width), got '
+                        f'{self.discriminator_width}.')
     if not self.dirichlet_alpha >= choices.MIN_DIRICHLET_ALPHA:
       raise ConfigError(partition_lib.alpha_problem(self.dirichlet_alpha))
     if not 0 <= self.generator_ema < 1:
