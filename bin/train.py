@@ -156,9 +156,11 @@ flags.DEFINE_string('aggregator', _DEFAULTS.aggregator, 'How client updates are 
                     'Bell et al. 2020: X25519 key agreement, ChaCha20 masks mod 2^32, Shamir '
                     'shares that let the server unmask the sum when clients drop out; the '
                     'server sees masked vectors and the sum; sync rounds, no DP yet). he and '
-                    'secagg: fedgan, dp_fedavg_gan, fedsgd (he also with --mode=async, the '
+                    'secagg: fedgan, dp_fedavg_gan, fedsgd (he also with --mode=async: the '
                     'staleness weights integer multipliers of the ciphertexts, in a wider BFV '
-                    'format); SIMULATED roles: every '
+                    'format; under DP each client scales its update by its staleness weight '
+                    'before it clips it, as the DP aggregator does, and the key holder noises '
+                    'each server step); SIMULATED roles: every '
                     "client's encryption or masking, the key holder and the SecAgg+ server run "
                     'in the trainer process (the HE aggregator in a process of its own), which '
                     'therefore also sees each update. Other aggregators cannot be combined '

@@ -81,22 +81,16 @@ class Task(abc.ABC):
         in dp_fedavg_gan only the discriminator is noised.
     """
     if model not in self.model_choices:
-      raise ValueError(
-          f"unknown model {model!r} for task '{self.name}'; choose one of: "
-          f"{', '.join(self.model_choices)}."
-      )
+      raise ValueError(f"unknown model {model!r} for task '{self.name}'; choose one of: "
+                       f"{', '.join(self.model_choices)}.")
+    discriminator_width = width if discriminator_width is None else discriminator_width
     for name, value in (('width', width), ('discriminator_width', discriminator_width)):
-      if value is None and name == 'discriminator_width':
-        continue
       if (isinstance(value, bool) or not isinstance(value, numbers.Real)
           or not (math.isfinite(value) and value > 0)):
         raise ValueError(f'{name} must be a positive finite number, got {value!r}; 1.0 is '
                          'full size.')
-    self.seed = seed
-    self.model = model
-    self.width = float(width)
-    self.discriminator_width = float(width if discriminator_width is None
-                                     else discriminator_width)
+    self.seed, self.model = seed, model
+    self.width, self.discriminator_width = float(width), float(discriminator_width)
 
   @property
   def data_shape(self) -> tuple[int, ...]:

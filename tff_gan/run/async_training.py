@@ -105,7 +105,8 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
     recorder: The run's `recorder.RoundRecorder`, which evaluates, releases and saves.
     traffic: The run's `communication.RoundTraffic` (bytes per client, each way).
     secure_round: Under `--aggregator=he`, the run's `secure_rounds.SecureRounds`: each
-      buffer is summed encrypted, its staleness weights as integer multipliers.
+      buffer is summed encrypted, its staleness weights as integer multipliers (under DP,
+      each client scales its update before it clips it, and the key holder adds the noise).
 
   Returns:
     `(state, last_row)`.
@@ -196,12 +197,12 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
         state, metrics = server_step(
             state, [task.output for task, _ in buffer], [task.discarded for task, _ in buffer],
             [np.float32(scale) for scale in scales])
-        if reports is not None:  # What the ledger counts, recorded with the step it counts.
-          reports.append(version + 1, [task.client_id for task, _ in buffer])
       else:
         state, metrics, secure_bytes = secure_round.apply(
             state, [(task.client_id, task.output, task.discarded) for task, _ in buffer],
             [task.client_id for task, _ in buffer], version + 1, scales=scales)
+      if reports is not None:  # What the ledger counts, recorded with the step it counts.
+        reports.append(version + 1, [task.client_id for task, _ in buffer])
     version += 1
     dispatches_at_version = 0
     row = round_row(version, time.perf_counter() - wall_start, len(buffer),

@@ -31,9 +31,6 @@ def secure_aggregation_problem(config) -> str | None:
   if config.mode == 'async' and config.aggregator == 'secagg':
     return ('--aggregator=secagg runs synchronous rounds only (its masks cancel within one '
             "round's clients); drop --mode=async, or use --aggregator=he.")
-  if config.mode == 'async' and config.dp_enabled:
-    return ('--aggregator=he with --mode=async and differential privacy is not built yet; '
-            'drop one of them.')
   if config.aggregator == 'secagg':
     return _secagg_problem(config)
   if config.dp_enabled and config.secure_clip is not None:

@@ -28,9 +28,10 @@ asynchronous).
   depends on the clients' (seeded) speed; this schedule does not depend on the data, so
   neighbouring runs share it and differ in one client's data, whose reports turn into zero
   updates (the zero-out relation). A client that reported c times into a step's buffer moves
-  its clipped sum by at most c·C, noised with std z·C: a Gaussian mechanism of noise
-  multiplier z / c (c = 2 happens: a fast client may report, be sent the model again and
-  report before the buffer fills). Gaussian mechanisms compose into one Gaussian, so client
+  its clipped sum by at most c·C, noised with std z·C (by the DP aggregator, or under
+  `--aggregator=he` by the key holder): a Gaussian mechanism of noise multiplier z / c
+  (c = 2 happens: a fast client may report, be sent the model again and report before the
+  buffer fills). Gaussian mechanisms compose into one Gaussian, so client
   k's steps amount to noise multiplier z / √S_k, S_k = Σ_steps c², and its ε is that
   Gaussian's at δ with the run's accountant (exactly so for RDP and PLD alike). FedAsync: one
   report a step, S_k is k's count of reports. The reports come from `AsyncReports`, which the
@@ -265,7 +266,11 @@ class AsyncClientLedger:
     self.reports = np.zeros(num_clients, np.int64)
     self.squared_reports = np.zeros(num_clients, np.int64)  # S_k = Σ_steps c².
     self._delta, self._accountant = config.effective_dp_delta, config.dp_accountant
-    self.noise_multiplier: float | None = None  # z of one report, from the DP event.
+    # z of one report, from the DP event. Under --aggregator=he the key holder adds the noise
+    # outside TFF (`run.secure_rounds`), and no aggregator state records its event.
+    self.noise_multiplier: float | None = (
+        float(config.dp_noise_multiplier)
+        if config.aggregator in choices.SECURE_AGGREGATORS else None)
     self._epsilons: dict[int, float] = {}  # By S_k.
 
   def count(self) -> np.ndarray:

@@ -1,7 +1,7 @@
-"""Synchronous rounds whose sum is computed securely: `--aggregator=he` and `secagg`.
+"""Rounds whose sum is computed securely: `--aggregator=he` and `secagg`.
 
-A round runs the process's two halves (`GanProcess.client_work`, `GanProcess.server_step`)
-with a secure sum between them:
+A round (or an asynchronous server step, `apply`; `he` only) runs the process's two halves
+(`GanProcess.client_work`, `GanProcess.server_step`) with a secure sum between them:
 
 1. Every sampled client that did not drop out does its local work (TFF, as in any round).
 2. Each flattens its update, clips it to the public L2 bound `--secure_clip`, encodes it in
@@ -29,16 +29,30 @@ trainer process, whose messages pass through the server object. So the code comp
 from ciphertexts or masked vectors alone, yet in this simulation the trainer process also
 saw every update in the clear.
 
+In an asynchronous step (FedBuff, FedAsync) each report comes with its public staleness
+weight s_k. Without DP the aggregator multiplies report k's ciphertext by the integer
+m_k = round(s_k · `STALENESS_STEPS`), and n_k travels alone in a second ciphertext, so
+Σ n_k·(m_k / STALENESS_STEPS)·x_k / Σ n_k is released: `--aggregator=mean`'s asynchronous
+rule.
+
 With user-level differential privacy (`SecureDp`, `he` only), clipping moves to the
 clients: each clips its whole update to the DP clip C (less the most that rounding can add,
 so the encoded update is within C too) and sends it unweighted, with nothing else. The key
 holder, the trusted curator, decrypts the sum of the clipped updates, adds Gaussian noise of
-standard deviation z·C drawn under the run's DP noise key (`core.seeds.noise_key`), and
-releases the sum divided by the expected clients per round: DP-FedAvg's fixed-denominator
-mean, accounted as `--aggregator=mean`'s. No loss, count or clipping flag is released.
+standard deviation z·C drawn under the run's DP noise key (`core.seeds.noise_key`) and the
+release's number (the round, or the server step), and releases the sum divided by the
+expected clients per aggregation: DP-FedAvg's fixed-denominator mean, accounted as
+`--aggregator=mean`'s. No loss, count or clipping flag is released. In an asynchronous step
+this is what `GanProcess.server_step` computes with the DP aggregator, which scales each
+update by s_k (FedAsync: α·s_k) before it clips it. Nobody can take the norm of a
+ciphertext, so a client is told its s_k, public as its staleness is, when its report is
+taken into the buffer, and clips s_k·Δ_k to C: the release is
+(Σ_k clip(s_k·Δ_k, C) + N(0, (z·C)²)) / K, K the buffer size (1 under FedAsync), s_k exact.
+No multiplier is needed then, and the synchronous BFV format serves.
 
-The stochastic rounding draws from (seed, round, client), so a run, and a resumed run, is
-repeatable. Keys are new in every process (`he`) or every round (`secagg`).
+The stochastic rounding draws from (seed, round, client, and the client's earlier reports
+in the sum if any), so a run, and a resumed run, is repeatable. Keys are new in every
+process (`he`) or every round (`secagg`).
 """
 
 from __future__ import annotations
@@ -71,7 +85,8 @@ class SecureDp:
   Attributes:
     noise_multiplier: z ≥ 0.
     clip: C > 0, the L2 bound of a client's update.
-    clients_per_round: The expected clients per round, the mean's fixed denominator.
+    clients_per_round: The mean's fixed denominator: the expected clients per round, or an
+      asynchronous step's reports (`TrainConfig.clients_per_aggregation`).
     noise_key: The key the key holder's noise descends from (`core.seeds.noise_key`).
   """
 
@@ -94,9 +109,10 @@ class SecureSettings:
     dp: User-level DP (`he` only).
     neighbours: SecAgg+'s k (None: `secagg.check_params`' default).
     threshold: SecAgg+'s t (None: the default).
-    asynchronous: Whether updates come with staleness weights (`he` only), each sent as
-      the integer multiplier round(weight · `STALENESS_STEPS`) of its ciphertext; the wide
-      BFV format (`he.WIDE_PLAIN_MODULUS`) then makes room for them.
+    asynchronous: Whether updates come with staleness weights (`he` only). Without DP each
+      is sent as the integer multiplier round(weight · `STALENESS_STEPS`) of its ciphertext,
+      and the wide BFV format (`he.WIDE_PLAIN_MODULUS`) makes room for it; under DP the
+      client scales its update before it clips it (module docstring).
   """
 
   aggregator: str
@@ -109,14 +125,19 @@ class SecureSettings:
   threshold: int | None = None
   asynchronous: bool = False
 
+  @property
+  def multiplied(self) -> bool:
+    """Whether the aggregator multiplies ciphertexts by staleness weights (async, no DP)."""
+    return self.asynchronous and self.dp is None
+
   def _clip_and_weight(self) -> tuple[float, int]:
     return (self.dp.clip, 1) if self.dp is not None else (self.clip, self.max_weight)
 
   def he_params(self) -> he.HeParams:
     """The BFV parameters for these bounds (`he.choose_params`)."""
-    multiplier = STALENESS_STEPS if self.asynchronous else 1
+    multiplier = STALENESS_STEPS if self.multiplied else 1
     return he.choose_params(*self._clip_and_weight(), self.max_clients,
-                            max_multiplier=multiplier, wide=self.asynchronous)
+                            max_multiplier=multiplier, wide=self.multiplied)
 
   def fraction_bits(self) -> int:
     """f for these bounds; raises `ValueError` (one line naming the limit) if none fits."""
@@ -163,7 +184,7 @@ class SecureRounds:
     self.fraction_bits = settings.fraction_bits()
     self._process, self._settings, self._dp = process, settings, settings.dp
     self._clip = settings.clip if settings.dp is None else settings.dp.clip
-    self._sum = (secure_sums.HeSum(settings.he_params(), settings.asynchronous)
+    self._sum = (secure_sums.HeSum(settings.he_params(), settings.multiplied)
                  if settings.aggregator == 'he' else
                  secure_sums.SecAggSum(settings.seed, settings.neighbours, settings.threshold))
 
@@ -206,31 +227,38 @@ class SecureRounds:
       sampled: The ids of the clients that received the model.
       round_num: The round (or server step) the outputs are applied as.
       scales: Asynchronous staleness weights in (0, 1], one per output (`he` with
-        `asynchronous` only): output k's ciphertext is multiplied by
+        `asynchronous` only). Without DP output k's ciphertext is multiplied by
         m_k = max(1, round(scale_k · STALENESS_STEPS)), and the update applied is
         Σ n_k·(m_k / STALENESS_STEPS)·x_k / Σ n_k, as `--aggregator=mean`'s asynchronous
-        rule; the losses are then means weighted by n_k·m_k.
+        rule; the losses are then means weighted by n_k·m_k. Under DP client k clips
+        scale_k·Δ_k to C, and the update applied is the noised sum over the fixed
+        denominator, as the DP aggregator's (module docstring). A client may report more than
+        once: each report counts.
 
     Returns:
       As `next`.
     """
     vectors, weights, total_discarded, template = {}, {}, 0, None
-    multipliers = None if scales is None else {}
+    multipliers = {} if scales is not None and self._dp is None else None
+    occurrences = collections.Counter()
     for k, (client_id, output, discarded) in enumerate(outputs):
       client_id, template = int(client_id), output
+      report = (client_id, occurrences[client_id])  # `secure_sums.ReportKey`.
+      occurrences[client_id] += 1
       total_discarded += int(discarded)
       weight = round(float(output.num_examples))
       if discarded or weight < 1:  # Non-finite, or no data: it sends nothing.
         continue
+      scale = 1.0 if scales is None else float(scales[k])
       if self._dp is not None:
         weight = 1  # DP-FedAvg: every client counts the same.
       elif weight > self._settings.max_weight:
         raise RuntimeError(f'client {client_id} reports {weight} examples, above the bound '
                            f'{self._settings.max_weight} the fixed point was chosen for.')
-      vectors[client_id] = self._encode(output, weight, client_id, round_num)
-      weights[client_id] = weight
-      if scales is not None:
-        multipliers[client_id] = max(1, round(float(scales[k]) * STALENESS_STEPS))
+      vectors[report] = self._encode(output, weight, report, round_num, scale)
+      weights[report] = weight
+      if multipliers is not None:
+        multipliers[report] = max(1, round(scale * STALENESS_STEPS))
     try:
       total = self._sum.sum(vectors, weights, sampled, round_num, multipliers)
     except secagg.SecAggAborted as aborted:
@@ -249,15 +277,19 @@ class SecureRounds:
       metrics[CLIPPED_METRIC] = clipped
     return state, metrics, {'up': total.bytes_up, 'down': total.bytes_down}
 
-  def _encode(self, output, weight: int, client_id: int, round_num: int) -> np.ndarray:
-    """A client's signed integers: its update and, unless under DP, its extras."""
-    rng = np.random.default_rng([self._settings.seed, _ROUNDING_SALT, round_num, client_id])
+  def _encode(self, output, weight: int, report: tuple[int, int], round_num: int,
+              scale: float) -> np.ndarray:
+    """A report's signed integers: its update and, unless under DP, its extras; under DP the
+    update is first multiplied by its staleness weight `scale` (then clipped)."""
+    client_id, occurrence = report  # A second report in one buffer draws its own rounding.
+    rng = np.random.default_rng([self._settings.seed, _ROUNDING_SALT, round_num, client_id]
+                                + ([occurrence] if occurrence else []))
     update = _flatten(output.delta)
     encode = dict(fraction_bits=self.fraction_bits, rng=rng,
                   aggregator=self._settings.aggregator)
     if self._dp is not None:  # Within C after rounding too: it adds at most 2^-f a coordinate.
       clip = self._clip - math.sqrt(update.size) * 2.0**-self.fraction_bits
-      return fixed_point.encode(update, clip, 1, **encode)[0]
+      return fixed_point.encode(scale * update, clip, 1, **encode)[0]
     encoded, clipped = fixed_point.encode(update, self._clip, weight, **encode)
     extras, _ = fixed_point.encode(self._extras_to_slots(output.metrics, clipped), self._clip,
                                    weight, **encode)
@@ -294,7 +326,8 @@ class SecureRounds:
     return output, float(np.clip(extras[-1], 0.0, 1.0))
 
   def _noised_mean(self, template, sums, round_num: int):
-    """Under DP: (Σ clipped updates + N(0, (z·C)²)) / clients per round, as one output."""
+    """Under DP: (Σ clipped updates + N(0, (z·C)²)) / clients per aggregation, as one output;
+    the noise is draw `round_num` (the round, or the server step) under the DP noise key."""
     size = _flatten(template.delta).size
     total = np.zeros(size) if sums is None else sums / 2.0**self.fraction_bits
     noise_seed = tf.random.experimental.stateless_fold_in(
