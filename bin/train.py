@@ -155,8 +155,12 @@ flags.DEFINE_string('aggregator', _DEFAULTS.aggregator, 'How client updates are 
                     '(SecAgg+ pairwise masking, Bonawitz et al. 2017 on the neighbour graph of '
                     'Bell et al. 2020: X25519 key agreement, ChaCha20 masks mod 2^32, Shamir '
                     'shares that let the server unmask the sum when clients drop out; the '
-                    'server sees masked vectors and the sum; sync rounds, no DP yet). he and '
-                    'secagg: fedgan, dp_fedavg_gan, fedsgd (he also with --mode=async: the '
+                    'server sees masked vectors and the sum; sync rounds, no DP yet but '
+                    "gs_wgan's). he and secagg: fedgan, dp_fedavg_gan, fedsgd, multi_d and "
+                    "gs_wgan with the mean mixture (the sum of the clients' feedback; gs_wgan's "
+                    'clients noise it before it leaves, so the sum adds no noise), not the '
+                    'universal mixture; he also with --mode=async (fedgan, dp_fedavg_gan, '
+                    'fedsgd: the '
                     'staleness weights integer multipliers of the ciphertexts, in a wider BFV '
                     'format; under DP each client scales its update by its staleness weight '
                     'before it clips it, as the DP aggregator does, and the key holder noises '
@@ -168,8 +172,11 @@ flags.DEFINE_string('aggregator', _DEFAULTS.aggregator, 'How client updates are 
 flags.DEFINE_float('secure_clip', None, '--aggregator=he or secagg: the public L2 bound each '
                    'client update is clipped to before it is encoded; with the largest example '
                    'count and --clients_per_round it sets the fixed-point precision (no sum may '
-                   f'wrap the modulus). Default {choices.DEFAULT_SECURE_CLIP:g}; metrics.csv\'s '
-                   'clipped_fraction says how often it bit.')
+                   f'wrap the modulus). Default {choices.DEFAULT_SECURE_CLIP:g}; for multi_d, '
+                   "whose feedback norms grow with training, the largest the sum holds at 8 "
+                   'fraction bits, up to 10000; for gs_wgan a bound its noised feedback '
+                   'passes with probability below 1e-8. metrics.csv\'s clipped_fraction '
+                   '(not under DP) says how often it bit.')
 flags.DEFINE_integer('secagg_neighbours', None, '--aggregator=secagg: k, the neighbours each '
                      'client agrees masks with and shares its secrets among. Default: every '
                      'other client of the round up to 33 clients (Bonawitz et al.), else 32.')

@@ -172,7 +172,7 @@ def test_resume_continues_every_clients_discriminator(tmp_path):
 @pytest.mark.parametrize('settings, message', [
     (dict(dp_noise_multiplier=1.0), 'for differential privacy use --scheme=gs_wgan'),
     (dict(mode='async'), '--mode=async is not built for --scheme=multi_d'),
-    (dict(aggregator='robust'), '--aggregator has no meaning for --scheme=multi_d'),
+    (dict(aggregator='robust'), '--aggregator=robust is not built for --scheme=multi_d'),
     (dict(proximal_mu=0.1), '--proximal_mu has no meaning for --scheme=multi_d'),
     (dict(loss='wasserstein_gp', discriminator_mixture='universal'), 'odds'),
     (dict(num_clients=2000, clients_per_round=10), 'at most 1000 clients'),

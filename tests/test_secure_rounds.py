@@ -245,7 +245,8 @@ def test_fedbuff_with_he_equals_fedbuff_with_mean_within_the_bound(tmp_path_fact
     (dict(aggregator='he', dp_noise_multiplier=1.0, secure_clip=1.0), 'clients clip to --dp_clip'),
     (dict(aggregator='he', dp_noise_multiplier=1.0, dp_adaptive_clip_quantile=0.5),
      'drop --dp_adaptive_clip_quantile'),
-    (dict(aggregator='he', scheme='multi_d'), '--aggregator has no meaning for --scheme=multi_d'),
+    (dict(aggregator='he', scheme='multi_d', discriminator_mixture='universal'),
+     'with --discriminator_mixture=universal is not built'),
 ])
 def test_incompatible_settings_are_refused_in_one_line(settings, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace('(', r'\(')):

@@ -17,7 +17,12 @@ Type signatures (`S` the `ServerState`, `C` a client's `DiscriminatorState`):
 * `initial_client_state: (S -> C)`;
 * `next: (<S@SERVER, {float32[?,*data_shape]*}@CLIENTS, C@CLIENTS> ->
   <S@SERVER, C@CLIENTS, M@SERVER>)`, `M` as in `composition` (client metrics unless
-  withheld, `server`, `aggregator`).
+  withheld, `server`, `aggregator`);
+* with the mean mixture, the round's halves for a sum computed outside TFF
+  (`run.secure_rounds`): `client_work: (<S@SERVER, {D}@CLIENTS, C@CLIENTS> -> <P, int32,
+  C>@CLIENTS)` and `server_step: (<S@SERVER, P@CLIENTS, int32@CLIENTS, float32@CLIENTS> ->
+  <S@SERVER, M@SERVER>)`, `P` a client's weighted gradients alone (`_secure_halves`). The
+  universal mixture has none: its odds reach e^±40, beyond a fixed-point sum.
 """
 
 from __future__ import annotations
@@ -33,7 +38,13 @@ from tff_gan.choices import DISCRIMINATOR_MIXTURES
 from tff_gan.core import client_work, feedback, seeds, tf_fns
 from tff_gan.core import losses as losses_lib
 from tff_gan.core.models import GanModels
-from tff_gan.core.state import ClientOutput, DiscriminatorState, GanWeights, ServerBroadcast
+from tff_gan.core.state import (
+  ClientOutput,
+  DiscriminatorState,
+  Feedback,
+  GanWeights,
+  ServerBroadcast,
+)
 
 DEFAULT_LEARNING_RATE = 2e-4
 
@@ -150,7 +161,8 @@ def build_multi_d_process(
         client_state, new_one)
     return output, discarded, new_state
 
-  client_update = tff.tensorflow.computation(client_update, data_type, client_state_type,
+  client_update_fn = client_update
+  client_update = tff.tensorflow.computation(client_update_fn, data_type, client_state_type,
                                              broadcast_type)
   output_type = client_update.type_signature.result[0]
   aggregation_process = composition.default_aggregator().create(output_type.delta,
@@ -169,9 +181,7 @@ def build_multi_d_process(
     return stack(DiscriminatorState(weights=state.weights.discriminator,
                                     optimizer_state=state.discriminator_optimizer_state))
 
-  @tff.tensorflow.computation(state_type, output_type.delta,
-                              aggregation_process.state_type.member)
-  def server_update(state, mean_feedback, aggregator_state):
+  def server_update_fn(state, mean_feedback, aggregator_state):
     train = common.with_fresh_models(_server_generator_steps, models, loss=loss,
                                      optimizer=generator_optimizer, noise_dim=models.noise_dim,
                                      mixture=mixture, sample_anchor=sample_anchor)
@@ -182,6 +192,9 @@ def build_multi_d_process(
         weights=state.weights._replace(generator=generator_weights),
         generator_optimizer_state=optimizer_state, aggregator_state=aggregator_state,
         round_num=state.round_num + 1), generator_ema_decay)
+
+  server_update = tff.tensorflow.computation(server_update_fn, state_type, output_type.delta,
+                                             aggregation_process.state_type.member)
 
   @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
                              tff.FederatedType(data_type, tff.CLIENTS),
@@ -198,7 +211,81 @@ def build_multi_d_process(
         aggregate.measurements, release_client_metrics)
     return new_state, new_client_states, metrics
 
-  return composition.GanProcess(initialize, next_fn, initial_client_state=initial_client_state)
+  halves = {}
+  if mixture == 'mean':
+    halves = _secure_halves(
+        client_update_fn, server_update_fn, state_type=state_type, data_type=data_type,
+        client_state_type=client_state_type, broadcast_type=broadcast_type,
+        output_type=output_type, aggregation_process=aggregation_process,
+        make_broadcast=make_broadcast, release_client_metrics=release_client_metrics)
+  return composition.GanProcess(initialize, next_fn, initial_client_state=initial_client_state,
+                                **halves)
+
+
+def _secure_halves(client_update_fn, server_update_fn, *, state_type, data_type,
+                   client_state_type, broadcast_type, output_type, aggregation_process,
+                   make_broadcast, release_client_metrics) -> dict:
+  """The mean mixture's round in two halves, for a sum computed outside TFF
+  (`run.secure_rounds`): `{'client_work': ..., 'server_step': ...}`.
+
+  A client's payload is its `Feedback.weighted_gradient` alone: the mean mixture's weights
+  are all ones (`core.feedback`), public, so they are not sent, and the server step puts
+  ones back. Their n_k-weighted mean is 1, as the plain round's is, so with every scale 1
+  and the payloads of `client_work` on the same state, `server_step` after `client_work` is
+  `next` (and each client's new state is the one `next` returns).
+
+  * `client_work: (<S@SERVER, {D}@CLIENTS, C@CLIENTS> -> <P, int32, C>@CLIENTS)`, `P` the
+    `ClientOutput` whose delta is the weighted gradient;
+  * `server_step: (<S@SERVER, P@CLIENTS, int32@CLIENTS, float32@CLIENTS> -> <S@SERVER,
+    M@SERVER>)`, each payload's delta first multiplied by its scale.
+  """
+
+  def payload_update(dataset, client_state, broadcast):
+    output, discarded, new_state = client_update_fn(dataset, client_state, broadcast)
+    return output._replace(delta=output.delta.weighted_gradient), discarded, new_state
+
+  payload_update = tff.tensorflow.computation(payload_update, data_type, client_state_type,
+                                              broadcast_type)
+  payload_type = payload_update.type_signature.result[0]
+  payload_aggregation = composition.default_aggregator().create(payload_type.delta,
+                                                                payload_type.num_examples)
+  aggregator_state_type = aggregation_process.state_type.member
+  if payload_aggregation.state_type.member != aggregator_state_type:
+    raise TypeError('the payload aggregator keeps a state the server state cannot hold.')
+
+  @tff.tensorflow.computation(state_type, payload_type.delta, aggregator_state_type)
+  def server_update_on_gradient(state, mean_gradient, aggregator_state):
+    ones = tf.ones(tf.shape(mean_gradient)[:2], mean_gradient.dtype)
+    return server_update_fn(state, Feedback(weight=ones, weighted_gradient=mean_gradient),
+                            aggregator_state)
+
+  @tff.tensorflow.computation(payload_type, tff.TensorType(np.float32))
+  def scale_payload(payload, scale):
+    return payload._replace(delta=payload.delta * scale)
+
+  @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
+                             tff.FederatedType(data_type, tff.CLIENTS),
+                             tff.FederatedType(client_state_type, tff.CLIENTS))
+  def client_work(state, client_data, client_states):
+    broadcast = tff.federated_broadcast(tff.federated_map(make_broadcast, state))
+    return tff.federated_map(payload_update, (client_data, client_states, broadcast))
+
+  @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
+                             tff.FederatedType(payload_type, tff.CLIENTS),
+                             tff.FederatedType(tff.TensorType(np.int32), tff.CLIENTS),
+                             tff.FederatedType(tff.TensorType(np.float32), tff.CLIENTS))
+  def server_step(state, payloads, discarded, scales):
+    scaled = tff.federated_map(scale_payload, (payloads, scales))
+    aggregate = payload_aggregation.next(state.aggregator_state, scaled.delta,
+                                         scaled.num_examples)
+    new_state = tff.federated_map(server_update_on_gradient,
+                                  (state, aggregate.result, aggregate.state))
+    metrics = composition.round_metrics(
+        scaled, discarded, tff.federated_value(collections.OrderedDict(), tff.SERVER),
+        aggregate.measurements, release_client_metrics)
+    return new_state, metrics
+
+  return dict(client_work=client_work, server_step=server_step)
 
 
 def _server_generator_steps(generator_weights, optimizer_state, round_seed, mean_feedback, *,

@@ -317,8 +317,13 @@ class TrainConfig:
 
   def _validate_scheme_flags(self) -> None:
     reason, unused = choices.SCHEME_UNUSED_FLAGS.get(self.scheme, ('', {}))
+    resident = self.scheme in choices.CLIENT_RESIDENT_SCHEMES  # Its feedback is aggregated.
+    if resident and self.aggregator not in ('mean',) + choices.SECURE_AGGREGATORS:
+      raise ConfigError(f'--aggregator={self.aggregator} is not built for --scheme={self.scheme}'
+                        ", whose clients' feedback is averaged with mean or summed securely "
+                        'with he or secagg; use one of those.')
     for name, neutral in unused.items():
-      if getattr(self, name) != neutral:
+      if getattr(self, name) != neutral and not (resident and name == 'aggregator'):
         raise ConfigError(f'--{name} has no meaning for --scheme={self.scheme}, {reason}; '
                           'drop it.')
     if self.discriminator_shards != 1 and (self.scheme != 'gs_wgan'

@@ -17,7 +17,13 @@ TLS_FILES = ('tls_ca', 'tls_client_cert', 'tls_client_key', 'auth_token_file')
 
 
 def secure_aggregation_problem(config) -> str | None:
-  """The first thing wrong with `--aggregator=he` or `secagg`'s settings, or None."""
+  """The first thing wrong with `--aggregator=he` or `secagg`'s settings, or None.
+
+  Under DP, `he`'s key holder adds DP-FedAvg's noise to the decrypted sum, and `secagg`, which
+  has no key holder, is refused. `--scheme=gs_wgan` is the exception: its clients clip and
+  noise their feedback before it leaves (`core.feedback.GsSanitizer`), so either sum only adds
+  messages that are already private, `--secure_clip` bounds those, and ε is as with `mean`.
+  """
   for name in ('secagg_neighbours', 'secagg_threshold'):
     if getattr(config, name) is not None and config.aggregator != 'secagg':
       return f'--{name} applies only to --aggregator=secagg; set that, or drop --{name}.'
@@ -28,11 +34,17 @@ def secure_aggregation_problem(config) -> str | None:
     return None
   if not (math.isfinite(config.effective_secure_clip) and config.effective_secure_clip > 0):
     return f'--secure_clip must be a positive number, got {config.secure_clip}.'
+  if config.discriminator_mixture == 'universal':
+    return (f'--aggregator={config.aggregator} with --discriminator_mixture=universal is not '
+            'built: its odds span e^-40 to e^40, beyond a fixed-point sum; use the mean mixture '
+            'or --aggregator=mean.')
   if config.mode == 'async' and config.aggregator == 'secagg':
     return ('--aggregator=secagg runs synchronous rounds only (its masks cancel within one '
             "round's clients); drop --mode=async, or use --aggregator=he.")
   if config.aggregator == 'secagg':
     return _secagg_problem(config)
+  if config.scheme == 'gs_wgan':  # Its noise is added on the clients: the sum only adds.
+    return None
   if config.dp_enabled and config.secure_clip is not None:
     return ('--secure_clip has no effect under differential privacy: the clients clip to '
             '--dp_clip; drop --secure_clip.')
@@ -46,7 +58,8 @@ def secure_aggregation_problem(config) -> str | None:
 
 
 def _secagg_problem(config) -> str | None:
-  if config.dp_enabled:
+  # gs_wgan's clients noise their feedback before it leaves, so the server may see the sum.
+  if config.dp_enabled and config.scheme != 'gs_wgan':
     return ('--aggregator=secagg with differential privacy is not built yet (the server sees '
             'the sum; the noise would have to come from the clients); use --aggregator=he, '
             'whose key holder adds it, or drop --dp_noise_multiplier.')

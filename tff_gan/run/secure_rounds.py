@@ -21,6 +21,13 @@ A round (or an asynchronous server step, `apply`; `he` only) runs the process's 
    fraction. The server half applies it with the server optimizer, as the update of one
    client of weight Σ n_k.
 
+The client-resident schemes (`algorithms.multi_d`, mean mixture) work the same way: the
+"update" is a client's feedback on the round's samples (its per-sample weighted gradients),
+the server half trains the generator on the released mean, and each client's discriminator
+state goes into its work and is stored back as in a plain round (`next`'s `client_states`).
+GS-WGAN's clients clip and noise their feedback before it leaves and send a weight of 1, so
+the sum adds no noise of its own (`dp` stays None) and is an unweighted mean, as with `mean`.
+
 SIMULATED: every party runs on this machine. Each client's encoding, encryption or masking
 runs in the trainer process on the client's behalf. The HE key holder is an object of the
 trainer process, and the HE aggregator is a process of its own that holds no secret key
@@ -113,6 +120,8 @@ class SecureSettings:
       is sent as the integer multiplier round(weight · `STALENESS_STEPS`) of its ciphertext,
       and the wide BFV format (`he.WIDE_PLAIN_MODULUS`) makes room for it; under DP the
       client scales its update before it clips it (module docstring).
+    wide: Use the wide BFV format in synchronous rounds too (`he`): room for a large clip,
+      e.g. for `multi_d`'s feedback, whose few thousand numbers fit one ciphertext anyway.
   """
 
   aggregator: str
@@ -124,6 +133,7 @@ class SecureSettings:
   neighbours: int | None = None
   threshold: int | None = None
   asynchronous: bool = False
+  wide: bool = False
 
   @property
   def multiplied(self) -> bool:
@@ -137,7 +147,15 @@ class SecureSettings:
     """The BFV parameters for these bounds (`he.choose_params`)."""
     multiplier = STALENESS_STEPS if self.multiplied else 1
     return he.choose_params(*self._clip_and_weight(), self.max_clients,
-                            max_multiplier=multiplier, wide=self.multiplied)
+                            max_multiplier=multiplier, wide=self.multiplied or self.wide)
+
+  def largest_clip(self, most: float) -> float:
+    """The largest clip, up to `most`, whose sums cannot wrap at `fixed_point`'s fewest
+    fraction bits (synchronous, without DP); 0 if even a tiny one could."""
+    plain_modulus = he.WIDE_PLAIN_MODULUS if self.wide else he.HeParams(0).plain_modulus
+    limit = (plain_modulus - 1) // 2 if self.aggregator == 'he' else secagg.MAX_CENTERED
+    room = (limit / (self.max_clients * self.max_weight) - 1) / 2.0**fixed_point.MIN_FRACTION_BITS
+    return max(0.0, min(most, math.floor(room)))
 
   def fraction_bits(self) -> int:
     """f for these bounds; raises `ValueError` (one line naming the limit) if none fits."""
@@ -163,6 +181,16 @@ def max_client_weight(client_sizes, local_epochs: int, batch_size: int,
   if local_steps:
     most = min(most, local_steps * batch_size)
   return max(most, 1)
+
+
+def sanitized_bound(dp_clip: float, noise_multiplier: float, samples: int,
+                    sample_size: int) -> float:
+  """An L2 bound a GS-WGAN client's message (`core.feedback.sanitize`) passes with probability
+  below 1e-8: its `samples` clipped gradients have norm at most C·√samples, and its noise,
+  N(0, (σ·C)²) in each of samples·sample_size coordinates, has norm at least
+  σ·C·(√(samples·sample_size) + 6) with probability at most e^-18 (Gaussian concentration)."""
+  return dp_clip * (math.sqrt(samples)
+                    + noise_multiplier * (math.sqrt(samples * sample_size) + 6.0))
 
 
 class SecureRounds:
@@ -197,7 +225,7 @@ class SecureRounds:
   def __exit__(self, *exc_info) -> None:
     self.close()
 
-  def next(self, state, keys, sampled, completed, round_num: int):
+  def next(self, state, keys, sampled, completed, round_num: int, client_states=None):
     """One round from `state`: the `completed` clients (with these dataset keys) work.
 
     Args:
@@ -206,6 +234,11 @@ class SecureRounds:
       sampled: The ids of the round's sampled clients (they receive the model).
       completed: The ids of those that did not drop out, in the order of `keys`.
       round_num: The round.
+      client_states: For a process whose clients keep state (`GanProcess.initial_client_state`,
+        e.g. `algorithms.multi_d`), the `client_states.ClientStates` held for them: the
+        completed clients' states go into their work, and their new states are stored before
+        the sum, as in a plain round (a client keeps what it trained even if SecAgg+ then
+        aborts the round).
 
     Returns:
       `(new_state, metrics, traffic)`: the server half's metrics (the released means as the
@@ -214,7 +247,12 @@ class SecureRounds:
       the model: `{'up': ..., 'down': ...}` (ciphertexts and the public key; masked vectors,
       keys and shares).
     """
-    outputs = self._process.client_work(state, keys)
+    if client_states is None:
+      outputs = self._process.client_work(state, keys)
+    else:
+      results = self._process.client_work(state, keys, client_states.gather(completed))
+      client_states.scatter(completed, [new_state for _, _, new_state in results])
+      outputs = [(output, discarded) for output, discarded, _ in results]
     return self.apply(state, [(client_id, output, discarded) for client_id, (output, discarded)
                               in zip(completed, outputs, strict=True)], sampled, round_num)
 

@@ -26,6 +26,7 @@ import signal
 import time
 from typing import Any
 
+import numpy as np
 from absl import logging
 from tqdm import tqdm
 
@@ -50,6 +51,9 @@ from tff_gan.run import (
 from tff_gan.run.client_states import ClientStates, load_run_state, run_state
 from tff_gan.run.config import ConfigError, TrainConfig
 from tff_gan.runtime import remote, signals
+
+# The most `--scheme=multi_d`'s default secure clip grows to (`_secure_settings`).
+FEEDBACK_CLIP = 1e4
 
 
 @dataclasses.dataclass
@@ -139,7 +143,7 @@ def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -
   config = config.with_population(population.num_clients).validate()
   scheme.check_population(config, population)
   work = scheme.local_work(config, task)
-  secure_settings = _secure_settings(config, population, work)
+  secure_settings = _secure_settings(config, population, work, models)
   process = scheme.build_process(config, models)
   traffic = communication.round_traffic(process.next)
   keyed_process = process.with_client_data(population, work)
@@ -218,26 +222,47 @@ def _write_curves(config: TrainConfig, task) -> None:
                                  title)
 
 
-def _secure_settings(config: TrainConfig, population,
-                     work) -> secure_rounds.SecureSettings | None:
+def _secure_settings(config: TrainConfig, population, work,
+                     models) -> secure_rounds.SecureSettings | None:
   """The secure sum's settings under `--aggregator=he` or `secagg` (else None), checked
-  before anything is written: a configuration whose sums could wrap is a usage error."""
+  before anything is written: a configuration whose sums could wrap is a usage error.
+
+  The client-resident schemes send feedback on samples, not model deltas, and `he` sums it
+  in the wide BFV format (one ciphertext a client either way). `--scheme=gs_wgan`'s clients
+  noise their own feedback and send a weight of 1, so the sum adds no noise and its weights
+  are 1; unless `--secure_clip` is set, its clip is a bound the sanitized feedback passes
+  with probability below 1e-8 (`secure_rounds.sanitized_bound`). `multi_d`'s feedback norms
+  grow as its discriminators sharpen (`ring`'s defaults: 37 in round 1, 300 by round 10,
+  2,700 by round 150); unless `--secure_clip` is set, its clip is the largest up to
+  `FEEDBACK_CLIP` the sum holds at 8 fraction bits.
+  """
   if config.aggregator not in choices.SECURE_AGGREGATORS:
     return None
-  dp = None
-  if config.client_dp:  # The key holder adds the noise.
+  dp, clip = None, config.effective_secure_clip
+  max_weight = secure_rounds.max_client_weight(population.client_sizes, work.local_epochs,
+                                               work.batch_size, work.local_steps)
+  resident = config.scheme in choices.CLIENT_RESIDENT_SCHEMES
+  if config.scheme == 'gs_wgan':
+    max_weight = 1
+    if config.secure_clip is None:
+      clip = secure_rounds.sanitized_bound(
+          config.effective_dp_clip, config.dp_noise_multiplier,
+          samples=config.server_gen_steps * config.batch_size,
+          sample_size=int(np.prod(models.data_spec().shape[1:])))
+  elif config.client_dp:  # The key holder adds the noise.
     dp = secure_rounds.SecureDp(
         noise_multiplier=config.dp_noise_multiplier, clip=config.effective_dp_clip,
         clients_per_round=config.clients_per_aggregation,
         noise_key=seeds.noise_key(config.dp_noise, config.seed))
   settings = secure_rounds.SecureSettings(
-      aggregator=config.aggregator, clip=config.effective_secure_clip,
-      max_weight=secure_rounds.max_client_weight(population.client_sizes, work.local_epochs,
-                                                 work.batch_size, work.local_steps),
+      aggregator=config.aggregator, clip=clip, max_weight=max_weight,
       max_clients=(config.num_clients if config.client_sampling == 'poisson'
                    and config.mode == 'sync' else config.clients_per_aggregation),
       seed=config.seed, dp=dp, neighbours=config.secagg_neighbours,
-      threshold=config.secagg_threshold, asynchronous=config.mode == 'async')
+      threshold=config.secagg_threshold, asynchronous=config.mode == 'async', wide=resident)
+  if config.scheme == 'multi_d' and config.secure_clip is None:
+    clip = settings.largest_clip(FEEDBACK_CLIP)
+    settings = dataclasses.replace(settings, clip=clip or config.effective_secure_clip)
   try:
     settings.fraction_bits()
   except ValueError as e:
@@ -264,7 +289,7 @@ def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population
       with signals.deferred():  # A signal stops the run after this call, not inside it.
         if secure_round is not None:
           state, metrics, secure_bytes = secure_round.next(state, keys, client_ids, completed,
-                                                           round_num)
+                                                           round_num, client_states)
           if metrics is None:  # Aborted: no client's update counted.
             completed = completed[:0]
         elif client_states is None:
