@@ -14,9 +14,12 @@ its samples instead. This module replays that story end to end:
    same number with the highest accuracy the other.
 5. A DP-FedAvg-GAN (`--scheme=dp_fedavg_gan` with DP-FedAvg, each writer one client, writer-
    level (ε, δ)) is trained on each population with `tff_gan.run.training.train`.
-6. `bug_finding.png` shows samples of both generators side by side, with the ε each spent;
-   `summary.json` holds the numbers, including the fraction of generated samples with a
-   bright background (`bright_background_fraction`): the inversion, seen without seeing data.
+6. `bug_finding.png` shows samples of both generators side by side, with the ε each spent
+   and their Fréchet distances; `summary.json` holds the numbers: the fraction of generated
+   samples with a bright background (`bright_background_fraction`: the inversion, seen
+   without seeing data), and the Fréchet distance of the samples to the clean digits and to
+   the inverted ones (`frechet_distance`, on the deployed classifier's penultimate features,
+   as the digits task's metric; the samples are kept as `samples_<population>.npy`).
 
 The writers' accuracies are computed here in one place, as a simulation may; a deployment
 would release them from the devices, itself with privacy. Training data never leaves the
@@ -33,7 +36,7 @@ import shutil
 import numpy as np
 
 from experiments.bug_finding_config import BugFindingConfig
-from tasks import base
+from tasks import base, evaluation
 from tasks.digits import DigitsTask
 from tff_gan import files
 from tff_gan.clients import partition
@@ -43,6 +46,13 @@ from tff_gan.run import export, rundir, training
 SUMMARY_FILE = 'summary.json'
 GRID_FILE = 'bug_finding.png'
 POPULATIONS = ('lowest_accuracy', 'highest_accuracy')
+NUM_SAMPLES = 1000  # Generated per population for the grid, the fractions and the distances.
+DIGIT_KINDS = ('clean', 'inverted')  # The references the Fréchet distances compare with.
+
+
+def samples_file(population: str) -> str:
+  """The `.npy` file, in the output directory, of the samples a population's numbers describe."""
+  return f'samples_{population}.npy'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +99,47 @@ def select_populations(accuracies: np.ndarray, size: int) -> dict[str, np.ndarra
   return {'lowest_accuracy': np.sort(order[:size]), 'highest_accuracy': np.sort(order[-size:])}
 
 
+class DeployedDigitsTask(DigitsTask):
+  """The digits task as deployed before the update, with its classifier's features exposed.
+
+  Its evaluation classifier (trained on the clean digits by `prepare_evaluation`) is the
+  deployed model. The scenario compares samples with clean and inverted digits on the same
+  features and the same reference digits as the digits task's `frechet_distance` metric.
+  """
+
+  def reference_digits(self) -> dict[str, np.ndarray]:
+    """The clean digits `frechet_distance` compares with, and the same digits inverted."""
+    clean = self.reference_images[self._classifier_split]
+    return {'clean': clean, 'inverted': -clean}
+
+  def heldout_digits(self) -> dict[str, np.ndarray]:
+    """The clean digits kept from the classifier, and the same digits inverted."""
+    clean = self.reference_images[self._heldout]
+    return {'clean': clean, 'inverted': -clean}
+
+  def features(self, images: np.ndarray) -> np.ndarray:
+    """The deployed classifier's penultimate activations `[N, 128]` (after
+    `prepare_evaluation`)."""
+    if self._classifier is None:
+      raise ValueError('call prepare_evaluation first: it loads the deployed classifier.')
+    return self._classifier.activations(self._check_samples(images).astype(np.float32))
+
+
+def frechet_distances(task: DeployedDigitsTask, samples: np.ndarray,
+                      reference_features: dict[str, np.ndarray]) -> dict[str, float]:
+  """`evaluation.frechet_distance` of `samples` to each reference, on the task's features.
+
+  Args:
+    task: A prepared `DeployedDigitsTask`.
+    samples: Images `[N, 8, 8, 1]`, N >= 2.
+    reference_features: Name -> features `[M, 128]` of real images (M >= 2), e.g. of
+      `task.reference_digits()`.
+  """
+  features = task.features(samples)
+  return {name: evaluation.frechet_distance(reference, features)
+          for name, reference in reference_features.items()}
+
+
 class WriterPopulationTask(DigitsTask):
   """The digits task whose training data is some writers' (inverted or not) examples.
 
@@ -130,9 +181,11 @@ def run(config: BugFindingConfig, *, show_progress: bool = True,
   config.validate()
   rundir.check_output_dir_writable(config.output_dir)
   os.makedirs(config.output_dir, exist_ok=True)
-  base_task = DigitsTask(seed=config.seed, width=config.model_width)
+  base_task = DeployedDigitsTask(seed=config.seed, width=config.model_width)
   classifier_dir = os.path.join(config.output_dir, rundir.CLASSIFIER_DIR)
   base_task.prepare_evaluation(classifier_dir)
+  reference_features = {kind: base_task.features(images)
+                        for kind, images in base_task.reference_digits().items()}
   writers = make_writers(base_task, config.num_writers, config.inverted_fraction, config.seed)
   accuracies = writer_accuracies(base_task, writers)
   selections = select_populations(accuracies, config.population_size)
@@ -146,21 +199,28 @@ def run(config: BugFindingConfig, *, show_progress: bool = True,
               writers.examples[np.concatenate([writers.client_indices[w] for w in
                                                np.flatnonzero(writers.inverted)])]),
           'clean': bright_background_fraction(base_task.reference_images)},
+      # The scale of the populations' distances: real digits the classifier did not train on.
+      'real_frechet_distance': {
+          kind: frechet_distances(base_task, heldout, reference_features)
+          for kind, heldout in base_task.heldout_digits().items()},
       'populations': {},
   }
   samples = {}
   for name in POPULATIONS:
     selected = selections[name]
     task = WriterPopulationTask(writers, selected, seed=config.seed, model=config.model,
-                                width=config.model_width)
+                                width=config.model_width,
+                                discriminator_width=config.discriminator_width or None)
     # Both runs evaluate with the deployed classifier: give them its cached weights.
     shutil.copytree(classifier_dir, os.path.join(config.output_dir, name,
                                                  rundir.CLASSIFIER_DIR), dirs_exist_ok=True)
     result = training.train(config.train_config(name), task, show_progress=show_progress,
                             overwrite=overwrite)
     generated = export.SampleGenerator(task.gan_models())(
-        result.generator_weights, 1000, seed=config.seed)
+        result.generator_weights, NUM_SAMPLES, seed=config.seed)
     samples[name] = generated
+    files.write_outputs({os.path.join(config.output_dir, samples_file(name)):
+                         lambda path, images=generated: np.save(path, images)})
     summary['populations'][name] = {
         'writers': selected.tolist(),
         'inverted_writers': int(writers.inverted[selected].sum()),
@@ -168,6 +228,7 @@ def run(config: BugFindingConfig, *, show_progress: bool = True,
         'epsilon': float(result.last_row['epsilon']),
         'delta': config.dp_delta,
         'bright_background_fraction': bright_background_fraction(generated),
+        'frechet_distance': frechet_distances(base_task, generated, reference_features),
     }
   write_grid(samples, summary, os.path.join(config.output_dir, GRID_FILE))
   files.write_text(os.path.join(config.output_dir, SUMMARY_FILE),
@@ -176,20 +237,24 @@ def run(config: BugFindingConfig, *, show_progress: bool = True,
 
 
 def write_grid(samples: dict[str, np.ndarray], summary: dict, path: str) -> None:
-  """Writes the two generators' samples side by side, titled with accuracy and ε, as a PNG."""
+  """Writes the two generators' samples side by side as a PNG, titled with the deployed
+  accuracy, ε and δ, and the Fréchet distances to clean and to inverted digits."""
   # A bare Figure, not pyplot: matplotlib.use('Agg') would stop a notebook's later plots.
   from matplotlib.figure import Figure  # noqa: PLC0415
 
-  figure = Figure(figsize=(10, 5.6), dpi=100)
+  figure = Figure(figsize=(10, 5.9), dpi=100)
   axes = figure.subplots(1, 2)
   for axis, name in zip(axes, POPULATIONS, strict=True):
     population = summary['populations'][name]
+    distances = population['frechet_distance']
     axis.imshow(base.image_grid(samples[name], upscale=4)[..., 0], cmap='gray', vmin=0,
                 vmax=255)
     axis.set_title(f"{name.replace('_', ' ')} writers "
                    f"(deployed accuracy {100 * population['mean_accuracy']:.0f}%)\n"
                    f"DP-FedAvg-GAN, ε = {population['epsilon']:.2f} at δ = "
-                   f"{population['delta']:g}", fontsize=10)
+                   f"{population['delta']:g}\nFréchet distance to clean digits "
+                   f"{distances['clean']:.0f}, to inverted {distances['inverted']:.0f}",
+                   fontsize=10)
     axis.axis('off')
   figure.tight_layout()
   base.write_figure(figure, path)

@@ -129,10 +129,11 @@ def test_privacy(tmp_path, monkeypatch, no_worker_survives):
   assert lowest['inverted_writers'] == len(lowest['writers'])
   assert highest['inverted_writers'] == 0
   run = json.loads((tmp_path / 'lowest_accuracy' / 'config.json').read_text())
+  sampling = privacy.Sampling(run['client_sampling'], len(lowest['writers']),
+                              run['clients_per_round'])
   expected = privacy.epsilon(
-      dp_accounting.GaussianDpEvent(run['dp_noise_multiplier']),
-      privacy.Sampling('fixed', len(lowest['writers']), run['clients_per_round']),
-      run['rounds'], run['dp_delta'])
+      privacy.clipped_sum_event(dp_accounting.GaussianDpEvent(run['dp_noise_multiplier']),
+                                sampling), sampling, run['rounds'], run['dp_delta'])
   for population in (lowest, highest):
     assert math.isfinite(population['epsilon']) and population['epsilon'] > 0
     assert math.isclose(population['epsilon'], expected, rel_tol=1e-5)  # z stored as float32.
