@@ -57,38 +57,15 @@ def run(noise: str | None, seed: int) -> dict[str, float]:
                    f'{name}_steps{FLAGS.local_steps}_r{FLAGS.rounds}_s{seed}{extra}'),
       [*SILOS, *dp, f'--local_steps={FLAGS.local_steps}', f'--eval_every={FLAGS.eval_every}',
        f'--seed={seed}', *FLAGS.extra], FLAGS.rounds)
-  last = [row for row in rows if row['modes_captured']][-1]
-  return {'epsilon': float(last['epsilon']) if noise else math.inf,
-          'modes': float(last['modes_captured']), 'high': float(last['high_quality_fraction']),
-          'kl': float(last['reverse_kl'] or 'nan'),
-          'minutes': sum(float(row['round_seconds']) for row in rows) / 60}
-
-
-def mean(results: list[dict[str, float]]) -> dict[str, float]:
-  return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+  return procs.last_figures(rows, private=bool(noise))
 
 
 def write_figure(path: str, table: dict[str, dict[str, float]]) -> None:
-  import matplotlib  # noqa: PLC0415  (only the figure needs it)
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  private = sorted((m for m in table.values() if math.isfinite(m['epsilon'])),
-                   key=lambda m: m['epsilon'])
-  figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-  for axis, key, label, top in ((axes[0], 'modes', 'modes of 8', 8.4),
-                                (axes[1], 'high', 'high-quality fraction', 1.05)):
-    axis.plot([m['epsilon'] for m in private], [m[key] for m in private], 'o-',
-              label='DP-SGD (mean over seeds)')
-    if 'no DP' in table:
-      axis.axhline(table['no DP'][key], color='gray', linestyle='--', label='no DP')
-    axis.set(xlabel='ε of each silo (δ = 1e-5)', ylabel=label, ylim=(0, top))
-    axis.legend(fontsize=8)
   steps = f'{FLAGS.local_steps} DP-SGD steps' if FLAGS.local_steps else 'a local epoch'
-  figure.suptitle(f'ring, 10 silos × 2,000 examples, {FLAGS.rounds} rounds of {steps}')
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  procs.write_quality_against_epsilon(
+      path, [m for m in table.values() if math.isfinite(m['epsilon'])], table.get('no DP'),
+      label='DP-SGD (mean over seeds)', xlabel='ε of each silo (δ = 1e-5)',
+      title=f'ring, 10 silos × 2,000 examples, {FLAGS.rounds} rounds of {steps}')
 
 
 def main(argv):
@@ -101,7 +78,7 @@ def main(argv):
     for noise in configurations:
       results[noise].append(run(noise, seed))
     print(f'seed {seed} done after {(time.perf_counter() - start) / 60:.0f} min', flush=True)
-  table = {(f'z = {noise}' if noise else 'no DP'): mean(results[noise])
+  table = {(f'z = {noise}' if noise else 'no DP'): procs.mean(results[noise])
            for noise in configurations}
   print(f'\nring, 10 silos x 2000 examples, {FLAGS.rounds} rounds, local steps '
         f'{FLAGS.local_steps or "one epoch"} (batch 128, clip 1), delta 1e-5, extra flags '

@@ -34,8 +34,7 @@ from absl import flags  # noqa: E402
 
 DELTA = 1e-5
 # Every client holds 512 generated examples, batches of 128.
-COMMON = ['--examples_per_client=512', '--batch_size=128', '--client_sampling=poisson',
-          '--dp_clip=1']
+COMMON = ['--examples_per_client=512', '--batch_size=128', '--client_sampling=poisson']
 # Each configuration: its flags and its rounds. Both start from settings that train without
 # noise at 10 clients a round (README): dp_fedavg_gan's defaults (4 discriminator steps per
 # client, 4 generator steps on the server, the generator's average) need about 1000 rounds;
@@ -95,47 +94,25 @@ def run(configuration: str, target: float, seed: int) -> dict[str, float]:
   ε the noise is calibrated to, or infinity for the run without DP."""
   private = math.isfinite(target)
   dp = [f'--dp_noise_multiplier={noise_multiplier(configuration, target):.6f}',
-        f'--dp_delta={DELTA}'] if private else []
+        '--dp_clip=1', f'--dp_delta={DELTA}'] if private else []
   name = (f'{configuration}_eps{target:g}' if private else f'{configuration}_no_dp') + (
       f'_n{FLAGS.num_clients}_m{FLAGS.clients_per_round}_r{rounds(configuration)}_s{seed}'
       + ''.join('_' + flag.strip('-').replace('=', '-') for flag in FLAGS.extra))
   rows = procs.train_or_read(
       os.path.join(FLAGS.work_dir, name),
-      [*(COMMON if private else COMMON[:-1]), *CONFIGURATIONS[configuration][0], *dp,
+      [*COMMON, *CONFIGURATIONS[configuration][0], *dp,
        f'--num_clients={FLAGS.num_clients}', f'--clients_per_round={FLAGS.clients_per_round}',
        f'--eval_every={FLAGS.eval_every}', f'--seed={seed}', *FLAGS.extra], rounds(configuration))
-  last = [row for row in rows if row['modes_captured']][-1]
-  return {'epsilon': float(rows[-1]['epsilon']) if private else math.inf,
-          'modes': float(last['modes_captured']), 'high': float(last['high_quality_fraction']),
-          'kl': float(last['reverse_kl'] or 'nan'),
-          'minutes': sum(float(row['round_seconds']) for row in rows) / 60}
-
-
-def mean(results: list[dict[str, float]]) -> dict[str, float]:
-  return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+  return procs.last_figures(rows, private)
 
 
 def write_figure(path: str, configuration: str, points: dict[float, dict[str, float]]) -> None:
-  import matplotlib  # noqa: PLC0415  (only the figure needs it)
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  private = sorted((m for m in points.values() if math.isfinite(m['epsilon'])),
-                   key=lambda m: m['epsilon'])
-  figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-  for axis, key, label, top in ((axes[0], 'modes', 'modes of 8', 8.4),
-                                (axes[1], 'high', 'high-quality fraction', 1.05)):
-    axis.plot([m['epsilon'] for m in private], [m[key] for m in private], 'o-',
-              label=f'{configuration} under DP (mean over seeds)')
-    if math.inf in points:
-      axis.axhline(points[math.inf][key], color='gray', linestyle='--', label='no DP')
-    axis.set(xlabel=f'ε of one client (δ = {DELTA:g})', ylabel=label, ylim=(0, top))
-    axis.legend(fontsize=8)
-  figure.suptitle(f'ring, user-level DP, {configuration}: {FLAGS.num_clients:,} clients, '
-                  f'{FLAGS.clients_per_round} a round (Poisson), {rounds(configuration)} rounds')
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
+  procs.write_quality_against_epsilon(
+      path, [m for target, m in points.items() if math.isfinite(target)],
+      points.get(math.inf), label=f'{configuration} under DP (mean over seeds)',
+      xlabel=f'ε of one client (δ = {DELTA:g})',
+      title=(f'ring, user-level DP, {configuration}: {FLAGS.num_clients:,} clients, '
+             f'{FLAGS.clients_per_round} a round (Poisson), {rounds(configuration)} rounds'))
 
 
 def main(argv):
@@ -153,12 +130,13 @@ def main(argv):
   print(f'done after {(time.perf_counter() - start) / 60:.0f} min\n')
   print(f'ring, user-level DP: {FLAGS.num_clients} clients x 512 examples, '
         f'{FLAGS.clients_per_round} a round (Poisson), delta {DELTA:g}, '
-        f'flags {" ".join(COMMON + FLAGS.extra)}; seeds {seeds}, mean at the last round')
+        f'flags {" ".join(COMMON + FLAGS.extra)}, clip 1 under DP; seeds {seeds}, mean at '
+        'the last round')
   print('| configuration | rounds | target ε | z | ε spent | modes of 8 | high quality | '
         'reverse KL | minutes a run |')
   print('|---|---:|---:|---:|---:|---:|---:|---:|---:|')
   for (configuration, target), runs in results.items():
-    m = mean(runs)
+    m = procs.mean(runs)
     private = math.isfinite(target)
     target_text, z, spent = (f'{target:g}', f'{noise_multiplier(configuration, target):.3f}',
                              f"{m['epsilon']:.2f}") if private else ('no DP', '—', '∞')
@@ -168,7 +146,7 @@ def main(argv):
           f"{100 * m['high']:.0f} % | {kl} | {m['minutes']:.1f} |")
   figure = FLAGS.figure or os.path.join(FLAGS.work_dir, 'quality_vs_epsilon.png')
   first = FLAGS.configurations[0]
-  write_figure(figure, first, {t: mean(results[(first, t)]) for t in curve_targets})
+  write_figure(figure, first, {t: procs.mean(results[(first, t)]) for t in curve_targets})
   print(f'quality against epsilon: {figure}')
   return 0
 

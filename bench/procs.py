@@ -1,12 +1,13 @@
 """Running `bin/train.py` from a benchmark and watching it: its rows as they land, its memory.
 
 Shared by the benchmarks that run whole trainings (`scaling.py`, `wall_clock.py`,
-`heterogeneity.py`, `dp_example.py`).
+`heterogeneity.py`, `dp_example.py`, `dp_quality.py`): training them, and reading their figures.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -56,6 +57,45 @@ def train_or_read(output_dir: str, flags: list[str], rounds: int) -> list[dict[s
       raise SystemExit(f'{" ".join(args)} failed:\n{result.stderr[-2000:]}')
     rows = read_rows(os.path.join(output_dir, 'metrics.csv'))
   return rows
+
+
+def last_figures(rows: list[dict[str, str]], private: bool) -> dict[str, float]:
+  """A `ring` run's figures from its `metrics.csv` rows: ε at the end (infinity without DP),
+  and modes, high-quality fraction and reverse KL at its last evaluation, with its minutes."""
+  last = [row for row in rows if row['modes_captured']][-1]
+  return {'epsilon': float(rows[-1]['epsilon']) if private else math.inf,
+          'modes': float(last['modes_captured']), 'high': float(last['high_quality_fraction']),
+          'kl': float(last['reverse_kl'] or 'nan'),
+          'minutes': sum(float(row['round_seconds']) for row in rows) / 60}
+
+
+def mean(results: list[dict[str, float]]) -> dict[str, float]:
+  """Each figure's mean over runs."""
+  return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+
+
+def write_quality_against_epsilon(path: str, points: list[dict[str, float]],
+                                  reference: dict[str, float] | None, *, label: str,
+                                  xlabel: str, title: str) -> None:
+  """A PNG of modes and high-quality fraction against ε: `points` (figures of `last_figures`
+  or their `mean`) as a curve, `reference` (no DP) as a dashed line."""
+  import matplotlib  # noqa: PLC0415  (only the figures need it)
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  points = sorted(points, key=lambda m: m['epsilon'])
+  figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  for axis, key, name, top in ((axes[0], 'modes', 'modes of 8', 8.4),
+                               (axes[1], 'high', 'high-quality fraction', 1.05)):
+    axis.plot([m['epsilon'] for m in points], [m[key] for m in points], 'o-', label=label)
+    if reference is not None:
+      axis.axhline(reference[key], color='gray', linestyle='--', label='no DP')
+    axis.set(xlabel=xlabel, ylabel=name, ylim=(0, top))
+    axis.legend(fontsize=8)
+  figure.suptitle(title)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
 
 
 class TrainRun:

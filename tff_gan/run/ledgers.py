@@ -313,6 +313,13 @@ class AsyncClientLedger:
     return self._epsilons[squared_reports]
 
 
+def credits_client_sampling(config: TrainConfig) -> bool:
+  """Whether the run's ε credits amplification by client sampling (`ClientLevelLedger`:
+  client-level DP-FedAvg in synchronous rounds), which holds only for a secret sample."""
+  return (config.dp_enabled and not config.example_dp and config.scheme != 'gs_wgan'
+          and config.mode == 'sync')
+
+
 def epsilon_ledger(config: TrainConfig, client_sizes,
                    client_ids: Callable[[int], np.ndarray]):
   """The run's ledger under differential privacy (warning about a large δ), else None."""
@@ -330,7 +337,7 @@ def epsilon_ledger(config: TrainConfig, client_sizes,
     ledger = (AsyncClientLedger(config, len(client_sizes)) if config.mode == 'async'
               else ClientLevelLedger(config, len(client_sizes)))
     message = accounting.delta_warning(config.effective_dp_delta, len(client_sizes))
-    if config.mode == 'sync' and config.client_sampling == 'fixed':
+    if credits_client_sampling(config) and config.client_sampling == 'fixed':
       logging.warning('--client_sampling=fixed is accounted at the replace-one sensitivity '
                       '(twice the clip); --client_sampling=poisson spends far less epsilon '
                       'for the same noise.')

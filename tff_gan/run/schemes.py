@@ -25,7 +25,7 @@ from tff_gan.algorithms import (
 from tff_gan.clients import populations, sampling
 from tff_gan.core import losses, seeds
 from tff_gan.core.models import GanModels
-from tff_gan.run import builders
+from tff_gan.run import builders, ledgers
 from tff_gan.run.config import ConfigError, TrainConfig
 
 # Slots per weight of each client optimizer's state (Adam: two moments).
@@ -86,11 +86,11 @@ class Scheme:
     """The clients round `round_num` samples: from the DP key when the accountant credits
     amplification by client sampling (client-level DP-FedAvg, `ledgers.ClientLevelLedger`),
     which needs a sample nobody can recompute from config.json; from the seed otherwise."""
-    amplified = config.dp_enabled and config.dp_unit == 'client' and config.scheme != 'gs_wgan'
     return sampling.sample_clients(
         num_clients, config.clients_per_round, round_num=round_num, seed=config.seed,
         method=config.client_sampling,
-        key=seeds.noise_key(config.dp_noise, config.seed) if amplified else None)
+        key=(seeds.noise_key(config.dp_noise, config.seed)
+             if ledgers.credits_client_sampling(config) else None))
 
   def parallel_clients(self, config: TrainConfig) -> int:
     """How many clients a round runs side by side."""
