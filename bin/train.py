@@ -79,7 +79,11 @@ flags.DEFINE_string('scheme', _DEFAULTS.scheme, 'Training scheme: fedgan (client
                     "It protects each client's whole data (--dp_unit=client: its one "
                     'discriminator saw all of it), against a server that sees every message: '
                     "each client's epsilon counts the rounds that sampled it, with no "
-                    'amplification by client sampling).')
+                    'amplification by client sampling) or scaffold (fedgan whose local steps '
+                    'are corrected by SCAFFOLD control variates, Karimireddy et al. 2020: '
+                    'each client keeps an estimate of its own gradient between rounds, the '
+                    'server the mean of all; for heterogeneous clients; twice fedgan\'s bytes; '
+                    'mean aggregator, no DP, sync mode).')
 flags.DEFINE_string('model', _UNRESOLVED['model'], 'Network pair: mlp (all tasks) or dcgan '
                     '(image tasks: digits, emnist, image_folder). Default: dcgan for emnist and '
                     'image_folder, mlp otherwise.')
@@ -120,8 +124,15 @@ flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Client batch size.')
 flags.DEFINE_string('client_optimizer', _DEFAULTS.client_optimizer, 'Client optimizer of both '
                     'networks, fresh every round: ' + ', '.join(choices.CLIENT_OPTIMIZERS) +
                     ' (adam uses beta1=0.5).')
-flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate,
-                   'Client learning rate.')
+flags.DEFINE_float('client_learning_rate', _UNRESOLVED['client_learning_rate'],
+                   'Client learning rate. Default: ' + ', '.join(
+                       f'{k or "every scheme"} {v:g}' for k, v in
+                       choices.DEFAULT_CLIENT_LEARNING_RATE.items()) + '.')
+flags.DEFINE_float('client_lr_decay', _UNRESOLVED['client_lr_decay'], '--scheme=scaffold: the '
+                   "client learning rate's multiplier at the last round, reached exponentially "
+                   '(round r of R trains at lr * decay^(r/(R-1))); 1: constant. Default: '
+                   + ', '.join(f'{k} {v:g}' for k, v in choices.DEFAULT_CLIENT_LR_DECAY.items())
+                   + '.')
 flags.DEFINE_string('server_optimizer', _DEFAULTS.server_optimizer, 'Server optimizer applied '
                     'to the averaged deltas: ' + ', '.join(choices.SERVER_OPTIMIZERS) +
                     '; sgd with learning rate 1 is FedAvg.')

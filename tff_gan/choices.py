@@ -17,7 +17,7 @@ DEFAULT_MODELS = {'emnist': 'dcgan', 'image_folder': 'dcgan'}
 DEFAULT_IMAGE_SIZE = 32
 
 # Training schemes (`tff_gan.run.schemes`).
-SCHEMES = ('fedgan', 'dp_fedavg_gan', 'fedsgd', 'centralized', 'multi_d', 'gs_wgan')
+SCHEMES = ('fedgan', 'dp_fedavg_gan', 'fedsgd', 'centralized', 'multi_d', 'gs_wgan', 'scaffold')
 # The schemes whose discriminators stay on their clients (`algorithms.multi_d`).
 CLIENT_RESIDENT_SCHEMES = ('multi_d', 'gs_wgan')
 # Flags a scheme has no use for, with their neutral values, and why (`run.config` refuses
@@ -36,6 +36,9 @@ SCHEME_UNUSED_FLAGS = {
                     'proximal_mu': 0.0, 'aggregator': 'mean', 'server_optimizer': 'sgd',
                     'server_learning_rate': 1.0, 'dp_adaptive_clip_quantile': None,
                     'discriminator_mixture': 'mean'}),
+    'scaffold': ('whose control variates assume plain averaged updates (no clipping, noise, '
+                 'compression or proximal term)', {
+                     'dp_noise_multiplier': None, 'aggregator': 'mean', 'proximal_mu': 0.0}),
 }
 # The networks FedProx's proximal term applies to in fedgan (`--proximal_networks`).
 PROXIMAL_NETWORKS = ('both', 'discriminator')
@@ -50,6 +53,12 @@ MAX_CLIENT_RESIDENT_DISCRIMINATORS = 1000
 DEFAULT_SERVER_GEN_STEPS = {'dp_fedavg_gan': 4, 'multi_d': 16, 'gs_wgan': 1}
 DEFAULT_LOCAL_STEPS = {'dp_fedavg_gan': 4}  # Elsewhere 0: every batch of the local epochs.
 DEFAULT_GENERATOR_EMA = {'dp_fedavg_gan': 0.98}  # Elsewhere 0: off.
+# The client learning rate ('' for every scheme not named), and the multiplier it decays to
+# by the last round (`algorithms.scaffold`; 1: constant). scaffold's were measured on
+# pathological ring clients (README, Heterogeneous clients): faster steps find the modes
+# sooner, steps 10x smaller at the end sharpen them.
+DEFAULT_CLIENT_LEARNING_RATE = {'': 1e-3, 'scaffold': 2e-3}
+DEFAULT_CLIENT_LR_DECAY = {'scaffold': 0.1}  # Elsewhere 1: constant.
 # multi_d's pull toward the samples the clients judged (`core.feedback`), for data in [-1, 1].
 DEFAULT_SAMPLE_ANCHOR = 300.0
 

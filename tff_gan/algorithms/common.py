@@ -11,9 +11,9 @@ import math
 
 import tensorflow as tf
 
-from tff_gan.core import seeds, tf_fns
+from tff_gan.core import client_work, seeds, tf_fns
 from tff_gan.core.models import GanModels
-from tff_gan.core.state import GanWeights, ServerState
+from tff_gan.core.state import ClientOutput, GanWeights, ServerState
 
 DEFAULT_CLIENT_LEARNING_RATE = 2e-4
 
@@ -85,3 +85,14 @@ def data_spec(models: GanModels, example_dp) -> tf.TensorSpec | tuple[tf.TensorS
   if example_dp is None:
     return models.data_spec()
   return models.data_spec(), tf.TensorSpec([2], tf.int64)
+
+
+def keep_state_if_non_finite(output: ClientOutput, new_state, old_state):
+  """`(guarded_output, discarded, state)`: a client whose round produced a NaN or Inf sends
+  nothing (weight 0) and keeps its state (e.g. its discriminator) as it was before the
+  round."""
+  guarded, discarded = client_work.discard_non_finite(output)
+  finite = tf.equal(discarded, 0)
+  state = tf.nest.map_structure(lambda new, old: tf.where(finite, new, old), new_state,
+                                old_state)
+  return guarded, discarded, state

@@ -35,7 +35,7 @@ import tensorflow_federated as tff
 
 from tff_gan.algorithms import common, composition, optimizers
 from tff_gan.choices import DISCRIMINATOR_MIXTURES
-from tff_gan.core import client_work, feedback, seeds, tf_fns
+from tff_gan.core import feedback, seeds, tf_fns
 from tff_gan.core import losses as losses_lib
 from tff_gan.core.models import GanModels
 from tff_gan.core.state import (
@@ -141,7 +141,7 @@ def build_multi_d_process(
         noise_dim=models.noise_dim, generator_steps=generator_steps, batch_size=batch_size,
         mixture=mixture, sanitizer=sanitizer)
     output, num_examples, metrics, new_state = update(dataset, broadcast, client_state)
-    return _keep_state_if_non_finite(
+    return common.keep_state_if_non_finite(
         ClientOutput(delta=output, num_examples=num_examples, metrics=metrics),
         new_state, client_state)
 
@@ -296,13 +296,3 @@ def _server_generator_steps(generator_weights, optimizer_state, round_seed, mean
   return feedback.train_generator_on_feedback(
       generator_weights, optimizer_state, round_seed, gradients, generator=generator,
       optimizer=optimizer, noise_dim=noise_dim, sample_anchor=sample_anchor)
-
-
-def _keep_state_if_non_finite(output: ClientOutput, new_state, old_state):
-  """`(guarded_output, discarded, state)`: a client whose round produced a NaN or Inf sends
-  nothing (weight 0) and keeps its discriminator as it was before the round."""
-  guarded, discarded = client_work.discard_non_finite(output)
-  finite = tf.equal(discarded, 0)
-  state = tf.nest.map_structure(lambda new, old: tf.where(finite, new, old), new_state,
-                                old_state)
-  return guarded, discarded, state

@@ -21,6 +21,7 @@ from tff_gan.core.tf_fns import (
   generator_step,
   initialize_optimizer,
   sample_noise,
+  scale_learning_rate,
   weights_delta,
 )
 
@@ -70,7 +71,9 @@ def _discriminator_work(example_dp: dp_sgd.ExampleDp | None):
   if example_dp is None:
     return discriminator_step, (lambda batch_size: batch_size), (lambda steps, n: n)
 
-  def step(*args, **kwargs):
+  def step(*args, correction=None, **kwargs):
+    if correction is not None:
+      raise ValueError('SCAFFOLD corrections are not built for DP-SGD discriminator steps.')
     return dp_sgd.private_discriminator_step(*args, **kwargs, example_dp=example_dp)
 
   return (step, (lambda batch_size: example_dp.batch_size),
@@ -90,6 +93,8 @@ def fedgan_client_update(
     proximal_mu: float = 0.0,
     proximal_generator: bool = True,
     example_dp: dp_sgd.ExampleDp | None = None,
+    correction: GanWeights | None = None,
+    learning_rate_scale=None,
 ) -> ClientOutput:
   """FedGAN local work: adversarial training of D and G on one client's batches.
 
@@ -114,6 +119,10 @@ def fedgan_client_update(
       the discriminator alone).
     example_dp: If set, the discriminator steps are DP-SGD (`_discriminator_work`) on
       Poisson batches; the generator steps read only that discriminator (post-processing).
+    correction: SCAFFOLD's control-variate difference c − c_k per network (`GanWeights`),
+      added to every local gradient (`algorithms.scaffold`); None: none.
+    learning_rate_scale: A float32 scalar multiplying both client optimizers' learning rate
+      this round (a schedule over rounds); None: 1.
 
   Returns:
     A `ClientOutput` with the weight deltas, the number of real examples trained on and the
@@ -124,8 +133,10 @@ def fedgan_client_update(
   discriminator_variables = discriminator.trainable_variables
   assign_weights(generator_variables, broadcast.weights.generator)
   assign_weights(discriminator_variables, broadcast.weights.discriminator)
-  generator_state = initialize_optimizer(generator_optimizer, generator_variables)
-  discriminator_state = initialize_optimizer(discriminator_optimizer, discriminator_variables)
+  generator_state = scale_learning_rate(
+      initialize_optimizer(generator_optimizer, generator_variables), learning_rate_scale)
+  discriminator_state = scale_learning_rate(
+      initialize_optimizer(discriminator_optimizer, discriminator_variables), learning_rate_scale)
 
   def step(batch, batch_size, step_seeds, carry):
     generator_state, discriminator_state, discriminator_loss_sum, generator_loss_sum = carry
@@ -140,6 +151,7 @@ def fedgan_client_update(
         optimizer=discriminator_optimizer,
         proximal_mu=proximal_mu,
         anchor=broadcast.weights.discriminator,
+        correction=correction and correction.discriminator,
     )
     generator_loss, generator_state = generator_step(
         sample_noise(fake_batch_size(batch_size), noise_dim, step_seeds[1]),
@@ -150,6 +162,7 @@ def fedgan_client_update(
         optimizer=generator_optimizer,
         proximal_mu=proximal_mu if proximal_generator else 0.0,
         anchor=broadcast.weights.generator,
+        correction=correction and correction.generator,
     )
     return (generator_state, discriminator_state, discriminator_loss_sum + discriminator_loss,
             generator_loss_sum + generator_loss)

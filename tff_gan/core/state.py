@@ -30,6 +30,8 @@ class ServerState(NamedTuple):
       from it and `round_num`, so the same seed gives the same numbers run after run.
     generator_ema: An exponential moving average of the generator's weights over rounds
       (Yazıcı et al. 2019), which samples, evaluation and export use; `()` when off.
+    control: SCAFFOLD's server control variate c (`GanWeights`, `algorithms.scaffold`): the
+      clients' mean gradient estimate; `()` in the other schemes.
   """
 
   weights: GanWeights
@@ -39,6 +41,7 @@ class ServerState(NamedTuple):
   round_num: Any
   seed: Any
   generator_ema: Any = ()
+  control: Any = ()
 
 
 class ServerBroadcast(NamedTuple):

@@ -36,6 +36,16 @@ def initialize_optimizer(optimizer, variables):
   return tf.nest.map_structure(tf.convert_to_tensor, optimizer.initialize(specs))
 
 
+def scale_learning_rate(optimizer_state, scale):
+  """A `tff.learning.optimizers` state whose learning rate is multiplied by `scale` (a
+  float32 scalar; None leaves the state as it is)."""
+  if scale is None:
+    return optimizer_state
+  return type(optimizer_state)(
+      (key, value * scale if key == 'learning_rate' else value)
+      for key, value in optimizer_state.items())
+
+
 def apply_gradients(optimizer, optimizer_state, variables, gradients):
   """One functional-optimizer step on Keras variables; returns the new optimizer state."""
   weights = tuple(v.read_value() for v in variables)
@@ -56,6 +66,14 @@ def proximal_gradients(gradients, variables, anchor, proximal_mu: float):
   return [g + proximal_mu * (v - a) for g, v, a in zip(gradients, variables, anchor, strict=True)]
 
 
+def corrected_gradients(gradients, correction):
+  """SCAFFOLD's corrected gradients g + (c − c_k) (Karimireddy et al. 2020): `correction` is
+  the control-variate difference, one tensor per variable, or None for none."""
+  if correction is None:
+    return gradients
+  return [g + c for g, c in zip(gradients, correction, strict=True)]
+
+
 def assign_weights(variables, values):
   for variable, value in zip(variables, values, strict=True):
     variable.assign(value)
@@ -63,12 +81,12 @@ def assign_weights(variables, values):
 
 def discriminator_step(
     real, noise, gradient_penalty_seed, optimizer_state, *, generator, discriminator, loss,
-    optimizer, proximal_mu: float = 0.0, anchor=None,
+    optimizer, proximal_mu: float = 0.0, anchor=None, correction=None,
 ):
   """One discriminator update on a real batch and a generated batch.
 
   With `proximal_mu > 0`, the FedProx term pulls the weights toward `anchor` (the broadcast
-  discriminator weights).
+  discriminator weights); a `correction` (SCAFFOLD's c − c_k) is added to the gradients.
 
   Returns:
     `(discriminator_loss, new_optimizer_state)`.
@@ -84,12 +102,14 @@ def discriminator_step(
   variables = discriminator.trainable_variables
   gradients = proximal_gradients(tape.gradient(loss_value, variables), variables, anchor,
                                  proximal_mu)
+  gradients = corrected_gradients(gradients, correction)
   return loss_value, apply_gradients(optimizer, optimizer_state, variables, gradients)
 
 
 def generator_step(noise, optimizer_state, *, generator, discriminator, loss, optimizer,
-                   proximal_mu: float = 0.0, anchor=None):
-  """One generator update against the current discriminator (FedProx term as above).
+                   proximal_mu: float = 0.0, anchor=None, correction=None):
+  """One generator update against the current discriminator (FedProx term and correction as
+  above).
 
   Returns:
     `(generator_loss, new_optimizer_state)`.
@@ -100,6 +120,7 @@ def generator_step(noise, optimizer_state, *, generator, discriminator, loss, op
   variables = generator.trainable_variables
   gradients = proximal_gradients(tape.gradient(loss_value, variables), variables, anchor,
                                  proximal_mu)
+  gradients = corrected_gradients(gradients, correction)
   return loss_value, apply_gradients(optimizer, optimizer_state, variables, gradients)
 
 
@@ -195,14 +216,12 @@ def server_update(
       state.weights.discriminator,
       aggregated_delta.discriminator,
   )
-  return ServerState(
+  return state._replace(
       weights=GanWeights(generator=generator_weights, discriminator=discriminator_weights),
       generator_optimizer_state=generator_state,
       discriminator_optimizer_state=discriminator_state,
       aggregator_state=aggregator_state,
       round_num=state.round_num + 1,
-      seed=state.seed,
-      generator_ema=state.generator_ema,
   )
 
 

@@ -60,7 +60,8 @@ class TrainConfig:
   local_steps: int | None = None
   batch_size: int = 128
   client_optimizer: str = 'adam'
-  client_learning_rate: float = 1e-3
+  client_learning_rate: float | None = None
+  client_lr_decay: float | None = None
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
   loss: str = ''
@@ -127,6 +128,12 @@ class TrainConfig:
                          if self.scheme in choices.CLIENT_RESIDENT_SCHEMES else 0.0)
     if self.local_steps is None:
       object.__setattr__(self, 'local_steps', choices.DEFAULT_LOCAL_STEPS.get(self.scheme, 0))
+    if self.client_learning_rate is None:
+      object.__setattr__(self, 'client_learning_rate', choices.DEFAULT_CLIENT_LEARNING_RATE.get(
+          self.scheme, choices.DEFAULT_CLIENT_LEARNING_RATE['']))
+    if self.client_lr_decay is None:
+      object.__setattr__(self, 'client_lr_decay',
+                         choices.DEFAULT_CLIENT_LR_DECAY.get(self.scheme, 1.0))
     if self.generator_ema is None:
       object.__setattr__(self, 'generator_ema',
                          choices.DEFAULT_GENERATOR_EMA.get(self.scheme, 0.0))
@@ -201,6 +208,12 @@ class TrainConfig:
       raise ConfigError(partition_lib.alpha_problem(self.dirichlet_alpha))
     if not 0 <= self.generator_ema < 1:
       raise ConfigError(f'--generator_ema must be in [0, 1) (0: off), got {self.generator_ema}.')
+    if not 0 < self.client_lr_decay <= 1:
+      raise ConfigError(f'--client_lr_decay must be in (0, 1] (1: off), got '
+                        f'{self.client_lr_decay}.')
+    if self.client_lr_decay != 1 and self.scheme != 'scaffold':
+      raise ConfigError('--client_lr_decay is built for --scheme=scaffold; use that, or drop '
+                        '--client_lr_decay.')
     if not 0 <= self.dropout_rate < 1:
       raise ConfigError(f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     if not self.proximal_mu >= 0:

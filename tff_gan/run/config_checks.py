@@ -160,7 +160,7 @@ def timing_problem(config) -> str | None:
     return None
   if config.scheme == 'centralized':
     return '--mode=async needs clients; --scheme=centralized has none.'
-  if config.scheme in ('multi_d', 'gs_wgan'):
+  if config.scheme in ('multi_d', 'gs_wgan', 'scaffold'):
     return f'--mode=async is not built for --scheme={config.scheme}; use --mode=sync.'
   if config.client_sampling != 'fixed':
     return ('--client_sampling has no meaning in --mode=async, where a client is drawn '

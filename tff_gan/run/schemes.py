@@ -21,6 +21,7 @@ from tff_gan.algorithms import (
   fedsgd,
   multi_d,
   optimizers,
+  scaffold,
 )
 from tff_gan.clients import populations, sampling
 from tff_gan.core import losses, seeds
@@ -117,6 +118,34 @@ class DpFedAvgGan(Scheme):
         server_generator_batch_size=config.batch_size,
         **self._local_training_arguments(config),
     )
+
+
+class Scaffold(Scheme):
+  """FedGAN with SCAFFOLD's control variates (`algorithms.scaffold`): each client keeps its
+  gradient estimate c_k between rounds and corrects its local steps by c − c_k."""
+
+  name = 'scaffold'
+  keeps_client_state = True
+  # Every client's c_k (both networks' weights) is held in memory by the driver.
+  max_client_state_bytes = 2**30
+
+  def build_process(self, config, models):
+    per_client = 4 * (models.generator_fn().count_params()
+                      + models.discriminator_fn().count_params())
+    total = per_client * max(config.num_clients, 1)
+    if total > self.max_client_state_bytes:
+      raise ConfigError(
+          f'--scheme=scaffold keeps a control variate of both networks for each of the '
+          f'{config.num_clients} clients ({total / 2**20:.0f} MiB, at most '
+          f'{self.max_client_state_bytes / 2**20:.0f} MiB): draw fewer with --num_clients, '
+          'lower --model_width, or use --scheme=fedgan.')
+    arguments = self._local_training_arguments(config)
+    for name in ('aggregator', 'proximal_mu', 'example_dp'):  # Refused by run.config.
+      del arguments[name]
+    return scaffold.build_scaffold_process(
+        models, participation=config.clients_per_round / max(config.num_clients, 1),
+        control_batches=scaffold.DEFAULT_CONTROL_BATCHES,
+        learning_rate_decay=config.client_lr_decay, rounds=config.rounds, **arguments)
 
 
 class FedSgd(Scheme):
@@ -235,7 +264,7 @@ class GsWgan(MultiD):
 
 
 SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in (
-    FedGan(), DpFedAvgGan(), FedSgd(), Centralized(), MultiD(), GsWgan())}
+    FedGan(), DpFedAvgGan(), FedSgd(), Centralized(), MultiD(), GsWgan(), Scaffold())}
 assert tuple(SCHEMES) == choices.SCHEMES, 'tff_gan.choices.SCHEMES lists the schemes here'
 
 
