@@ -128,11 +128,10 @@ flags.DEFINE_float('client_learning_rate', _UNRESOLVED['client_learning_rate'],
                    'Client learning rate. Default: ' + ', '.join(
                        f'{k or "every scheme"} {v:g}' for k, v in
                        choices.DEFAULT_CLIENT_LEARNING_RATE.items()) + '.')
-flags.DEFINE_float('client_lr_decay', _UNRESOLVED['client_lr_decay'], '--scheme=scaffold: the '
-                   "client learning rate's multiplier at the last round, reached exponentially "
-                   '(round r of R trains at lr * decay^(r/(R-1))); 1: constant. Default: '
-                   + ', '.join(f'{k} {v:g}' for k, v in choices.DEFAULT_CLIENT_LR_DECAY.items())
-                   + '.')
+flags.DEFINE_float('client_lr_half_life', _UNRESOLVED['client_lr_half_life'], '--scheme='
+                   'scaffold: the rounds over which the client learning rate halves (round r '
+                   'trains at lr * 2^(-r/half_life)); 0: constant. Default: 0, except ' + ', '.join(
+                       f'{k} {v:g}' for k, v in choices.DEFAULT_CLIENT_LR_HALF_LIFE.items()) + '.')
 flags.DEFINE_string('server_optimizer', _DEFAULTS.server_optimizer, 'Server optimizer applied '
                     'to the averaged deltas: ' + ', '.join(choices.SERVER_OPTIMIZERS) +
                     '; sgd with learning rate 1 is FedAvg.')

@@ -1,16 +1,22 @@
 """FedGAN with SCAFFOLD control variates: the corrected local steps and the control variates
 against numpy, equality with FedGAN where the corrections vanish, bytes, resume, refusals."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import linear_gan_models
+from conftest import REPO_ROOT, linear_gan_models
 from test_fedsgd import numpy_gradients
 from test_tf_fns import step_noise
 from test_train_binary import TINY, run_train, run_whole_and_resumed
 
 from tff_gan.algorithms import communication, fedgan, optimizers, scaffold
 from tff_gan.core import seeds
+
+EVALUATE = os.path.join(REPO_ROOT, 'bin', 'evaluate.py')
 
 LEARNING_RATE = 0.05
 CLIENT_SIZES = (3, 5, 8)  # Unequal n_k: the weights are 3/16, 5/16, 8/16.
@@ -23,14 +29,14 @@ def arguments():
 
 
 CONTROL_BATCHES = 2  # Of the clients' 2, 3 and 4 batches: c_k⁺ reads a part of the data.
-# The learning rate decays to 1/4 over 3 rounds: round 2 trains at half of it.
-DECAY, ROUNDS, SCALES = 0.25, 3, (1.0, 0.5)
+# The learning rate halves every 2 rounds: round 2 trains at 2^-1/2 of it.
+HALF_LIFE, SCALES = 2.0, (1.0, 0.5 ** 0.5)
 
 
 @pytest.fixture(scope='module')
 def scaffold_process():
   return scaffold.build_scaffold_process(linear_gan_models(), control_batches=CONTROL_BATCHES,
-                                         learning_rate_decay=DECAY, rounds=ROUNDS, **arguments())
+                                         learning_rate_half_life=HALF_LIFE, **arguments())
 
 
 @pytest.fixture(scope='module')
@@ -184,6 +190,12 @@ def test_resume_continues_every_clients_control_variate(tmp_path):
   rows = run_whole_and_resumed(tmp_path, *SCAFFOLD)
   assert rows('resumed') == rows('whole')
   assert len(rows('whole')) == 3
+  # A reader loads the saved round, the clients' control variates and all, and scores it.
+  evaluated = subprocess.run([sys.executable, EVALUATE, f'--output_dir={tmp_path / "whole"}',
+                              '--num_samples=200'], capture_output=True, text=True,
+                             timeout=300, check=False)
+  assert evaluated.returncode == 0, evaluated.stderr
+  assert 'modes_captured=' in evaluated.stdout
 
 
 @pytest.mark.parametrize('flag, message', [

@@ -53,12 +53,12 @@ MAX_CLIENT_RESIDENT_DISCRIMINATORS = 1000
 DEFAULT_SERVER_GEN_STEPS = {'dp_fedavg_gan': 4, 'multi_d': 16, 'gs_wgan': 1}
 DEFAULT_LOCAL_STEPS = {'dp_fedavg_gan': 4}  # Elsewhere 0: every batch of the local epochs.
 DEFAULT_GENERATOR_EMA = {'dp_fedavg_gan': 0.98}  # Elsewhere 0: off.
-# The client learning rate ('' for every scheme not named), and the multiplier it decays to
-# by the last round (`algorithms.scaffold`; 1: constant). scaffold's were measured on
-# pathological ring clients (README, Heterogeneous clients): faster steps find the modes
-# sooner, steps 10x smaller at the end sharpen them.
+# The client learning rate ('' for every scheme not named), and the rounds over which it
+# halves (`algorithms.scaffold`; 0: constant). scaffold's were measured on pathological ring
+# clients (README, Heterogeneous clients): faster steps find the modes sooner, steps 10x
+# smaller by round 300 sharpen them.
 DEFAULT_CLIENT_LEARNING_RATE = {'': 1e-3, 'scaffold': 2e-3}
-DEFAULT_CLIENT_LR_DECAY = {'scaffold': 0.1}  # Elsewhere 1: constant.
+DEFAULT_CLIENT_LR_HALF_LIFE = {'scaffold': 90.0}  # Elsewhere 0: constant.
 # multi_d's pull toward the samples the clients judged (`core.feedback`), for data in [-1, 1].
 DEFAULT_SAMPLE_ANCHOR = 300.0
 

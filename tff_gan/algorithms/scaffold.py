@@ -9,7 +9,7 @@ both networks are corrected, with option I of the paper (c_k is client k's gradi
 broadcast weights, averaged over its data, as FedSGD computes it):
 
 1. the server broadcasts the weights x, the round seed, its control variate c and the
-   round's client learning-rate multiplier (`learning_rate_decay`'s schedule);
+   round's client learning-rate multiplier (`learning_rate_half_life`'s schedule);
 2. each sampled client takes FedGAN's local steps (one D step, one G step per batch) with
    gradients g_k(y) + c − c_k, using the c_k it kept from its previous round (0 before its
    first), then computes c_k⁺ = ∇f_k(x) over its data (or its first `control_batches`
@@ -59,8 +59,7 @@ def build_scaffold_process(
     server_optimizer: tff.learning.optimizers.Optimizer | None = None,
     participation: float = 1.0,
     control_batches: int | None = None,
-    learning_rate_decay: float = 1.0,
-    rounds: int = 1,
+    learning_rate_half_life: float = 0.0,
     release_client_metrics: bool = True,
     seed: int = 0,
     generator_ema_decay: float = 0.0,
@@ -78,19 +77,17 @@ def build_scaffold_process(
     control_batches: How many batches of its data a client's gradient estimate c_k⁺ reads
       (the first of a second pass, which reshuffles); None: all of it. The estimate costs
       about as much as as many local steps.
-    learning_rate_decay: The client learning rate's multiplier at the last of `rounds`
-      rounds, reached exponentially: round r (from 0) trains at
-      lr·decay^(r / (rounds − 1)). 1: constant. Small steps late sharpen the samples.
-    rounds: The run's length, which the schedule spans (rounds past it keep decaying).
+    learning_rate_half_life: The rounds over which the client learning rate halves: round
+      r (from 0) trains at lr·2^(−r/half_life); 0: constant. Small steps late sharpen the
+      samples. The schedule depends on the round alone, so an extended run continues it.
     release_client_metrics: Whether round metrics include the clients' mean losses.
     seed: Seeds the initial weights and all generator noise.
     generator_ema_decay: If positive, the server keeps an average of the generator's weights.
   """
   if not 0.0 < participation <= 1.0:
     raise ValueError(f'participation must be in (0, 1], got {participation}.')
-  if not 0.0 < learning_rate_decay <= 1.0 or rounds < 1:
-    raise ValueError(f'learning_rate_decay must be in (0, 1] and rounds >= 1, got '
-                     f'{learning_rate_decay} and {rounds}.')
+  if not learning_rate_half_life >= 0.0:
+    raise ValueError(f'learning_rate_half_life must be >= 0, got {learning_rate_half_life}.')
   if control_batches is not None and control_batches < 1:
     raise ValueError(f'control_batches must be >= 1 or None, got {control_batches}.')
   loss = loss or losses_lib.NON_SATURATING
@@ -138,10 +135,12 @@ def build_scaffold_process(
 
   @tff.tensorflow.computation(state_type)
   def make_broadcast(state):
-    progress = tf.cast(state.round_num, tf.float32) / max(rounds - 1, 1)
+    scale = tf.constant(1.0)
+    if learning_rate_half_life:
+      scale = tf.pow(0.5, tf.cast(state.round_num, tf.float32) / learning_rate_half_life)
     return (ServerBroadcast(weights=state.weights,
                             round_seed=seeds.round_seed(state.seed, state.round_num)),
-            state.control, tf.pow(tf.constant(learning_rate_decay, tf.float32), progress))
+            state.control, scale)
 
   @tff.tensorflow.computation(state_type)
   def initial_client_state(state):

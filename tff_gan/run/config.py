@@ -24,6 +24,16 @@ class ConfigError(ValueError):
 PRIVACY_CLAIM_NOTE = 'privacy_claim'
 
 
+# The flags whose default depends on the scheme: {name: (default by scheme, otherwise)}.
+_PER_SCHEME_DEFAULTS = {
+    'local_steps': (choices.DEFAULT_LOCAL_STEPS, 0),
+    'client_learning_rate': (choices.DEFAULT_CLIENT_LEARNING_RATE,
+                             choices.DEFAULT_CLIENT_LEARNING_RATE['']),
+    'client_lr_half_life': (choices.DEFAULT_CLIENT_LR_HALF_LIFE, 0.0),
+    'generator_ema': (choices.DEFAULT_GENERATOR_EMA, 0.0),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Everything that defines a training run (and is written to `config.json`).
@@ -61,7 +71,7 @@ class TrainConfig:
   batch_size: int = 128
   client_optimizer: str = 'adam'
   client_learning_rate: float | None = None
-  client_lr_decay: float | None = None
+  client_lr_half_life: float | None = None
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
   loss: str = ''
@@ -126,17 +136,9 @@ class TrainConfig:
     if self.sample_anchor is None:  # Unset: the client-resident schemes' default, else neutral.
       object.__setattr__(self, 'sample_anchor', choices.DEFAULT_SAMPLE_ANCHOR
                          if self.scheme in choices.CLIENT_RESIDENT_SCHEMES else 0.0)
-    if self.local_steps is None:
-      object.__setattr__(self, 'local_steps', choices.DEFAULT_LOCAL_STEPS.get(self.scheme, 0))
-    if self.client_learning_rate is None:
-      object.__setattr__(self, 'client_learning_rate', choices.DEFAULT_CLIENT_LEARNING_RATE.get(
-          self.scheme, choices.DEFAULT_CLIENT_LEARNING_RATE['']))
-    if self.client_lr_decay is None:
-      object.__setattr__(self, 'client_lr_decay',
-                         choices.DEFAULT_CLIENT_LR_DECAY.get(self.scheme, 1.0))
-    if self.generator_ema is None:
-      object.__setattr__(self, 'generator_ema',
-                         choices.DEFAULT_GENERATOR_EMA.get(self.scheme, 0.0))
+    for name, (by_scheme, otherwise) in _PER_SCHEME_DEFAULTS.items():  # Unset: the scheme's.
+      if getattr(self, name) is None:
+        object.__setattr__(self, name, by_scheme.get(self.scheme, otherwise))
     if not self.server_gen_steps:
       object.__setattr__(self, 'server_gen_steps',
                          choices.DEFAULT_SERVER_GEN_STEPS.get(self.scheme, 1))
@@ -208,17 +210,13 @@ class TrainConfig:
       raise ConfigError(partition_lib.alpha_problem(self.dirichlet_alpha))
     if not 0 <= self.generator_ema < 1:
       raise ConfigError(f'--generator_ema must be in [0, 1) (0: off), got {self.generator_ema}.')
-    if not 0 < self.client_lr_decay <= 1:
-      raise ConfigError(f'--client_lr_decay must be in (0, 1] (1: off), got '
-                        f'{self.client_lr_decay}.')
-    if self.client_lr_decay != 1 and self.scheme != 'scaffold':
-      raise ConfigError('--client_lr_decay is built for --scheme=scaffold; use that, or drop '
-                        '--client_lr_decay.')
     if not 0 <= self.dropout_rate < 1:
       raise ConfigError(f'--dropout_rate must be in [0, 1), got {self.dropout_rate}.')
     if not self.proximal_mu >= 0:
       raise ConfigError(f'--proximal_mu must be >= 0 (0 is FedAvg), got {self.proximal_mu}.')
-    self._validate_scheme_flags()
+    problem = config_checks.scheme_problem(self)
+    if problem:
+      raise ConfigError(problem)
     if self.scheme == 'fedsgd' and self.proximal_mu:
       raise ConfigError('--proximal_mu needs local training; fedsgd takes no local steps.')
     if self.local_steps < 0:
@@ -327,43 +325,6 @@ class TrainConfig:
   @property
   def dp_enabled(self) -> bool:
     return self.dp_noise_multiplier is not None
-
-  def _validate_scheme_flags(self) -> None:
-    reason, unused = choices.SCHEME_UNUSED_FLAGS.get(self.scheme, ('', {}))
-    resident = self.scheme in choices.CLIENT_RESIDENT_SCHEMES  # Its feedback is aggregated.
-    if resident and self.aggregator not in ('mean',) + choices.SECURE_AGGREGATORS:
-      raise ConfigError(f'--aggregator={self.aggregator} is not built for --scheme={self.scheme}'
-                        ", whose clients' feedback is averaged with mean or summed securely "
-                        'with he or secagg; use one of those.')
-    for name, neutral in unused.items():
-      if getattr(self, name) != neutral and not (resident and name == 'aggregator'):
-        raise ConfigError(f'--{name} has no meaning for --scheme={self.scheme}, {reason}; '
-                          'drop it.')
-    if self.discriminator_shards != 1 and (self.scheme != 'gs_wgan'
-                                           or self.discriminator_shards < 1):
-      raise ConfigError(f'--discriminator_shards must be >= 1 and applies to --scheme=gs_wgan; '
-                        f'got {self.discriminator_shards} with --scheme={self.scheme}.')
-    if self.scheme not in choices.CLIENT_RESIDENT_SCHEMES:
-      for name, neutral in (('discriminator_mixture', 'mean'), ('sample_anchor', 0.0)):
-        if getattr(self, name) != neutral:
-          raise ConfigError(f'--{name} applies to --scheme=multi_d or gs_wgan; set one, or '
-                            'drop it.')
-      return
-    if not (math.isfinite(self.sample_anchor) and self.sample_anchor >= 0):
-      raise ConfigError(f'--sample_anchor must be a finite number >= 0, got '
-                        f'{self.sample_anchor}.')
-    if self.dp_enabled != (self.scheme == 'gs_wgan'):
-      raise ConfigError('--scheme=multi_d sends unsanitized feedback; for differential privacy '
-                        'use --scheme=gs_wgan, or drop --dp_noise_multiplier.'
-                        if self.dp_enabled else '--scheme=gs_wgan sanitizes with noise: set '
-                        '--dp_noise_multiplier (sigma), or use --scheme=multi_d.')
-    if self.num_clients > choices.MAX_CLIENT_RESIDENT_DISCRIMINATORS:
-      raise ConfigError(f'--scheme={self.scheme} keeps a discriminator per client, for at most '
-                        f'{choices.MAX_CLIENT_RESIDENT_DISCRIMINATORS} clients; got --num_clients='
-                        f'{self.num_clients}: use fewer clients or another scheme.')
-    if self.discriminator_mixture == 'universal' and self.loss != 'non_saturating':
-      raise ConfigError('--discriminator_mixture=universal reads odds off the discriminators, '
-                        'which a Wasserstein critic does not estimate; use mean.')
 
   @property
   def effective_bits(self) -> int:

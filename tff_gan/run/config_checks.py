@@ -215,3 +215,45 @@ def executor_problem(config) -> str | None:
   if len(set(config.worker_addresses)) < len(config.worker_addresses):
     return f'--workers lists a worker twice ({config.workers}); list each once.'
   return None
+
+
+def scheme_problem(config) -> str | None:
+  """The first flag the run's scheme has no use for or cannot take, or None."""
+  reason, unused = choices.SCHEME_UNUSED_FLAGS.get(config.scheme, ('', {}))
+  resident = config.scheme in choices.CLIENT_RESIDENT_SCHEMES  # Its feedback is aggregated.
+  if resident and config.aggregator not in ('mean',) + choices.SECURE_AGGREGATORS:
+    return (f'--aggregator={config.aggregator} is not built for --scheme={config.scheme}, '
+            "whose clients' feedback is averaged with mean or summed securely with he or "
+            'secagg; use one of those.')
+  for name, neutral in unused.items():
+    if getattr(config, name) != neutral and not (resident and name == 'aggregator'):
+      return f'--{name} has no meaning for --scheme={config.scheme}, {reason}; drop it.'
+  if config.discriminator_shards != 1 and (config.scheme != 'gs_wgan'
+                                           or config.discriminator_shards < 1):
+    return (f'--discriminator_shards must be >= 1 and applies to --scheme=gs_wgan; got '
+            f'{config.discriminator_shards} with --scheme={config.scheme}.')
+  if not (math.isfinite(config.client_lr_half_life) and config.client_lr_half_life >= 0):
+    return (f'--client_lr_half_life must be a number of rounds >= 0 (0: constant), got '
+            f'{config.client_lr_half_life}.')
+  if config.client_lr_half_life and config.scheme != 'scaffold':
+    return '--client_lr_half_life is built for --scheme=scaffold; use that, or drop it.'
+  if config.scheme not in choices.CLIENT_RESIDENT_SCHEMES:
+    for name, neutral in (('discriminator_mixture', 'mean'), ('sample_anchor', 0.0)):
+      if getattr(config, name) != neutral:
+        return f'--{name} applies to --scheme=multi_d or gs_wgan; set one, or drop it.'
+    return None
+  if not (math.isfinite(config.sample_anchor) and config.sample_anchor >= 0):
+    return f'--sample_anchor must be a finite number >= 0, got {config.sample_anchor}.'
+  if config.dp_enabled != (config.scheme == 'gs_wgan'):
+    return ('--scheme=multi_d sends unsanitized feedback; for differential privacy use '
+            '--scheme=gs_wgan, or drop --dp_noise_multiplier.' if config.dp_enabled else
+            '--scheme=gs_wgan sanitizes with noise: set --dp_noise_multiplier (sigma), or use '
+            '--scheme=multi_d.')
+  if config.num_clients > choices.MAX_CLIENT_RESIDENT_DISCRIMINATORS:
+    return (f'--scheme={config.scheme} keeps a discriminator per client, for at most '
+            f'{choices.MAX_CLIENT_RESIDENT_DISCRIMINATORS} clients; got --num_clients='
+            f'{config.num_clients}: use fewer clients or another scheme.')
+  if config.discriminator_mixture == 'universal' and config.loss != 'non_saturating':
+    return ('--discriminator_mixture=universal reads odds off the discriminators, which a '
+            'Wasserstein critic does not estimate; use mean.')
+  return None

@@ -145,7 +145,7 @@ class Scaffold(Scheme):
     return scaffold.build_scaffold_process(
         models, participation=config.clients_per_round / max(config.num_clients, 1),
         control_batches=scaffold.DEFAULT_CONTROL_BATCHES,
-        learning_rate_decay=config.client_lr_decay, rounds=config.rounds, **arguments)
+        learning_rate_half_life=config.client_lr_half_life, **arguments)
 
 
 class FedSgd(Scheme):
