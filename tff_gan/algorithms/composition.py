@@ -193,6 +193,32 @@ def _aggregate_and_update(parts: _Round, state, outputs, discarded,
                                          aggregate.measurements, release_client_metrics)
 
 
+def stateful_next(*, state_type, data_type, client_state_type, make_broadcast, client_update,
+                  aggregation_process, server_update, release_client_metrics: bool):
+  """`next: (<S@SERVER, {D}@CLIENTS, C@CLIENTS> -> <S@SERVER, C@CLIENTS, M@SERVER>)` of a
+  process whose clients keep state (`GanProcess.initial_client_state`): broadcast, each
+  client's `(output, discarded, new state)`, the weighted mean of the outputs' deltas, and
+  `server_update(state, mean, aggregator state) -> S`, which reports no metrics of its own.
+  """
+
+  @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
+                             tff.FederatedType(data_type, tff.CLIENTS),
+                             tff.FederatedType(client_state_type, tff.CLIENTS))
+  def next_fn(state, client_data, client_states):
+    broadcast = tff.federated_broadcast(tff.federated_map(make_broadcast, state))
+    outputs, discarded, new_client_states = tff.federated_map(
+        client_update, (client_data, client_states, broadcast))
+    aggregate = aggregation_process.next(state.aggregator_state, outputs.delta,
+                                         outputs.num_examples)
+    new_state = tff.federated_map(server_update, (state, aggregate.result, aggregate.state))
+    metrics = round_metrics(
+        outputs, discarded, tff.federated_value(collections.OrderedDict(), tff.SERVER),
+        aggregate.measurements, release_client_metrics)
+    return new_state, new_client_states, metrics
+
+  return next_fn
+
+
 class GanProcess(tff.templates.IterativeProcess):
   """A GAN training process: TFF's `IterativeProcess` plus the round's two halves.
 

@@ -196,20 +196,11 @@ def build_multi_d_process(
   server_update = tff.tensorflow.computation(server_update_fn, state_type, output_type.delta,
                                              aggregation_process.state_type.member)
 
-  @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
-                             tff.FederatedType(data_type, tff.CLIENTS),
-                             tff.FederatedType(client_state_type, tff.CLIENTS))
-  def next_fn(state, client_data, client_states):
-    broadcast = tff.federated_broadcast(tff.federated_map(make_broadcast, state))
-    outputs, discarded, new_client_states = tff.federated_map(
-        client_update, (client_data, client_states, broadcast))
-    aggregate = aggregation_process.next(state.aggregator_state, outputs.delta,
-                                         outputs.num_examples)
-    new_state = tff.federated_map(server_update, (state, aggregate.result, aggregate.state))
-    metrics = composition.round_metrics(
-        outputs, discarded, tff.federated_value(collections.OrderedDict(), tff.SERVER),
-        aggregate.measurements, release_client_metrics)
-    return new_state, new_client_states, metrics
+  next_fn = composition.stateful_next(
+      state_type=state_type, data_type=data_type, client_state_type=client_state_type,
+      make_broadcast=make_broadcast, client_update=client_update,
+      aggregation_process=aggregation_process, server_update=server_update,
+      release_client_metrics=release_client_metrics)
 
   halves = {}
   if mixture == 'mean':

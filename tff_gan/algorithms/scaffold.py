@@ -156,21 +156,11 @@ def build_scaffold_process(
                                     state.control, GanWeights(*mean_delta['control']))
     return tf_fns.with_generator_ema(new_state._replace(control=control), generator_ema_decay)
 
-  @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
-                             tff.FederatedType(data_type, tff.CLIENTS),
-                             tff.FederatedType(control_type, tff.CLIENTS))
-  def next_fn(state, client_data, client_controls):
-    broadcast = tff.federated_broadcast(tff.federated_map(make_broadcast, state))
-    outputs, discarded, new_controls = tff.federated_map(
-        client_update, (client_data, client_controls, broadcast))
-    aggregate = aggregation_process.next(state.aggregator_state, outputs.delta,
-                                         outputs.num_examples)
-    new_state = tff.federated_map(server_update, (state, aggregate.result, aggregate.state))
-    metrics = composition.round_metrics(
-        outputs, discarded, tff.federated_value(collections.OrderedDict(), tff.SERVER),
-        aggregate.measurements, release_client_metrics)
-    return new_state, new_controls, metrics
-
+  next_fn = composition.stateful_next(
+      state_type=state_type, data_type=data_type, client_state_type=control_type,
+      make_broadcast=make_broadcast, client_update=client_update,
+      aggregation_process=aggregation_process, server_update=server_update,
+      release_client_metrics=release_client_metrics)
   return composition.GanProcess(initialize, next_fn, initial_client_state=initial_client_state)
 
 
