@@ -169,3 +169,25 @@ def test_bin_privacy_usage_errors_exit_2_with_one_line(args, message):
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_pld_calibration_starts_below_rdp_and_hits_the_target():
+  # Searching up from z = 1e-3 made PLD discretize distributions too wide for memory
+  # (38 GiB at 50,000+ clients); the search now starts from RDP's looser answer.
+  sampling = privacy.Sampling('poisson', 100, 50)
+  z_rdp = privacy.noise_multiplier_for_epsilon(4.0, sampling, 3, 1e-5, 'rdp')
+  z_pld = privacy.noise_multiplier_for_epsilon(4.0, sampling, 3, 1e-5, 'pld')
+  assert 0.5 * z_rdp < z_pld < z_rdp
+  event = privacy.clipped_sum_event(dp_accounting.GaussianDpEvent(z_pld), sampling)
+  assert privacy.epsilon(event, sampling, 3, 1e-5, 'pld') == pytest.approx(4.0, abs=0.01)
+
+
+def test_pld_out_of_memory_is_one_line_naming_rdp(monkeypatch):
+  def exhausted(*args, **kwargs):
+    raise MemoryError
+  monkeypatch.setattr(dp_accounting.pld.PLDAccountant, 'compose', exhausted)
+  sampling = privacy.Sampling('poisson', 60000, 150)
+  with pytest.raises(ValueError, match='ran out of memory.*--accountant=rdp'):
+    privacy.epsilon(dp_accounting.GaussianDpEvent(1.0), sampling, 100, 1e-5, 'pld')
+  with pytest.raises(ValueError, match='ran out of memory.*--accountant=rdp'):
+    privacy.noise_multiplier_for_epsilon(2.0, sampling, 100, 1e-5, 'pld')

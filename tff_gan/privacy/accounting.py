@@ -24,6 +24,7 @@ round's DP event (`ServerState.aggregator_state.dp_event`), so a resumed run res
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import attr
@@ -118,8 +119,9 @@ def epsilon(
   if rounds == 0:
     return 0.0
   ledger = make_accountant(accountant, sampling)
-  ledger.compose(dp_accounting.SelfComposedDpEvent(sampling.sampled(round_event), rounds))
-  return float(ledger.get_epsilon(delta))
+  with _pld_memory_error(accountant):
+    ledger.compose(dp_accounting.SelfComposedDpEvent(sampling.sampled(round_event), rounds))
+    return float(ledger.get_epsilon(delta))
 
 
 class EpsilonCurve:
@@ -168,16 +170,36 @@ def noise_multiplier_for_epsilon(
     raise ValueError(f'target epsilon must be positive, got {target_epsilon}.')
   if rounds <= 0:
     raise ValueError(f'rounds must be positive, got {rounds}.')
-  return float(dp_accounting.calibrate_dp_mechanism(
-      make_fresh_accountant=lambda: make_accountant(accountant, sampling),
-      make_event_from_param=lambda z: dp_accounting.SelfComposedDpEvent(
-          sampling.sampled(clipped_sum_event(dp_accounting.GaussianDpEvent(z), sampling)),
-          rounds),
-      target_epsilon=target_epsilon,
-      target_delta=delta,
-      bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
-      tol=1e-4,
-  ))
+  bracket = dp_accounting.LowerEndpointAndGuess(1e-3, 1.0)
+  if accountant == 'pld':
+    # PLD is the tighter accountant, so its answer lies below RDP's. Searching up from z =
+    # 1e-3 would discretize loss distributions too wide for memory; start near RDP's answer.
+    rdp_z = noise_multiplier_for_epsilon(target_epsilon, sampling, rounds, delta)
+    bracket = dp_accounting.LowerEndpointAndGuess(rdp_z / 2, rdp_z)
+  with _pld_memory_error(accountant):
+    return float(dp_accounting.calibrate_dp_mechanism(
+        make_fresh_accountant=lambda: make_accountant(accountant, sampling),
+        make_event_from_param=lambda z: dp_accounting.SelfComposedDpEvent(
+            sampling.sampled(clipped_sum_event(dp_accounting.GaussianDpEvent(z), sampling)),
+            rounds),
+        target_epsilon=target_epsilon,
+        target_delta=delta,
+        bracket_interval=bracket,
+        tol=1e-4,
+    ))
+
+
+@contextlib.contextmanager
+def _pld_memory_error(accountant: str):
+  """Turns the PLD accountant's running out of memory into a ValueError naming the fix."""
+  try:
+    yield
+  except MemoryError as e:
+    if accountant != 'pld':
+      raise
+    raise ValueError('the PLD accountant ran out of memory (its loss distribution is too wide '
+                     'at this little noise over this many rounds); use the RDP accountant '
+                     '(--accountant=rdp, --dp_accountant=rdp).') from e
 
 
 def example_sampling(num_examples: int, batch_size: int) -> Sampling:
