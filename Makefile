@@ -29,7 +29,7 @@ notebook: venv
 	$(VENV_PYTHON) bin/notebook.py $(NOTEBOOK_ARGS)
 
 # Executes every tutorial with its full settings and stores it with its outputs (figures,
-# tables), so that a reader sees them without running anything. About 7 minutes on 2 cores.
+# tables), so that a reader sees them without running anything. About 44 minutes on 2 cores.
 tutorials: venv
 	$(VENV_PYTHON) tutorials/render.py
 

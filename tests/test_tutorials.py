@@ -19,6 +19,7 @@ import sys
 import dp_accounting
 import nbclient
 import nbformat
+import numpy as np
 import pytest
 from conftest import REPO_ROOT, pid_alive, started_by_this_session, worker_pids
 
@@ -26,7 +27,7 @@ from tff_gan.privacy import accounting as privacy
 
 TUTORIALS = os.path.join(REPO_ROOT, 'tutorials')
 NOTEBOOKS = ('quickstart', 'privacy', 'remote_workers', 'secure_deployment', 'hospitals',
-             'secure_aggregation')
+             'secure_aggregation', 'non_iid')
 
 
 def read_notebook(name: str) -> nbformat.NotebookNode:
@@ -189,6 +190,35 @@ def test_hospitals(tmp_path, monkeypatch, no_worker_survives):
   # ε per hospital, quality against ε, the samples side by side.
   assert images_shown(notebook) == 3
   assert printed(notebook).count('largest difference from dp_accounting') == 2
+
+
+def test_non_iid(tmp_path, monkeypatch, no_worker_survives):
+  notebook = execute('non_iid', tmp_path, monkeypatch)
+  # The printed split: 10 clients of 2,000 examples, each mode's 2,500 spread over clients
+  # that hold 2 or 3 modes (shards of 1,000 straddle the modes' boundaries).
+  output = printed(notebook)
+  table = output.split('on each client:\n')[1].split(']]')[0]  # numpy's [[...] ... [...]]
+  counts = [[int(n) for n in re.findall(r'\d+', line)] for line in table.splitlines()]
+  assert [sum(row) for row in counts] == [2000] * 10
+  assert [sum(column) for column in zip(*counts, strict=True)] == [2500] * 8
+  assert all(2 <= sum(n > 0 for n in row) <= 3 for row in counts), counts
+  runs = {'fedgan_iid': ('fedgan', 'iid'), 'fedgan': ('fedgan', 'pathological'),
+          'multi_d': ('multi_d', 'pathological'), 'scaffold': ('scaffold', 'pathological')}
+  up = {}
+  for name, (scheme, split) in runs.items():
+    config = json.loads((tmp_path / name / 'config.json').read_text())
+    assert (config['scheme'], config['partition'], config['rounds']) == (scheme, split, 3)
+    rows = read_rows(tmp_path / name / 'metrics.csv')
+    assert [int(row['round']) for row in rows] == [1, 2, 3]
+    up[name] = int(rows[-1]['bytes_up'])
+    samples = np.load(tmp_path / name / 'export' / 'samples_round_3.npy')
+    assert samples.shape == (1000, 2)
+  # multi_d's discriminators stay home; scaffold also sends its control variates' change.
+  assert up['fedgan'] == up['fedgan_iid'] and up['multi_d'] < up['fedgan'] / 3, up
+  assert up['scaffold'] == pytest.approx(2 * up['fedgan'], rel=0.01), up
+  assert 'last evaluation at round 3' in output
+  # The clients' data, modes and quality over the rounds, the samples side by side.
+  assert images_shown(notebook) == 3
 
 
 def test_secure_deployment(tmp_path, monkeypatch, no_worker_survives):
