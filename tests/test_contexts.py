@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow_federated as tff
-from conftest import REPO_ROOT, pid_alive
+from conftest import REPO_ROOT, pid_alive, workers_logging_to
 
 from tff_gan.runtime import contexts
 from tff_gan.runtime import workers as worker_lib
@@ -194,15 +194,11 @@ def test_the_factory_keeps_one_executor_per_cohort_size_and_closes_it_after_an_e
   assert factory.create_executor({tff.CLIENTS: 2}) is made[3]  # A fresh one.
 
 
-def _worker_rss_mb(pid: int) -> float:
-  """Resident memory of the worker binary (the child of the confinement wrapper, if any)."""
-  for candidate in [pid, *(int(p) for p in subprocess.run(
-      ['pgrep', '-P', str(pid)], capture_output=True, text=True).stdout.split())]:
-    with open(f'/proc/{candidate}/cmdline', 'rb') as f:
-      if f.read().split(b'\0')[0].endswith(b'worker_binary'):
-        with open(f'/proc/{candidate}/status') as f:
-          return int(f.read().split('VmRSS:')[1].split()[0]) / 1e3
-  raise AssertionError(f'no worker_binary at or under pid {pid}')
+def _worker_rss_mb(worker) -> float:
+  """Resident memory of `worker`'s `worker_binary` (not its confinement launcher)."""
+  (pid,) = workers_logging_to(worker.log_path)
+  with open(f'/proc/{pid}/status') as f:
+    return int(f.read().split('VmRSS:')[1].split()[0]) / 1e3
 
 
 def _worker_growth_mb(calls: int) -> tuple[float, float]:
@@ -226,14 +222,14 @@ def _worker_growth_mb(calls: int) -> tuple[float, float]:
       cohort = 1 + (i * 7) % 40
       state, expected = round_fn(state, [1.0] * cohort), expected + cohort
       if i in (0, calls // 2, calls - 1):
-        marks.append(_worker_rss_mb(worker.pid))
+        marks.append(_worker_rss_mb(worker))
     assert state[0] == expected
   return marks[1] - marks[0], marks[2] - marks[1]
 
 
 def test_changing_cohort_sizes_do_not_grow_the_workers_memory(monkeypatch):
   """TFF's own factory drops the executors it evicts without telling the worker, which keeps
-  their values: the reference grows by about 12 MB a call here; ours by a tenth of that."""
+  their values: the reference grows by about 12 MB a call here; ours by far less."""
   ours = _worker_growth_mb(120)
   monkeypatch.setattr(worker_lib, 'ExecutorPerCohortSize', lambda stack_fn: (
       tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)))

@@ -275,8 +275,9 @@ class ExecutorPerCohortSize(tff.framework.ExecutorFactory):
   executor is dropped (cohort sizes are few: a Poisson sample of m expected clients stays
   within m ± 5·sqrt(m)), and values are disposed at once (`dispose_batch_size=1`, one small
   RPC each). Closing evicted executors instead (DisposeExecutor) kept memory flatter, but
-  coincided with a worker crash (a segfault in a gRPC server thread) after about 900 rounds;
-  executors are closed only where TFF closes them, after an error.
+  coincided with a worker crash (a segfault in a gRPC server thread) in one of three runs,
+  after about 900 rounds between them; executors are closed only where TFF closes them, after
+  an error.
   """
 
   def __init__(self, stack_fn):
