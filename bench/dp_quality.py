@@ -2,9 +2,9 @@
 
 A population of `--num_clients` generated clients of 128 examples each
 (`--examples_per_client`, so the population costs nothing to hold; one batch of 128 each),
-Poisson client sampling
-at `--clients_per_round` expected clients a round, clip 1, δ = 1e-5. For every configuration
-(a scheme, its settings and its rounds: `CONFIGURATIONS`) and every target ε it computes the
+Poisson client sampling at `--clients_per_round` expected clients a round, each
+configuration's clip, δ = 1e-5. For every configuration (a scheme, its settings, its rounds
+and its clip: `CONFIGURATIONS`) and every target ε it computes the
 noise multiplier z that spends exactly that ε over the run
 (`tff_gan.privacy.accounting.noise_multiplier_for_epsilon`, as `bin/privacy.py
 --target_epsilon`), trains every seed, and prints as the mean over seeds at the last round:
@@ -41,18 +41,20 @@ DELTA = 1e-5
 EXAMPLES_PER_CLIENT = 128
 COMMON = [f'--examples_per_client={EXAMPLES_PER_CLIENT}', '--batch_size=128',
           '--client_sampling=poisson']
-# Each configuration: its flags and its rounds. With one batch a client, a dp_fedavg_gan
-# client takes one discriminator step a round (its --local_steps=4 is a cap) and the server
-# 4 generator steps from the generator's average; at 10 clients and this noise per
-# coordinate that reached 8/8 and 79-87 % high quality at round 1500 (3 seeds); on the real
-# population seed 0 trailed them by about 200 rounds (67 % at 1500, still rising), hence 2000
-# rounds, whose z (0.501 at eps 10) is barely above 1500's (0.489). fedgan takes 16 local
-# epochs (16 steps; 4 stayed at 0-2 modes): 8/8, 88 % at round 600 (one seed); at 200
-# clients a round that is about 23 s a round on 2 cores, some 4 hours a run. Narrower
-# networks did not train on ring even without noise (0-2 modes), so both keep the full width.
+# Each configuration: its flags, its rounds and its clip C. With one batch a client, a
+# dp_fedavg_gan client takes one discriminator step a round (its --local_steps=4 is a cap) and
+# the server 4 generator steps from the generator's average. That one step is Adam's first
+# (a fresh optimizer every round), which moves every weight by about the learning rate: its
+# norm is 1e-3 * sqrt(133,121 weights) ~ 0.35 whatever the data (0.352-0.354 measured), so a
+# clip of 1 only added 2.9 times the noise the update needs; C = 0.35 clips next to nothing.
+# Its runs leave a stretch of 500-1000 rounds at 0-2 modes (without noise too), hence 1500
+# rounds. fedgan takes 16 local epochs (16 steps; 4 stayed at 0-2 modes): 8/8, 88 % at
+# round 600 (one 10-client probe); at 200 clients a round that is about 23 s a round on 2
+# cores, some 4 hours a run. Narrower networks did not train on ring even without noise (0-2
+# modes), so both keep the full width.
 CONFIGURATIONS = {
-    'dp_fedavg_gan': (['--scheme=dp_fedavg_gan'], 2000),
-    'fedgan': (['--scheme=fedgan', '--local_epochs=16'], 600),
+    'dp_fedavg_gan': (['--scheme=dp_fedavg_gan'], 1500, 0.35),
+    'fedgan': (['--scheme=fedgan', '--local_epochs=16'], 600, 1.0),
 }
 
 flags.DEFINE_list('configurations', list(CONFIGURATIONS),
@@ -62,8 +64,8 @@ flags.DEFINE_list('epsilons', ['10'], 'Target epsilons of the table (each sets z
 flags.DEFINE_list('curve_epsilons', ['2', '4', '10', '20'],
                   'Target epsilons of the figure, for the first configuration.')
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds per configuration and epsilon.')
-flags.DEFINE_integer('num_clients', 50_000, 'Clients in the population.')
-flags.DEFINE_integer('clients_per_round', 200, 'Expected clients per round (Poisson).')
+flags.DEFINE_integer('num_clients', 1_000_000, 'Clients in the population.')
+flags.DEFINE_integer('clients_per_round', 100, 'Expected clients per round (Poisson).')
 flags.DEFINE_integer('rounds', 0, "Rounds per run (0: each configuration's own).")
 flags.DEFINE_integer('eval_every', 50, 'Rounds between evaluations.')
 flags.DEFINE_integer('jobs', 1, 'Runs trained at once.')
@@ -92,6 +94,10 @@ def rounds(configuration: str) -> int:
   return FLAGS.rounds or CONFIGURATIONS[configuration][1]
 
 
+def clip(configuration: str) -> float:
+  return CONFIGURATIONS[configuration][2]
+
+
 def noise_multiplier(configuration: str, target_epsilon: float) -> float:
   from tff_gan.privacy import accounting  # noqa: PLC0415  (after _cli set the path)
   sampling = accounting.Sampling('poisson', FLAGS.num_clients, FLAGS.clients_per_round)
@@ -104,9 +110,10 @@ def run(configuration: str, target: float, seed: int) -> dict[str, float]:
   ε the noise is calibrated to, or infinity for the run without DP."""
   private = math.isfinite(target)
   dp = [f'--dp_noise_multiplier={noise_multiplier(configuration, target):.6f}',
-        '--dp_clip=1', f'--dp_delta={DELTA}'] if private else []
+        f'--dp_clip={clip(configuration):g}', f'--dp_delta={DELTA}'] if private else []
   name = (f'{configuration}_eps{target:g}' if private else f'{configuration}_no_dp') + (
       f'_n{FLAGS.num_clients}_m{FLAGS.clients_per_round}_r{rounds(configuration)}_s{seed}'
+      + (f'_c{clip(configuration):g}' if private else '')
       + ''.join('_' + flag.strip('-').replace('=', '-') for flag in FLAGS.extra))
   rows = procs.train_or_read(
       os.path.join(FLAGS.work_dir, name),
@@ -140,18 +147,19 @@ def main(argv):
   print(f'done after {(time.perf_counter() - start) / 60:.0f} min\n')
   print(f'ring, user-level DP: {FLAGS.num_clients} clients x {EXAMPLES_PER_CLIENT} examples, '
         f'{FLAGS.clients_per_round} a round (Poisson), delta {DELTA:g}, '
-        f'flags {" ".join(COMMON + FLAGS.extra)}, clip 1 under DP; seeds {seeds}, mean at '
+        f'flags {" ".join(COMMON + FLAGS.extra)}; seeds {seeds}, mean at '
         'the last round')
-  print('| configuration | rounds | target ε | z | ε spent | modes of 8 | high quality | '
+  print('| configuration | rounds | target ε | z | clip | ε spent | modes of 8 | high quality | '
         'reverse KL | minutes a run |')
-  print('|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+  print('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
   for (configuration, target), runs in results.items():
     m = procs.mean(runs)
     private = math.isfinite(target)
-    target_text, z, spent = (f'{target:g}', f'{noise_multiplier(configuration, target):.3f}',
-                             f"{m['epsilon']:.2f}") if private else ('no DP', '—', '∞')
+    target_text, z, c, spent = (
+        f'{target:g}', f'{noise_multiplier(configuration, target):.3f}',
+        f'{clip(configuration):g}', f"{m['epsilon']:.2f}") if private else ('no DP', '—', '—', '∞')
     kl = 'n/a' if math.isnan(m['kl']) else f"{m['kl']:.2f}"
-    print(f"| {configuration} | {rounds(configuration)} | {target_text} | {z} | {spent} | "
+    print(f"| {configuration} | {rounds(configuration)} | {target_text} | {z} | {c} | {spent} | "
           f"{m['modes']:.1f} | "
           f"{100 * m['high']:.0f} % | {kl} | {m['minutes']:.1f} |")
   figure = FLAGS.figure or os.path.join(FLAGS.work_dir, 'quality_vs_epsilon.png')

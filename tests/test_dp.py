@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from conftest import as_numpy, linear_gan_models
 from test_fedgan import CLIENT_SIZES, LEARNING_RATE, client_arrays, client_datasets
-from test_tf_fns import run_client_update
+from test_tf_fns import random_broadcast, run_client_update
 from test_train_binary import run_train
 
 from tff_gan.algorithms import aggregators, dp_fedavg_gan, fedgan, optimizers
@@ -139,6 +139,30 @@ def test_dp_fedavg_gan_round_matches_plain_tf_reference(tff_context, dp_fedavg_g
   assert not np.allclose(new_state.weights.generator[0], state.weights.generator[0])
   assert metrics['server']['generator_loss'] == pytest.approx(float(expected_loss), rel=1e-5)
   assert new_state.round_num == 1
+
+
+@pytest.mark.parametrize('learning_rate', [1e-3, 1e-2])
+def test_a_one_step_adam_client_update_has_norm_lr_times_sqrt_weights(learning_rate):
+  """bench/dp_quality.py's clip rests on this: a dp_fedavg_gan client holding one batch takes
+  Adam's first step (a fresh optimizer each round), which moves every weight by about the
+  learning rate whatever the data, so its update's norm is lr·sqrt(weights)."""
+  models = linear_gan_models()
+  generator, discriminator = models.generator_fn(), models.discriminator_fn()
+  update = tf.function(functools.partial(
+      client_work.discriminator_client_update, generator=generator, discriminator=discriminator,
+      loss=losses.NON_SATURATING,
+      discriminator_optimizer=optimizers.build_optimizer('adam', learning_rate),
+      noise_dim=models.noise_dim))
+  rng = np.random.default_rng(3)
+  num_weights = 2 + 1  # Dense(1) on 2 features: a kernel of 2 and a bias
+  for client in range(3):
+    broadcast = random_broadcast(rng)
+    examples = rng.normal(loc=client, scale=1 + client, size=(16, 2)).astype(np.float32)
+    one_batch = tf.data.Dataset.from_tensor_slices(examples).batch(16)
+    delta = as_numpy(update(one_batch, broadcast).delta)
+    assert global_norm(delta) == pytest.approx(learning_rate * np.sqrt(num_weights), rel=1e-3)
+    np.testing.assert_allclose(np.abs(np.concatenate([d.ravel() for d in delta])),
+                               learning_rate, rtol=1e-3)
 
 
 def test_dp_fedavg_gan_with_dp_runs_and_records_its_dp_event(tff_context):
