@@ -47,7 +47,7 @@ COMMON = [f'--examples_per_client={EXAMPLES_PER_CLIENT}', '--batch_size=128',
 # (a fresh optimizer every round), which moves every weight by about the learning rate: its
 # norm is 1e-3 * sqrt(133,121 weights) ~ 0.35 whatever the data (0.352-0.354 measured), so a
 # clip of 1 only added 2.9 times the noise the update needs; C = 0.35 clips next to nothing.
-# Its runs leave a stretch of 500-1000 rounds at 0-2 modes (without noise too), hence 1500
+# Its runs spend 500-900 rounds at 0-2 modes (probes without noise too), hence 1500
 # rounds. fedgan takes 16 local epochs (16 steps; 4 stayed at 0-2 modes): 8/8, 88 % at
 # round 600 (one 10-client probe); at 200 clients a round that is about 23 s a round on 2
 # cores, some 4 hours a run. Narrower networks did not train on ring even without noise (0-2
