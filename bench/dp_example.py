@@ -1,19 +1,22 @@
-"""Example-level DP for silos on `ring`: quality against each silo's ε, over seeds.
+"""Example-level DP for silos on `ring`: quality at a target ε per silo, over seeds.
 
 The cross-silo setting of the README: 10 clients ("hospitals") of 2,000 examples each, all
 sampled every round, every client's discriminator trained with DP-SGD (`--dp_unit=example`:
-Poisson batches of expected size 128, each example's gradient clipped to 1, noise z·1), the
-README's defaults otherwise (one local epoch a round), δ = 1e-5. For each noise multiplier
-z (and a run without DP, the reference) it trains every seed and prints, as the mean over
-seeds at the last round: the largest ε over clients (all clients take the same steps, so
-all spend the same), modes of 8, high-quality fraction and reverse KL, with the training
-minutes per run. It writes a PNG of modes and high quality against ε.
+Poisson batches of expected size 500, each example's gradient clipped to 1, noise z·1), one
+DP-SGD step per client a round, δ = 1e-5. Each silo's ε then depends on its rate 500/2000
+and its steps (one a round) alone. For every configuration (`CONFIGURATIONS`) and target ε
+it computes the z that spends exactly that ε over the run (as `bin/privacy.py
+--dp_unit=example --target_epsilon`), trains every seed, and prints as the mean over seeds
+at the last round: ε spent (the largest over silos, from `metrics.csv`), modes of 8,
+high-quality fraction and reverse KL, with the minutes of training per run. A run without DP
+is each configuration's reference. It writes a PNG of modes and high quality against ε for
+the first configuration at `--curve_epsilons`.
 
 Runs live in `--work_dir`: a finished run is read again, not rerun, and an interrupted one
-resumes from its checkpoint.
+resumes from its checkpoint. `--jobs=2` trains two runs at a time (one per core).
 
-  .venv/bin/python bench/dp_example.py                        # the README's table
-  .venv/bin/python bench/dp_example.py --noise=2,3 --seeds=0 --rounds=100
+  .venv/bin/python bench/dp_example.py                        # the README's table and figure
+  .venv/bin/python bench/dp_example.py --configurations=fedgan --epsilons=6 --seeds=0
 """
 
 from __future__ import annotations
@@ -21,78 +24,67 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
 import procs  # noqa: E402
 from absl import flags  # noqa: E402
 
-SILOS = ['--num_clients=10', '--examples_per_client=2000', '--batch_size=128']
+DELTA = 1e-5
+EXAMPLES, BATCH = 2000, 500
+# A batch of 500 of 2,000 (q = 1/4): at a fixed number of steps, the noise on the mean
+# gradient, z/B, hardly falls with larger batches once z > 3 or so, and smaller ones pay more
+# (64: +60 % at 500 steps), so 500 is where the batch stops costing. The steps are the knob:
+# one DP-SGD step a round, so a silo takes `rounds` steps.
+SILOS = ['--num_clients=10', f'--examples_per_client={EXAMPLES}', f'--batch_size={BATCH}',
+         '--local_steps=1']
+# Each configuration: its flags and rounds. dp_fedavg_gan's server takes 4 generator steps a
+# round on the mean of the 10 silos' DP discriminators (post-processing: no privacy spent);
+# fedgan's clients take one generator step each against their own DP discriminator.
+CONFIGURATIONS = {
+    'dp_fedavg_gan': (['--scheme=dp_fedavg_gan', '--server_gen_steps=4'], 1000),
+    'fedgan': (['--scheme=fedgan'], 1000),
+}
 
-flags.DEFINE_list('noise', ['1.5', '2', '3'], 'Noise multipliers z, one configuration each '
-                  '(plus one without DP).')
-flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds per configuration.')
-flags.DEFINE_integer('rounds', 300, 'Rounds per run.')
-flags.DEFINE_integer('local_steps', 0, 'Cap on the DP-SGD steps of each client per round (0: '
-                     "none, one local epoch: 16 steps, as the README's defaults).")
-flags.DEFINE_integer('eval_every', 50, 'Rounds between evaluations.')
-flags.DEFINE_list('extra', [], 'More bin/train.py flags for every run (e.g. '
-                  '--model_width=0.5). The reference without DP must train: at a quarter of '
-                  'the width, or 4 steps a round, it did not (0-6 modes at round 300).')
-flags.DEFINE_string('work_dir', os.path.join(procs.REPO_ROOT, 'runs', 'dp_example'),
-                    'Where the runs are kept (finished ones are reused, others resumed).')
-flags.DEFINE_string('figure', None, 'PNG of quality against epsilon (default: '
-                    '<work_dir>/quality_vs_epsilon.png).')
+procs.define_dp_bench_flags(CONFIGURATIONS, epsilons=['6'], curve_epsilons=['2', '4', '6', '10'],
+                            work_dir=os.path.join(procs.REPO_ROOT, 'runs', 'dp_example'))
 FLAGS = flags.FLAGS
 
 
-def run(noise: str | None, seed: int) -> dict[str, float]:
-  """Trains (or resumes, or reads) one configuration's seed; its figures at the last round."""
-  name = f'z{noise}' if noise else 'no_dp'
-  dp = ['--dp_unit=example', f'--dp_noise_multiplier={noise}'] if noise else []
-  extra = ''.join('_' + flag.strip('-').replace('=', '-') for flag in FLAGS.extra)
+def rounds(configuration: str) -> int:
+  return FLAGS.rounds or CONFIGURATIONS[configuration][1]
+
+
+def noise_multiplier(configuration: str, target_epsilon: float) -> float:
+  from tff_gan.privacy import accounting  # noqa: PLC0415  (after _cli set the path)
+  return accounting.noise_multiplier_for_epsilon(
+      target_epsilon, accounting.example_sampling(EXAMPLES, BATCH), rounds(configuration), DELTA)
+
+
+def run(configuration: str, target: float, seed: int) -> dict[str, float]:
+  """Trains (or resumes, or reads) one run; its figures at the last round. `target` is the
+  ε the noise is calibrated to, or infinity for the run without DP."""
+  private = math.isfinite(target)
+  dp = ['--dp_unit=example', f'--dp_noise_multiplier={noise_multiplier(configuration, target):.6f}',
+        f'--dp_delta={DELTA}'] if private else []
+  name = ((f'{configuration}_eps{target:g}' if private else f'{configuration}_no_dp')
+          + f'_r{rounds(configuration)}_s{seed}' + procs.flags_suffix(FLAGS.extra))
   rows = procs.train_or_read(
-      os.path.join(FLAGS.work_dir,
-                   f'{name}_steps{FLAGS.local_steps}_r{FLAGS.rounds}_s{seed}{extra}'),
-      [*SILOS, *dp, f'--local_steps={FLAGS.local_steps}', f'--eval_every={FLAGS.eval_every}',
-       f'--seed={seed}', *FLAGS.extra], FLAGS.rounds)
-  return procs.last_figures(rows, private=bool(noise))
-
-
-def write_figure(path: str, table: dict[str, dict[str, float]]) -> None:
-  steps = f'{FLAGS.local_steps} DP-SGD steps' if FLAGS.local_steps else 'a local epoch'
-  procs.write_quality_against_epsilon(
-      path, [m for m in table.values() if math.isfinite(m['epsilon'])], table.get('no DP'),
-      label='DP-SGD (mean over seeds)', xlabel='ε of each silo (δ = 1e-5)',
-      title=f'ring, 10 silos × 2,000 examples, {FLAGS.rounds} rounds of {steps}')
+      os.path.join(FLAGS.work_dir, name),
+      [*SILOS, *CONFIGURATIONS[configuration][0], *dp, f'--eval_every={FLAGS.eval_every}',
+       f'--seed={seed}', *FLAGS.extra], rounds(configuration))
+  return procs.last_figures(rows, private)
 
 
 def main(argv):
   _cli.parse_flags(argv, __doc__)
-  seeds = [int(s) for s in FLAGS.seeds]
-  configurations = [None, *FLAGS.noise]
-  results = {noise: [] for noise in configurations}
-  start = time.perf_counter()
-  for seed in seeds:
-    for noise in configurations:
-      results[noise].append(run(noise, seed))
-    print(f'seed {seed} done after {(time.perf_counter() - start) / 60:.0f} min', flush=True)
-  table = {(f'z = {noise}' if noise else 'no DP'): procs.mean(results[noise])
-           for noise in configurations}
-  print(f'\nring, 10 silos x 2000 examples, {FLAGS.rounds} rounds, local steps '
-        f'{FLAGS.local_steps or "one epoch"} (batch 128, clip 1), delta 1e-5, extra flags '
-        f'{FLAGS.extra or "none"}, seeds {seeds}; mean over seeds at the last round')
-  print('| configuration | ε per silo | modes of 8 | high quality | reverse KL | minutes |')
-  print('|---|---:|---:|---:|---:|---:|')
-  for name, m in table.items():
-    epsilon = f"{m['epsilon']:.2f}" if math.isfinite(m['epsilon']) else '∞'
-    kl = 'n/a' if math.isnan(m['kl']) else f"{m['kl']:.2f}"
-    print(f"| {name} | {epsilon} | {m['modes']:.1f} | {100 * m['high']:.0f} % | {kl} | "
-          f"{m['minutes']:.1f} |")
-  figure = FLAGS.figure or os.path.join(FLAGS.work_dir, 'quality_vs_epsilon.png')
-  write_figure(figure, table)
-  print(f'quality against epsilon: {figure}')
+  procs.run_dp_bench(
+      run, rounds=rounds, z_text=lambda c, t: f'{noise_multiplier(c, t):.3f}',
+      setting=(f'ring, example-level DP: 10 silos x {EXAMPLES} examples, all in every round, '
+               f'Poisson batches of {BATCH} expected, one DP-SGD step a round, clip 1, delta '
+               f'{DELTA:g}, flags {" ".join(FLAGS.extra) or "none"}'),
+      label='under DP-SGD (mean over seeds)', xlabel=f'ε of each silo (δ = {DELTA:g})',
+      title=lambda c: f'ring, 10 silos × {EXAMPLES:,} examples, {c}, {rounds(c)} rounds')
   return 0
 
 

@@ -22,11 +22,9 @@ resumes from its checkpoint. `--jobs=2` trains two runs at a time (one per core)
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
@@ -57,36 +55,10 @@ CONFIGURATIONS = {
     'fedgan': (['--scheme=fedgan', '--local_epochs=16'], 600, 1.0),
 }
 
-flags.DEFINE_list('configurations', list(CONFIGURATIONS),
-                  'Schemes and their settings: ' + ', '.join(CONFIGURATIONS) + '. The first '
-                  'is drawn against epsilon.')
-flags.DEFINE_list('epsilons', ['10'], 'Target epsilons of the table (each sets z).')
-flags.DEFINE_list('curve_epsilons', ['2', '4', '10', '20'],
-                  'Target epsilons of the figure, for the first configuration.')
-flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds per configuration and epsilon.')
+procs.define_dp_bench_flags(CONFIGURATIONS, epsilons=['10'], curve_epsilons=['2', '4', '10', '20'],
+                            work_dir=os.path.join(procs.REPO_ROOT, 'runs', 'dp_quality'))
 flags.DEFINE_integer('num_clients', 1_000_000, 'Clients in the population.')
 flags.DEFINE_integer('clients_per_round', 100, 'Expected clients per round (Poisson).')
-flags.DEFINE_integer('rounds', 0, "Rounds per run (0: each configuration's own).")
-flags.DEFINE_integer('eval_every', 50, 'Rounds between evaluations.')
-flags.DEFINE_integer('jobs', 1, 'Runs trained at once.')
-flags.DEFINE_list('extra', [], 'More bin/train.py flags for every run.')
-flags.DEFINE_string('work_dir', os.path.join(procs.REPO_ROOT, 'runs', 'dp_quality'),
-                    'Where the runs are kept (finished ones are reused, others resumed).')
-flags.DEFINE_string('figure', None, 'PNG of quality against epsilon (default: '
-                    '<work_dir>/quality_vs_epsilon.png).')
-flags.register_validator('configurations', lambda names: set(names) <= set(CONFIGURATIONS),
-                         'unknown configuration; choose from ' + ', '.join(CONFIGURATIONS))
-
-
-def _positive_numbers(values: list[str]) -> bool:
-  try:
-    return all(math.isfinite(float(v)) and float(v) > 0 for v in values)
-  except ValueError:
-    return False
-
-
-for _name in ('epsilons', 'curve_epsilons'):
-  flags.register_validator(_name, _positive_numbers, f'--{_name} takes positive numbers')
 FLAGS = flags.FLAGS
 
 
@@ -114,7 +86,7 @@ def run(configuration: str, target: float, seed: int) -> dict[str, float]:
   name = (f'{configuration}_eps{target:g}' if private else f'{configuration}_no_dp') + (
       f'_n{FLAGS.num_clients}_m{FLAGS.clients_per_round}_r{rounds(configuration)}_s{seed}'
       + (f'_c{clip(configuration):g}' if private else '')
-      + ''.join('_' + flag.strip('-').replace('=', '-') for flag in FLAGS.extra))
+      + procs.flags_suffix(FLAGS.extra))
   rows = procs.train_or_read(
       os.path.join(FLAGS.work_dir, name),
       [*COMMON, *CONFIGURATIONS[configuration][0], *dp,
@@ -123,49 +95,16 @@ def run(configuration: str, target: float, seed: int) -> dict[str, float]:
   return procs.last_figures(rows, private)
 
 
-def write_figure(path: str, configuration: str, points: dict[float, dict[str, float]]) -> None:
-  procs.write_quality_against_epsilon(
-      path, [m for target, m in points.items() if math.isfinite(target)],
-      points.get(math.inf), label=f'{configuration} under DP (mean over seeds)',
-      xlabel=f'ε of one client (δ = {DELTA:g})',
-      title=(f'ring, user-level DP, {configuration}: {FLAGS.num_clients:,} clients, '
-             f'{FLAGS.clients_per_round} a round (Poisson), {rounds(configuration)} rounds'))
-
-
 def main(argv):
   _cli.parse_flags(argv, __doc__)
-  seeds = [int(s) for s in FLAGS.seeds]
-  table_targets = [math.inf, *(float(e) for e in FLAGS.epsilons)]
-  curve_targets = [math.inf, *(float(e) for e in FLAGS.curve_epsilons)]
-  cells = [(c, t) for c in FLAGS.configurations for t in table_targets]
-  cells += [(FLAGS.configurations[0], t) for t in curve_targets
-            if (FLAGS.configurations[0], t) not in cells]
-  start = time.perf_counter()
-  with concurrent.futures.ThreadPoolExecutor(FLAGS.jobs) as pool:
-    futures = {(c, t, s): pool.submit(run, c, t, s) for s in seeds for c, t in cells}
-    results = {cell: [futures[(*cell, s)].result() for s in seeds] for cell in cells}
-  print(f'done after {(time.perf_counter() - start) / 60:.0f} min\n')
-  print(f'ring, user-level DP: {FLAGS.num_clients} clients x {EXAMPLES_PER_CLIENT} examples, '
-        f'{FLAGS.clients_per_round} a round (Poisson), delta {DELTA:g}, '
-        f'flags {" ".join(COMMON + FLAGS.extra)}; seeds {seeds}, mean at '
-        'the last round')
-  print('| configuration | rounds | target ε | z | clip | ε spent | modes of 8 | high quality | '
-        'reverse KL | minutes a run |')
-  print('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
-  for (configuration, target), runs in results.items():
-    m = procs.mean(runs)
-    private = math.isfinite(target)
-    target_text, z, c, spent = (
-        f'{target:g}', f'{noise_multiplier(configuration, target):.3f}',
-        f'{clip(configuration):g}', f"{m['epsilon']:.2f}") if private else ('no DP', '—', '—', '∞')
-    kl = 'n/a' if math.isnan(m['kl']) else f"{m['kl']:.2f}"
-    print(f"| {configuration} | {rounds(configuration)} | {target_text} | {z} | {c} | {spent} | "
-          f"{m['modes']:.1f} | "
-          f"{100 * m['high']:.0f} % | {kl} | {m['minutes']:.1f} |")
-  figure = FLAGS.figure or os.path.join(FLAGS.work_dir, 'quality_vs_epsilon.png')
-  first = FLAGS.configurations[0]
-  write_figure(figure, first, {t: procs.mean(results[(first, t)]) for t in curve_targets})
-  print(f'quality against epsilon: {figure}')
+  procs.run_dp_bench(
+      run, rounds=rounds, z_text=lambda c, t: f'{noise_multiplier(c, t):.3f}', clip=clip,
+      setting=(f'ring, user-level DP: {FLAGS.num_clients} clients x {EXAMPLES_PER_CLIENT} '
+               f'examples, {FLAGS.clients_per_round} a round (Poisson), delta {DELTA:g}, '
+               f'flags {" ".join(COMMON + FLAGS.extra)}'),
+      label='under DP (mean over seeds)', xlabel=f'ε of one client (δ = {DELTA:g})',
+      title=lambda c: (f'ring, user-level DP, {c}: {FLAGS.num_clients:,} clients, '
+                       f'{FLAGS.clients_per_round} a round (Poisson), {rounds(c)} rounds'))
   return 0
 
 

@@ -74,6 +74,107 @@ def mean(results: list[dict[str, float]]) -> dict[str, float]:
   return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
 
 
+def flags_suffix(extra: list[str]) -> str:
+  """A run name's suffix for extra `bin/train.py` flags: `_name-value` each."""
+  return ''.join('_' + flag.strip('-').replace('=', '-') for flag in extra)
+
+
+def define_dp_bench_flags(configurations, *, epsilons: list[str], curve_epsilons: list[str],
+                          work_dir: str) -> None:
+  """The flags both DP benchmarks take: `--configurations` (of `configurations`), `--epsilons`,
+  `--curve_epsilons`, `--seeds`, `--rounds`, `--eval_every`, `--jobs`, `--extra`,
+  `--work_dir` and `--figure`, with their validators."""
+  from absl import flags  # noqa: PLC0415  (only the benchmarks with flags need it)
+
+  flags.DEFINE_list('configurations', list(configurations),
+                    'Schemes and their settings: ' + ', '.join(configurations) + '. The first '
+                    'is drawn against epsilon.')
+  flags.DEFINE_list('epsilons', epsilons, 'Target epsilons of the table (each sets z).')
+  flags.DEFINE_list('curve_epsilons', curve_epsilons,
+                    'Target epsilons of the figure, for the first configuration.')
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds per configuration and epsilon.')
+  flags.DEFINE_integer('rounds', 0, "Rounds per run (0: each configuration's own).")
+  flags.DEFINE_integer('eval_every', 50, 'Rounds between evaluations.')
+  flags.DEFINE_integer('jobs', 1, 'Runs trained at once.')
+  flags.DEFINE_list('extra', [], 'More bin/train.py flags for every run.')
+  flags.DEFINE_string('work_dir', work_dir,
+                      'Where the runs are kept (finished ones are reused, others resumed).')
+  flags.DEFINE_string('figure', None, 'PNG of quality against epsilon (default: '
+                      '<work_dir>/quality_vs_epsilon.png).')
+
+  def positive_numbers(values: list[str]) -> bool:
+    try:
+      return all(math.isfinite(float(v)) and float(v) > 0 for v in values)
+    except ValueError:
+      return False
+
+  flags.register_validator('configurations', lambda names: set(names) <= set(configurations),
+                           'unknown configuration; choose from ' + ', '.join(configurations))
+  for name in ('epsilons', 'curve_epsilons'):
+    flags.register_validator(name, positive_numbers, f'--{name} takes positive numbers')
+
+
+def train_cells(run, configurations: list[str], epsilons: list[str], curve_epsilons: list[str],
+                seeds: list[int], jobs: int) -> dict[tuple[str, float], list[dict[str, float]]]:
+  """Every seed's figures (`run(configuration, target ε, seed)`, ε infinite without DP) for
+  each configuration at each of `epsilons` and without DP, and for the first configuration
+  at each of `curve_epsilons` too; `jobs` runs at a time."""
+  import concurrent.futures  # noqa: PLC0415
+
+  targets = [math.inf, *(float(e) for e in epsilons)]
+  cells = [(c, t) for c in configurations for t in targets]
+  cells += [(configurations[0], float(t)) for t in curve_epsilons
+            if (configurations[0], float(t)) not in cells]
+  start = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+    futures = {(c, t, s): pool.submit(run, c, t, s) for s in seeds for c, t in cells}
+    results = {cell: [futures[(*cell, s)].result() for s in seeds] for cell in cells}
+  print(f'done after {(time.perf_counter() - start) / 60:.0f} min\n')
+  return results
+
+
+def print_dp_table(results, rounds, z_text, clip=None) -> None:
+  """The Markdown table of `train_cells`' results, means over seeds: configuration, rounds
+  (`rounds(configuration)`), target ε, z (`z_text(configuration, target)`), the clip if
+  `clip(configuration)` is given, ε spent, modes, high quality, reverse KL, minutes."""
+  clip_header = ' clip |' if clip else ''
+  print(f'| configuration | rounds | target ε | z |{clip_header} ε spent | modes of 8 | '
+        'high quality | reverse KL | minutes a run |')
+  print('|---|---:|---:|---:|' + ('---:|' if clip else '') + '---:|---:|---:|---:|---:|')
+  for (configuration, target), runs in results.items():
+    m = mean(runs)
+    private = math.isfinite(target)
+    cells = [configuration, str(rounds(configuration)), f'{target:g}' if private else 'no DP',
+             z_text(configuration, target) if private else '—']
+    if clip:
+      cells.append(f'{clip(configuration):g}' if private else '—')
+    kl = 'n/a' if math.isnan(m['kl']) else f"{m['kl']:.2f}"
+    cells += [f"{m['epsilon']:.2f}" if private else '∞', f"{m['modes']:.1f}",
+              f"{100 * m['high']:.0f} %", kl, f"{m['minutes']:.1f}"]
+    print('| ' + ' | '.join(cells) + ' |')
+
+
+def run_dp_bench(run, *, setting: str, rounds, z_text, clip=None, label: str, xlabel: str,
+                 title) -> None:
+  """A DP benchmark's body after its flags (`define_dp_bench_flags`) are parsed: trains every
+  cell (`train_cells` with `run`), prints `setting` and the table (`print_dp_table`), and
+  draws the first configuration against ε, `label` and `title(configuration)` naming it."""
+  from absl import flags  # noqa: PLC0415
+
+  options = flags.FLAGS
+  first = options.configurations[0]
+  results = train_cells(run, options.configurations, options.epsilons, options.curve_epsilons,
+                        [int(s) for s in options.seeds], options.jobs)
+  print(f'{setting}; seeds {", ".join(options.seeds)}, mean at the last round')
+  print_dp_table(results, rounds, z_text, clip)
+  figure = options.figure or os.path.join(options.work_dir, 'quality_vs_epsilon.png')
+  write_quality_against_epsilon(
+      figure, [mean(results[(first, float(e))]) for e in options.curve_epsilons],
+      mean(results[(first, math.inf)]), label=f'{first} {label}', xlabel=xlabel,
+      title=title(first))
+  print(f'quality against epsilon: {figure}')
+
+
 def write_quality_against_epsilon(path: str, points: list[dict[str, float]],
                                   reference: dict[str, float] | None, *, label: str,
                                   xlabel: str, title: str) -> None:
