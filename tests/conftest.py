@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -81,12 +82,17 @@ _SESSION_MARK = f'TFF_GAN_TEST_SESSION={os.getpid()}'.encode()
 os.environ['TFF_GAN_TEST_SESSION'] = str(os.getpid())
 
 
-def started_by_this_session(pid: int) -> bool:
+def has_environment_entry(pid: int, entry: bytes) -> bool:
+  """Whether process `pid` runs with `entry` (b'NAME=value') in its environment."""
   try:
     with open(f'/proc/{pid}/environ', 'rb') as f:
-      return _SESSION_MARK in f.read().split(b'\0')
+      return entry in f.read().split(b'\0')
   except OSError:  # Gone meanwhile, or not ours to inspect.
     return False
+
+
+def started_by_this_session(pid: int) -> bool:
+  return has_environment_entry(pid, _SESSION_MARK)
 
 
 def workers_started_since(before: set[int]) -> set[int]:
@@ -97,8 +103,9 @@ def workers_started_since(before: set[int]) -> set[int]:
 
 # `make test` runs the tests on two pytest-xdist workers (`--dist loadgroup`). Each test module
 # stays on one worker, so its module-scoped fixtures are built once; modules that share a
-# session fixture (`uninterrupted`) share a group too.
-_SHARED_GROUPS = {'test_program': 'resumable', 'test_run_safety': 'resumable'}
+# session fixture (`uninterrupted`, `tiny_runs`) share a group too.
+_SHARED_GROUPS = {'test_program': 'resumable', 'test_run_safety': 'resumable',
+                  'test_train_binary': 'tiny', 'test_remote': 'tiny', 'test_tls': 'tiny'}
 
 
 @pytest.hookimpl(tryfirst=True)  # Before pytest-xdist reads the marks.
@@ -137,6 +144,40 @@ def uninterrupted(tmp_path_factory):
                           text=True, timeout=300, cwd=REPO_ROOT)
   assert result.returncode == 0, result.stderr
   return output_dir
+
+
+@pytest.fixture(scope='session')
+def tiny_runs(tmp_path_factory):
+  """Two identical local `bin/train.py` runs of `test_train_binary.TINY` with the same seed:
+  `([(output_dir, CompletedProcess)] * 2, survivors)`, `survivors()` the pids of the TFF
+  workers they started that are still alive.
+
+  test_train_binary checks their outputs and that they agree; test_remote and test_tls take
+  the first as the local run that remote and TLS workers must reproduce.
+  """
+  from test_train_binary import TINY, run_trains  # noqa: PLC0415 (a test module, not a library)
+  # The runs and the workers they start carry a mark of their own, so that what survives
+  # them can be told from the workers other tests start before the check.
+  mark = ('TFF_GAN_TINY_RUNS', str(os.getpid()))
+  output_dirs = [tmp_path_factory.mktemp(name) for name in ('a', 'b')]
+  results = run_trains(*([*TINY, f'--output_dir={output_dir}'] for output_dir in output_dirs),
+                       env={**os.environ, mark[0]: mark[1]})
+  for result in results:
+    assert result.returncode == 0, result.stderr
+
+  def survivors() -> set[int]:
+    return {pid for pid in worker_pids()
+            if pid_alive(pid) and has_environment_entry(pid, '='.join(mark).encode())}
+
+  return list(zip(output_dirs, results, strict=True)), survivors
+
+
+@pytest.fixture(scope='session')
+def local_rows(tiny_runs):
+  """The metrics rows of the first `tiny_runs` run: the TINY run on the local worker."""
+  (output_dir, _), _ = tiny_runs[0]
+  with open(output_dir / 'metrics.csv', newline='') as f:
+    return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope='session')

@@ -46,14 +46,6 @@ def addresses(workers) -> str:
   return ','.join(f'localhost:{worker.port}' for worker in workers)
 
 
-@pytest.fixture(scope='module')
-def local_rows(tmp_path_factory):
-  output_dir = tmp_path_factory.mktemp('local')
-  result = run_train(*TINY, f'--output_dir={output_dir}')
-  assert result.returncode == 0, result.stderr
-  return read_rows(output_dir / 'metrics.csv')
-
-
 def without_timing(rows):
   return [{k: v for k, v in row.items() if k != 'round_seconds'} for row in rows]
 

@@ -11,7 +11,7 @@ import sys
 import portpicker
 import pytest
 from conftest import REPO_ROOT, pid_alive
-from test_remote import local_rows, without_timing  # noqa: F401 (a fixture)
+from test_remote import without_timing
 from test_train_binary import TINY, read_rows, run_train
 
 from tff_gan.runtime import remote, tls, workers
@@ -63,7 +63,7 @@ def trainer_flags(certs, **changes):
   return [f'--{name}={path}' for name, path in files.items() if path]
 
 
-def test_a_tls_run_equals_the_local_run(tls_worker, certs, local_rows, tmp_path):  # noqa: F811
+def test_a_tls_run_equals_the_local_run(tls_worker, certs, local_rows, tmp_path):
   port, _ = tls_worker
   result = run_train(*TINY, '--executor=remote', f'--workers=localhost:{port}',
                      *trainer_flags(certs), f'--output_dir={tmp_path}')

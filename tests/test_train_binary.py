@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, worker_pids, workers_started_since
+from conftest import REPO_ROOT
 
 TRAIN = os.path.join(REPO_ROOT, 'bin', 'train.py')
 TINY = ['--rounds=2', '--eval_every=1', '--model_width=0.03125', '--num_clients=4',
@@ -19,11 +19,11 @@ def run_train(*args, timeout=300):
   return run_trains(list(args), timeout=timeout)[0]
 
 
-def run_trains(*arg_lists, timeout=300):
+def run_trains(*arg_lists, timeout=300, env=None):
   """`run_train` of each argument list, all at once (most of a tiny run is single-threaded
   start-up, so two share 2 cores well); their `CompletedProcess`es, in order."""
   processes = [subprocess.Popen([sys.executable, TRAIN, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+                                stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=env)
                for args in arg_lists]
   results = []
   for process in processes:
@@ -58,14 +58,10 @@ def run_whole_and_resumed(tmp_path, *flags):
 
 
 @pytest.fixture(scope='module')
-def two_runs(tmp_path_factory):
-  """Two identical tiny runs of the default task (ring) with the same seed."""
-  before = worker_pids()
-  output_dirs = [tmp_path_factory.mktemp(name) for name in ('a', 'b')]
-  results = run_trains(*([*TINY, f'--output_dir={output_dir}'] for output_dir in output_dirs))
-  for result in results:
-    assert result.returncode == 0, result.stderr
-  return list(zip(output_dirs, results, strict=True)), before
+def two_runs(tiny_runs):
+  """Two identical tiny runs of the default task (ring) with the same seed (conftest's
+  session fixture: test_remote and test_tls compare remote runs with the first)."""
+  return tiny_runs
 
 
 def test_writes_config_metrics_and_samples(two_runs):
@@ -110,8 +106,8 @@ def test_same_seed_gives_identical_loss_columns(two_runs):
 
 
 def test_no_worker_survives_a_run(two_runs):
-  _, before = two_runs
-  assert not workers_started_since(before)
+  _, survivors = two_runs
+  assert not survivors()
 
 
 def test_tensorflow_start_up_noise_is_hidden(two_runs):
