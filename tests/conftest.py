@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -175,9 +174,9 @@ def tiny_runs(tmp_path_factory):
 @pytest.fixture(scope='session')
 def local_rows(tiny_runs):
   """The metrics rows of the first `tiny_runs` run: the TINY run on the local worker."""
+  from test_train_binary import read_rows  # noqa: PLC0415 (a test module, not a library)
   (output_dir, _), _ = tiny_runs[0]
-  with open(output_dir / 'metrics.csv', newline='') as f:
-    return list(csv.DictReader(f))
+  return read_rows(output_dir / 'metrics.csv')
 
 
 @pytest.fixture(scope='session')

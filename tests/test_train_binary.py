@@ -57,15 +57,8 @@ def run_whole_and_resumed(tmp_path, *flags):
   return rows
 
 
-@pytest.fixture(scope='module')
-def two_runs(tiny_runs):
-  """Two identical tiny runs of the default task (ring) with the same seed (conftest's
-  session fixture: test_remote and test_tls compare remote runs with the first)."""
-  return tiny_runs
-
-
-def test_writes_config_metrics_and_samples(two_runs):
-  (output_dir, result), _ = two_runs[0]
+def test_writes_config_metrics_and_samples(tiny_runs):
+  (output_dir, result), _ = tiny_runs[0]
   config = json.loads((output_dir / 'config.json').read_text())
   assert config['task'] == 'ring' and config['rounds'] == 2 and config['num_clients'] == 4
   rows = read_rows(output_dir / 'metrics.csv')
@@ -84,11 +77,11 @@ def test_writes_config_metrics_and_samples(two_runs):
   assert 'done' in result.stdout
 
 
-def test_bytes_columns_match_the_model_size(two_runs):
+def test_bytes_columns_match_the_model_size(tiny_runs):
   """Down: every weight as float32 plus the int64[2] round seed; up: the float32 delta, its
   weight, and a few scalar metrics."""
   import tasks
-  (output_dir, _), _ = two_runs[0]
+  (output_dir, _), _ = tiny_runs[0]
   models = tasks.get_task('ring', width=0.03125).gan_models()
   num_params = models.generator_fn().count_params() + models.discriminator_fn().count_params()
   for row in read_rows(output_dir / 'metrics.csv'):
@@ -98,20 +91,20 @@ def test_bytes_columns_match_the_model_size(two_runs):
     assert 0 < metrics_bytes <= completed * 32
 
 
-def test_same_seed_gives_identical_loss_columns(two_runs):
-  (dir_a, _), (dir_b, _) = two_runs[0]
+def test_same_seed_gives_identical_loss_columns(tiny_runs):
+  (dir_a, _), (dir_b, _) = tiny_runs[0]
   rows_a, rows_b = read_rows(dir_a / 'metrics.csv'), read_rows(dir_b / 'metrics.csv')
   for column in ('d_loss', 'g_loss', 'modes_captured', 'high_quality_fraction'):
     assert [r[column] for r in rows_a] == [r[column] for r in rows_b]
 
 
-def test_no_worker_survives_a_run(two_runs):
-  _, survivors = two_runs
+def test_no_worker_survives_a_run(tiny_runs):
+  _, survivors = tiny_runs
   assert not survivors()
 
 
-def test_tensorflow_start_up_noise_is_hidden(two_runs):
-  for _, result in two_runs[0]:
+def test_tensorflow_start_up_noise_is_hidden(tiny_runs):
+  for _, result in tiny_runs[0]:
     for noise in ('cuda', 'oneDNN', 'TensorRT', 'cpu_feature_guard'):
       assert noise not in result.stderr
 
