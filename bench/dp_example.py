@@ -21,6 +21,7 @@ resumes from its checkpoint. `--jobs=2` trains two runs at a time (one per core)
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -56,6 +57,7 @@ def rounds(configuration: str) -> int:
   return FLAGS.rounds or CONFIGURATIONS[configuration][1]
 
 
+@functools.cache  # Each cell's z: read by every seed's run and by the table.
 def noise_multiplier(configuration: str, target_epsilon: float) -> float:
   from tff_gan.privacy import accounting  # noqa: PLC0415  (after _cli set the path)
   return accounting.noise_multiplier_for_epsilon(

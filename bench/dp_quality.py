@@ -22,6 +22,7 @@ resumes from its checkpoint. `--jobs=2` trains two runs at a time (one per core)
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -70,6 +71,7 @@ def clip(configuration: str) -> float:
   return CONFIGURATIONS[configuration][2]
 
 
+@functools.cache  # Each cell's z: read by every seed's run and by the table.
 def noise_multiplier(configuration: str, target_epsilon: float) -> float:
   from tff_gan.privacy import accounting  # noqa: PLC0415  (after _cli set the path)
   sampling = accounting.Sampling('poisson', FLAGS.num_clients, FLAGS.clients_per_round)
