@@ -5,7 +5,10 @@ has neither, runs once.
 
 Each combination trains 2 tiny rounds in its own process, exactly as a user would start it;
 the script prints one line per combination and a summary, and exits non-zero if any failed.
-It checks that every combination runs, not how well it trains (see bench/aggregators.py).
+A combination the program refuses as a usage error (exit status 2 with one line on stderr,
+e.g. a server optimizer a scheme has no server step for) is counted as refused, not failed;
+a refusal of more than one line is a failure. It checks that every combination runs or is
+refused cleanly, not how well it trains (see bench/aggregators.py).
 
 Usage: python bench/combinations.py [--output_root=/tmp/combinations] [--parallel=2]
 """
@@ -36,8 +39,11 @@ def run(scheme: str, server_optimizer: str, aggregator: str, output_root: str):
        f'--scheme={scheme}', f'--server_optimizer={server_optimizer}',
        f'--aggregator={aggregator}', f'--output_dir={os.path.join(output_root, name)}'],
       capture_output=True, text=True, check=False, timeout=600)
-  last_line = (result.stderr.strip().splitlines() or [''])[-1]
-  return name, result.returncode, time.perf_counter() - start, last_line
+  lines = result.stderr.strip().splitlines()
+  outcome = ('ok' if result.returncode == 0 else
+             f'refused: {lines[0]}' if result.returncode == 2 and len(lines) == 1 else
+             f'FAILED ({result.returncode}): {(lines or [""])[-1]}')
+  return name, outcome, time.perf_counter() - start
 
 
 def main(argv):
@@ -55,15 +61,16 @@ def main(argv):
   combinations = list(itertools.product(federated, choices.SERVER_OPTIMIZERS,
                                         choices.AGGREGATORS))
   combinations.append(('centralized', 'sgd', 'mean'))
-  failures = 0
+  outcomes = []
   with futures.ThreadPoolExecutor(parallel) as pool:
     jobs = [pool.submit(run, *combination, output_root) for combination in combinations]
     for job in futures.as_completed(jobs):
-      name, returncode, seconds, last_line = job.result()
-      status = 'ok' if returncode == 0 else f'FAILED ({returncode}): {last_line}'
-      failures += returncode != 0
-      print(f'{name}: {status} [{seconds:.0f} s]', flush=True)
-  print(f'{len(combinations) - failures} of {len(combinations)} combinations ran '
+      name, outcome, seconds = job.result()
+      outcomes.append(outcome.split(':')[0].split(' ')[0])
+      print(f'{name}: {outcome} [{seconds:.0f} s]', flush=True)
+  failures = outcomes.count('FAILED')
+  print(f'{outcomes.count("ok")} of {len(combinations)} combinations ran, '
+        f'{outcomes.count("refused")} were refused in one line, {failures} failed '
         f'(schemes: {", ".join(federated)}, plus centralized; server optimizers: '
         f'{", ".join(choices.SERVER_OPTIMIZERS)}; aggregators: '
         f'{", ".join(choices.AGGREGATORS)}).')
