@@ -1,26 +1,36 @@
-"""Example-level DP for silos on `ring`: quality at a target ε per silo, over seeds.
+"""Example-level DP for silos: quality at a target ε per silo, over seeds.
 
-The cross-silo setting of the README: 10 clients ("hospitals") of 2,000 examples each, all
-sampled every round, every client's discriminator trained with DP-SGD (`--dp_unit=example`:
-Poisson batches of expected size 500, each example's gradient clipped to 1, noise z·1), one
-DP-SGD step per client a round, δ = 1e-5. Each silo's ε then depends on its rate 500/2000
-and its steps (one a round) alone. For every configuration (`CONFIGURATIONS`) and target ε
-it computes the z that spends exactly that ε over the run (as `bin/privacy.py
---dp_unit=example --target_epsilon`), trains every seed, and prints as the mean over seeds
-at the last round: ε spent (the largest over silos, from `metrics.csv`), modes of 8,
-high-quality fraction and reverse KL, with the minutes of training per run. A run without DP
-is each configuration's reference. It writes a PNG of modes and high quality against ε for
-the first configuration at `--curve_epsilons`.
+The cross-silo settings of the README, 10 clients ("hospitals") all sampled every round,
+every client's discriminator trained with DP-SGD (`--dp_unit=example`: Poisson batches, each
+example's gradient clipped to 1, noise z·1), δ = 1e-5:
+
+* `ring` (`dp_fedavg_gan`, `fedgan`; the default): 2,000 examples a silo, batches of 500
+  expected, one DP-SGD step a silo a round;
+* `digits` (`digits_fedgan`): the 1,797 embedded digits split over the 10 silos, batches of
+  32 expected, one local epoch (6 steps) a round.
+
+A silo's ε then depends on its rate B / n and its steps alone. For every configuration
+(`CONFIGURATIONS`) and target ε it computes the z that spends exactly that ε over the run
+for the smallest silo (as `bin/privacy.py --dp_unit=example --target_epsilon`), trains every
+seed, and prints as the mean over seeds at the last round: ε spent (the largest over silos,
+from `metrics.csv`), the quality figures (`ring`: modes of 8, high-quality fraction, reverse
+KL; `digits`: Fréchet distance and classifier score), and the minutes of training per run.
+A run without DP is each configuration's reference. It writes a PNG of the first two figures
+against ε for the first configuration at `--curve_epsilons`. `ring` and `digits`
+configurations are run separately.
 
 Runs live in `--work_dir`: a finished run is read again, not rerun, and an interrupted one
 resumes from its checkpoint. `--jobs=2` trains two runs at a time (one per core).
 
   .venv/bin/python bench/dp_example.py                        # the README's table and figure
   .venv/bin/python bench/dp_example.py --configurations=fedgan --epsilons=6 --seeds=0
+  .venv/bin/python bench/dp_example.py --configurations=digits_fedgan --epsilons=1,4,10 \
+      --curve_epsilons=1,4,10 --figure=runs/dp_example/digits_vs_epsilon.png
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -32,36 +42,66 @@ import procs  # noqa: E402
 from absl import flags  # noqa: E402
 
 DELTA = 1e-5
-EXAMPLES, BATCH = 2000, 500
-# A batch of 500 of 2,000 (q = 1/4): at a fixed number of steps, the noise on the mean
+
+
+@dataclasses.dataclass(frozen=True)
+class Configuration:
+  """A setting: `bin/train.py` flags of the silos and the scheme, rounds, the figures it is
+  judged by, and what the accountant needs: the smallest silo's examples n (its ε is the
+  largest), the expected batch B and the DP-SGD steps a silo takes a round (min(local steps,
+  ⌈n / B⌉) for one local epoch)."""
+
+  flags: tuple[str, ...]
+  rounds: int
+  examples: int
+  batch: int
+  steps_per_round: int
+  figures: tuple[procs.Figure, ...] = procs.RING_FIGURES
+
+
+# ring: a batch of 500 of 2,000 (q = 1/4). At a fixed number of steps the noise on the mean
 # gradient, z/B, hardly falls with larger batches, and smaller ones pay more (ε = 6 over 1,000
 # steps: z/B 0.0130 at 500, 0.0129 at 2,000, 0.0143 at 128, 0.0172 at 64), so 500 is where the
 # batch stops costing. The steps are the knob: one DP-SGD step a round, so a silo takes
 # `rounds` steps.
-SILOS = ['--num_clients=10', f'--examples_per_client={EXAMPLES}', f'--batch_size={BATCH}',
-         '--local_steps=1']
-# Each configuration: its flags and rounds. dp_fedavg_gan's server takes 4 generator steps a
-# round on the mean of the 10 silos' DP discriminators (post-processing: no privacy spent);
-# fedgan's clients take one generator step each against their own DP discriminator.
+RING_SILOS = ('--num_clients=10', '--examples_per_client=2000', '--batch_size=500',
+              '--local_steps=1')
+# digits: the 1,797 embedded digits split over 10 silos (180 or 179 each), batches of 32
+# expected, one local epoch (6 steps) a round. The MLP pair: TF Privacy clips its Dense layers
+# with ghost norms, where the DCGAN's convolutions need per-example Jacobians (0.6-0.8 s a
+# step on 2 loaded cores against about 0.05).
+DIGITS_SILOS = ('--task=digits', '--model=mlp', '--num_clients=10', '--batch_size=32')
+# dp_fedavg_gan's server takes 4 generator steps a round on the mean of the 10 silos' DP
+# discriminators (post-processing: no privacy spent); fedgan's clients take one generator step
+# per discriminator step against their own DP discriminator.
 CONFIGURATIONS = {
-    'dp_fedavg_gan': (['--scheme=dp_fedavg_gan', '--server_gen_steps=4'], 1000),
-    'fedgan': (['--scheme=fedgan'], 1000),
+    'dp_fedavg_gan': Configuration((*RING_SILOS, '--scheme=dp_fedavg_gan', '--server_gen_steps=4'),
+                                   1000, 2000, 500, 1),
+    'fedgan': Configuration((*RING_SILOS, '--scheme=fedgan'), 1000, 2000, 500, 1),
+    'digits_fedgan': Configuration((*DIGITS_SILOS, '--scheme=fedgan'), 300, 179, 32, 6,
+                                   procs.IMAGE_FIGURES),
 }
 
 procs.define_dp_bench_flags(CONFIGURATIONS, epsilons=['6'], curve_epsilons=['2', '4', '6', '10'],
-                            work_dir=os.path.join(procs.REPO_ROOT, 'runs', 'dp_example'))
+                            work_dir=os.path.join(procs.REPO_ROOT, 'runs', 'dp_example'),
+                            default_configurations=['dp_fedavg_gan', 'fedgan'])
+flags.register_validator(
+    'configurations', lambda names: len({CONFIGURATIONS[n].figures for n in names}) == 1,
+    'ring and digits configurations have different figures; run them separately')
 FLAGS = flags.FLAGS
 
 
 def rounds(configuration: str) -> int:
-  return FLAGS.rounds or CONFIGURATIONS[configuration][1]
+  return FLAGS.rounds or CONFIGURATIONS[configuration].rounds
 
 
 @functools.cache  # Each cell's z: read by every seed's run and by the table.
 def noise_multiplier(configuration: str, target_epsilon: float) -> float:
   from tff_gan.privacy import accounting  # noqa: PLC0415  (after _cli set the path)
+  c = CONFIGURATIONS[configuration]
   return accounting.noise_multiplier_for_epsilon(
-      target_epsilon, accounting.example_sampling(EXAMPLES, BATCH), rounds(configuration), DELTA)
+      target_epsilon, accounting.example_sampling(c.examples, c.batch),
+      rounds(configuration) * c.steps_per_round, DELTA)
 
 
 def run(configuration: str, target: float, seed: int) -> dict[str, float]:
@@ -74,20 +114,27 @@ def run(configuration: str, target: float, seed: int) -> dict[str, float]:
           + f'_r{rounds(configuration)}_s{seed}' + procs.flags_suffix(FLAGS.extra))
   rows = procs.train_or_read(
       os.path.join(FLAGS.work_dir, name),
-      [*SILOS, *CONFIGURATIONS[configuration][0], *dp, f'--eval_every={FLAGS.eval_every}',
+      [*CONFIGURATIONS[configuration].flags, *dp, f'--eval_every={FLAGS.eval_every}',
        f'--seed={seed}', *FLAGS.extra], rounds(configuration))
-  return procs.last_figures(rows, private)
+  return procs.last_figures(rows, private, CONFIGURATIONS[configuration].figures)
+
+
+def describe(configuration: str) -> str:
+  c = CONFIGURATIONS[configuration]
+  return (f'{configuration}: {" ".join(c.flags)}, {c.steps_per_round} DP-SGD step(s) a silo a '
+          f'round, {rounds(configuration)} rounds')
 
 
 def main(argv):
   _cli.parse_flags(argv, __doc__)
   procs.run_dp_bench(
       run, rounds=rounds, z_text=lambda c, t: f'{noise_multiplier(c, t):.3f}',
-      setting=(f'ring, example-level DP: 10 silos x {EXAMPLES} examples, all in every round, '
-               f'Poisson batches of {BATCH} expected, one DP-SGD step a round, clip 1, delta '
-               f'{DELTA:g}, flags {" ".join(FLAGS.extra) or "none"}'),
+      setting=('example-level DP, every silo in every round, Poisson batches, clip 1, delta '
+               f'{DELTA:g}; ' + '; '.join(map(describe, FLAGS.configurations))
+               + f'; more flags: {" ".join(FLAGS.extra) or "none"}'),
       label='under DP-SGD (mean over seeds)', xlabel=f'ε of each silo (δ = {DELTA:g})',
-      title=lambda c: f'ring, 10 silos × {EXAMPLES:,} examples, {c}, {rounds(c)} rounds')
+      title=lambda c: f'{c}, 10 silos, {rounds(c)} rounds',
+      figures=CONFIGURATIONS[FLAGS.configurations[0]].figures)
   return 0
 
 

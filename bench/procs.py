@@ -7,11 +7,13 @@ Shared by the benchmarks that run whole trainings (`scaling.py`, `wall_clock.py`
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO_ROOT, 'bin', 'train.py')
@@ -59,13 +61,38 @@ def train_or_read(output_dir: str, flags: list[str], rounds: int) -> list[dict[s
   return rows
 
 
-def last_figures(rows: list[dict[str, str]], private: bool) -> dict[str, float]:
-  """A `ring` run's figures from its `metrics.csv` rows: ε at the end (infinity without DP),
-  and modes, high-quality fraction and reverse KL at its last evaluation, with its minutes."""
-  last = [row for row in rows if row['modes_captured']][-1]
+@dataclasses.dataclass(frozen=True)
+class Figure:
+  """One quality figure of a DP benchmark: a `metrics.csv` column, its table header and text,
+  and the top of its axis in the figure (None: fit to the points)."""
+
+  column: str
+  header: str
+  text: Callable[[float], str]
+  top: float | None = None
+
+
+def _number(digits: int) -> Callable[[float], str]:
+  return lambda value: 'n/a' if math.isnan(value) else f'{value:.{digits}f}'
+
+
+# `ring`: modes of 8, high-quality fraction, reverse KL. Images: the task's Fréchet distance
+# (lower is better) and classifier score (higher is better, at most the number of classes).
+RING_FIGURES = (Figure('modes_captured', 'modes of 8', _number(1), 8.4),
+                Figure('high_quality_fraction', 'high quality', lambda v: f'{100 * v:.0f} %',
+                       1.05),
+                Figure('reverse_kl', 'reverse KL', _number(2)))
+IMAGE_FIGURES = (Figure('frechet_distance', 'Fréchet distance', _number(1)),
+                 Figure('classifier_score', 'classifier score', _number(2)))
+
+
+def last_figures(rows: list[dict[str, str]], private: bool,
+                 figures: tuple[Figure, ...] = RING_FIGURES) -> dict[str, float]:
+  """A run's figures from its `metrics.csv` rows: ε at the end (infinity without DP), each of
+  `figures` at its last evaluation (keyed by column), and the minutes it trained."""
+  last = [row for row in rows if row[figures[0].column]][-1]
   return {'epsilon': float(rows[-1]['epsilon']) if private else math.inf,
-          'modes': float(last['modes_captured']), 'high': float(last['high_quality_fraction']),
-          'kl': float(last['reverse_kl'] or 'nan'),
+          **{f.column: float(last[f.column] or 'nan') for f in figures},
           'minutes': sum(float(row['round_seconds']) for row in rows) / 60}
 
 
@@ -80,13 +107,14 @@ def flags_suffix(extra: list[str]) -> str:
 
 
 def define_dp_bench_flags(configurations, *, epsilons: list[str], curve_epsilons: list[str],
-                          work_dir: str) -> None:
-  """The flags both DP benchmarks take: `--configurations` (of `configurations`), `--epsilons`,
+                          work_dir: str, default_configurations=None) -> None:
+  """The flags both DP benchmarks take: `--configurations` (of `configurations`; by default
+  `default_configurations`, else all), `--epsilons`,
   `--curve_epsilons`, `--seeds`, `--rounds`, `--eval_every`, `--jobs`, `--extra`,
   `--work_dir` and `--figure`, with their validators."""
   from absl import flags  # noqa: PLC0415  (only the benchmarks with flags need it)
 
-  flags.DEFINE_list('configurations', list(configurations),
+  flags.DEFINE_list('configurations', list(default_configurations or configurations),
                     'Schemes and their settings: ' + ', '.join(configurations) + '. The first '
                     'is drawn against epsilon.')
   flags.DEFINE_list('epsilons', epsilons, 'Target epsilons of the table (each sets z).')
@@ -133,14 +161,14 @@ def train_cells(run, configurations: list[str], epsilons: list[str], curve_epsil
   return results
 
 
-def print_dp_table(results, rounds, z_text, clip=None) -> None:
+def print_dp_table(results, rounds, z_text, clip=None, figures=RING_FIGURES) -> None:
   """The Markdown table of `train_cells`' results, means over seeds: configuration, rounds
   (`rounds(configuration)`), target ε, z (`z_text(configuration, target)`), the clip if
-  `clip(configuration)` is given, ε spent, modes, high quality, reverse KL, minutes."""
+  `clip(configuration)` is given, ε spent, each of `figures`, minutes."""
   clip_header = ' clip |' if clip else ''
-  print(f'| configuration | rounds | target ε | z |{clip_header} ε spent | modes of 8 | '
-        'high quality | reverse KL | minutes a run |')
-  print('|---|---:|---:|---:|' + ('---:|' if clip else '') + '---:|---:|---:|---:|---:|')
+  print(f'| configuration | rounds | target ε | z |{clip_header} ε spent | '
+        + ''.join(f'{f.header} | ' for f in figures) + 'minutes a run |')
+  print('|---|---:|---:|---:|' + ('---:|' if clip else '') + '---:|' * (len(figures) + 2))
   for (configuration, target), runs in results.items():
     m = mean(runs)
     private = math.isfinite(target)
@@ -148,17 +176,17 @@ def print_dp_table(results, rounds, z_text, clip=None) -> None:
              z_text(configuration, target) if private else '—']
     if clip:
       cells.append(f'{clip(configuration):g}' if private else '—')
-    kl = 'n/a' if math.isnan(m['kl']) else f"{m['kl']:.2f}"
-    cells += [f"{m['epsilon']:.2f}" if private else '∞', f"{m['modes']:.1f}",
-              f"{100 * m['high']:.0f} %", kl, f"{m['minutes']:.1f}"]
+    cells += [f"{m['epsilon']:.2f}" if private else '∞',
+              *(f.text(m[f.column]) for f in figures), f"{m['minutes']:.1f}"]
     print('| ' + ' | '.join(cells) + ' |')
 
 
 def run_dp_bench(run, *, setting: str, rounds, z_text, clip=None, label: str, xlabel: str,
-                 title) -> None:
+                 title, figures: tuple[Figure, ...] = RING_FIGURES) -> None:
   """A DP benchmark's body after its flags (`define_dp_bench_flags`) are parsed: trains every
   cell (`train_cells` with `run`), prints `setting` and the table (`print_dp_table`), and
-  draws the first configuration against ε, `label` and `title(configuration)` naming it."""
+  draws the first configuration's first two `figures` against ε, `label` and
+  `title(configuration)` naming it."""
   from absl import flags  # noqa: PLC0415
 
   options = flags.FLAGS
@@ -166,32 +194,34 @@ def run_dp_bench(run, *, setting: str, rounds, z_text, clip=None, label: str, xl
   results = train_cells(run, options.configurations, options.epsilons, options.curve_epsilons,
                         [int(s) for s in options.seeds], options.jobs)
   print(f'{setting}; seeds {", ".join(options.seeds)}, mean at the last round')
-  print_dp_table(results, rounds, z_text, clip)
+  print_dp_table(results, rounds, z_text, clip, figures)
   figure = options.figure or os.path.join(options.work_dir, 'quality_vs_epsilon.png')
   write_quality_against_epsilon(
       figure, [mean(results[(first, float(e))]) for e in options.curve_epsilons],
       mean(results[(first, math.inf)]), label=f'{first} {label}', xlabel=xlabel,
-      title=title(first))
+      title=title(first), figures=figures[:2])
   print(f'quality against epsilon: {figure}')
 
 
 def write_quality_against_epsilon(path: str, points: list[dict[str, float]],
                                   reference: dict[str, float] | None, *, label: str,
-                                  xlabel: str, title: str) -> None:
-  """A PNG of modes and high-quality fraction against ε: `points` (figures of `last_figures`
+                                  xlabel: str, title: str,
+                                  figures: tuple[Figure, ...] = RING_FIGURES[:2]) -> None:
+  """A PNG of each of `figures` against ε, side by side: `points` (figures of `last_figures`
   or their `mean`) as a curve, `reference` (no DP) as a dashed line."""
   import matplotlib  # noqa: PLC0415  (only the figures need it)
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
   points = sorted(points, key=lambda m: m['epsilon'])
-  figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-  for axis, key, name, top in ((axes[0], 'modes', 'modes of 8', 8.4),
-                               (axes[1], 'high', 'high-quality fraction', 1.05)):
-    axis.plot([m['epsilon'] for m in points], [m[key] for m in points], 'o-', label=label)
+  figure, axes = plt.subplots(1, len(figures), figsize=(5 * len(figures), 3.6))
+  for axis, f in zip(axes, figures, strict=True):
+    axis.plot([m['epsilon'] for m in points], [m[f.column] for m in points], 'o-', label=label)
     if reference is not None:
-      axis.axhline(reference[key], color='gray', linestyle='--', label='no DP')
-    axis.set(xlabel=xlabel, ylabel=name, ylim=(0, top))
+      axis.axhline(reference[f.column], color='gray', linestyle='--', label='no DP')
+    axis.set(xlabel=xlabel, ylabel=f.header)
+    if f.top is not None:
+      axis.set_ylim(0, f.top)
     axis.legend(fontsize=8)
   figure.suptitle(title)
   figure.tight_layout()
