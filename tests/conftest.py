@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,18 +101,76 @@ def workers_started_since(before: set[int]) -> set[int]:
   return {pid for pid in worker_pids() - before if pid_alive(pid) and started_by_this_session(pid)}
 
 
-# `make test` runs the tests on two pytest-xdist workers (`--dist loadgroup`). Each test module
-# stays on one worker, so its module-scoped fixtures are built once; modules that share a
-# session fixture (`uninterrupted`, `tiny_runs`) share a group too.
-_SHARED_GROUPS = {'test_program': 'resumable', 'test_run_safety': 'resumable',
-                  'test_train_binary': 'tiny', 'test_remote': 'tiny', 'test_tls': 'tiny'}
+# `make test` runs the tests on two pytest-xdist workers (`--dist loadgroup`). A test that
+# shares an expensive fixture with others runs on the same worker as they do, so that the
+# fixture is built once: the session fixtures that run `bin/train.py` (`tiny_runs`, whose
+# rows `local_rows` reads, and `uninterrupted`) give their users one group each, and a module
+# fixture keeps its module's users together (in the module's shared group, if its tests use
+# one). Every other test is a group of its own, which either worker may take.
+_SHARED_FIXTURES = {'tiny_runs': 'tiny', 'local_rows': 'tiny', 'uninterrupted': 'resumable'}
+# The groups are handed out longest first (with --no-loadscope-reorder, set in pyproject.toml):
+# a long test started last would leave the other worker idle meanwhile. A group's length is
+# the sum of its tests' seconds (setup, call and teardown) as last measured: the controller
+# keeps them in pytest's cache; tests/durations.json holds the slowest tests' seconds from a
+# profile of `make test` on 2 loaded cores (a fixture's set-up counted in its first test),
+# for a checkout without a cache.
+_SECONDS_KEY = 'tff_gan/test_seconds'
+_MEASURED_SECONDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'durations.json')
+
+
+def _uses_module_fixture(item) -> bool:
+  return any(definitions[-1].scope in ('module', 'package', 'class')
+             for definitions in item._fixtureinfo.name2fixturedefs.values())  # noqa: SLF001
+
+
+def _groups(items) -> dict:
+  """Each item's xdist group, by the rules above."""
+  shared = {item: next((_SHARED_FIXTURES[name] for name in item.fixturenames
+                        if name in _SHARED_FIXTURES), None) for item in items}
+  module_groups = {}
+  for item in items:
+    module = item.module.__name__.rpartition('.')[2]
+    if shared[item] or _uses_module_fixture(item):
+      module_groups[module] = shared[item] or module_groups.get(module) or module
+  groups = {}
+  for item in items:
+    module = item.module.__name__.rpartition('.')[2]
+    if shared[item]:
+      groups[item] = shared[item]
+    elif _uses_module_fixture(item):
+      groups[item] = module_groups[module]
+    else:
+      groups[item] = item.nodeid
+  return groups
 
 
 @pytest.hookimpl(tryfirst=True)  # Before pytest-xdist reads the marks.
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
+  groups = _groups(items)
+  with open(_MEASURED_SECONDS) as f:
+    seconds = json.load(f)
+  cache = getattr(config, 'cache', None)  # None under -p no:cacheprovider.
+  seconds.update(cache.get(_SECONDS_KEY, {}) if cache else {})
+  total = {}
   for item in items:
-    module = item.module.__name__.rpartition('.')[2]
-    item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(module, module)))
+    total[groups[item]] = total.get(groups[item], 0.0) + seconds.get(item.nodeid, 0.0)
+  # Stable: groups of equal (or unknown) length keep the collection order; a group's tests
+  # stay together, in their module's order.
+  first_index = {}
+  for index, item in enumerate(items):
+    first_index.setdefault(groups[item], index)
+  items.sort(key=lambda item: (-total[groups[item]], first_index[groups[item]]))
+  for item in items:
+    item.add_marker(pytest.mark.xdist_group(groups[item]))
+
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+  """Sums the seconds of each test's phases (on the controller, from the workers' reports)."""
+  nodeid = report.nodeid.partition('@')[0]  # pytest-xdist appends '@group'.
+  _measured[nodeid] = _measured.get(nodeid, 0.0) + report.duration
 
 
 def pytest_sessionstart(session):
@@ -119,7 +178,13 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
-  """Fails the run if any worker started during the session is still alive at its end."""
+  """Fails the run if any worker started during the session is still alive at its end; the
+  controller (or a run without xdist) stores the seconds each test took."""
+  cache = getattr(session.config, 'cache', None)
+  if _measured and cache and not hasattr(session.config, 'workerinput'):
+    seconds = cache.get(_SECONDS_KEY, {})
+    seconds.update((nodeid, round(value, 1)) for nodeid, value in _measured.items())
+    cache.set(_SECONDS_KEY, seconds)
   worker_lib.stop_all_workers()
   leaked = workers_started_since(_PIDS_BEFORE_SESSION)
   if leaked:
