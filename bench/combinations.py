@@ -6,7 +6,7 @@ has neither, runs once.
 Each combination trains 2 tiny rounds in its own process, exactly as a user would start it;
 the script prints one line per combination and a summary, and exits non-zero if any failed.
 A combination the program refuses as a usage error (exit status 2 with one line on stderr,
-e.g. a server optimizer a scheme has no server step for) is counted as refused, not failed;
+e.g. an aggregator a scheme does not build) is counted as refused, not failed;
 a refusal of more than one line is a failure. It checks that every combination runs or is
 refused cleanly, not how well it trains (see bench/aggregators.py).
 
@@ -40,10 +40,13 @@ def run(scheme: str, server_optimizer: str, aggregator: str, output_root: str):
        f'--aggregator={aggregator}', f'--output_dir={os.path.join(output_root, name)}'],
       capture_output=True, text=True, check=False, timeout=600)
   lines = result.stderr.strip().splitlines()
-  outcome = ('ok' if result.returncode == 0 else
-             f'refused: {lines[0]}' if result.returncode == 2 and len(lines) == 1 else
-             f'FAILED ({result.returncode}): {(lines or [""])[-1]}')
-  return name, outcome, time.perf_counter() - start
+  if result.returncode == 0:
+    outcome, detail = 'ok', ''
+  elif result.returncode == 2 and len(lines) == 1:
+    outcome, detail = 'refused', f': {lines[0]}'
+  else:
+    outcome, detail = 'FAILED', f' ({result.returncode}): {(lines or [""])[-1]}'
+  return name, outcome, detail, time.perf_counter() - start
 
 
 def main(argv):
@@ -65,9 +68,9 @@ def main(argv):
   with futures.ThreadPoolExecutor(parallel) as pool:
     jobs = [pool.submit(run, *combination, output_root) for combination in combinations]
     for job in futures.as_completed(jobs):
-      name, outcome, seconds = job.result()
-      outcomes.append(outcome.split(':')[0].split(' ')[0])
-      print(f'{name}: {outcome} [{seconds:.0f} s]', flush=True)
+      name, outcome, detail, seconds = job.result()
+      outcomes.append(outcome)
+      print(f'{name}: {outcome}{detail} [{seconds:.0f} s]', flush=True)
   failures = outcomes.count('FAILED')
   print(f'{outcomes.count("ok")} of {len(combinations)} combinations ran, '
         f'{outcomes.count("refused")} were refused in one line, {failures} failed '

@@ -68,8 +68,8 @@ RING_SILOS = ('--num_clients=10', '--examples_per_client=2000', '--batch_size=50
               '--local_steps=1')
 # digits: the 1,797 embedded digits split over 10 silos (180 or 179 each), batches of 32
 # expected, one local epoch (6 steps) a round. The MLP pair: TF Privacy clips its Dense layers
-# with ghost norms, where the DCGAN's convolutions need per-example Jacobians (0.6-0.8 s a
-# step on 2 loaded cores against about 0.05).
+# with ghost norms, where the DCGAN's convolutions need per-example Jacobians: on 2 loaded
+# cores a round of 60 DP-SGD steps took 36-48 s with the DCGAN pair and about 4 s with the MLP.
 DIGITS_SILOS = ('--task=digits', '--model=mlp', '--num_clients=10', '--batch_size=32')
 # dp_fedavg_gan's server takes 4 generator steps a round on the mean of the 10 silos' DP
 # discriminators (post-processing: no privacy spent); fedgan's clients take one generator step
