@@ -7,9 +7,15 @@ example's gradient clipped to 1, noise z·1), δ = 1e-5:
 * `ring` (`dp_fedavg_gan`, `fedgan`; the default): 2,000 examples a silo, batches of 500
   expected, one DP-SGD step a silo a round;
 * `digits` (`digits_fedgan`): the 1,797 embedded digits split over the 10 silos, batches of
-  32 expected, one local epoch (6 steps) a round.
+  32 expected, one local epoch (6 steps) a round;
+* `ring` with `gs_wgan`: GS-WGAN instead of DP-SGD. Each silo keeps K = 100 discriminators
+  (a quarter-width critic each, never sent), its 2,000 examples hashed over them; every round
+  one drawn at random trains on its shard and answers, its per-sample gradients on the
+  round's 16 generated samples clipped to 1 and noised with σ·1 (`--dp_noise_multiplier` is
+  σ). Its reference without noise is the same run at σ = 0 (clipped, not noised).
 
-A silo's ε then depends on its rate B / n and its steps alone. For every configuration
+A silo's ε then depends on its rate B / n and its steps alone (GS-WGAN: on K, σ, the batch
+and the rounds). For every configuration
 (`CONFIGURATIONS`) and target ε it computes the z that spends exactly that ε over the run
 for the smallest silo (as `bin/privacy.py --dp_unit=example --target_epsilon`), trains every
 seed, and prints as the mean over seeds at the last round: ε spent (the largest over silos,
@@ -49,7 +55,9 @@ class Configuration:
   """A setting: `bin/train.py` flags of the silos and the scheme, rounds, the figures it is
   judged by, and what the accountant needs: the smallest silo's examples n (its ε is the
   largest), the expected batch B and the DP-SGD steps a silo takes a round (min(local steps,
-  ⌈n / B⌉) for one local epoch)."""
+  ⌈n / B⌉) for one local epoch). With `shards` K > 0 the setting is GS-WGAN's: its
+  accountant needs K, the batch of generated samples and `steps_per_round`, the generator
+  steps a round (one sanitized message a round)."""
 
   flags: tuple[str, ...]
   rounds: int
@@ -57,6 +65,7 @@ class Configuration:
   batch: int
   steps_per_round: int
   figures: tuple[procs.Figure, ...] = procs.RING_FIGURES
+  shards: int = 0
 
 
 # ring: a batch of 500 of 2,000 (q = 1/4). At a fixed number of steps the noise on the mean
@@ -80,6 +89,12 @@ CONFIGURATIONS = {
     'fedgan': Configuration((*RING_SILOS, '--scheme=fedgan'), 1000, 2000, 500, 1),
     'digits_fedgan': Configuration((*DIGITS_SILOS, '--scheme=fedgan'), 300, 179, 32, 6,
                                    procs.IMAGE_FIGURES),
+    # GS-WGAN's setting of the README: 100 discriminators a silo, 20 examples each; the
+    # critics at a quarter width keep the 1,000 of them under the state limit (about 100 MB).
+    'gs_wgan': Configuration(
+        ('--num_clients=10', '--examples_per_client=2000', '--scheme=gs_wgan',
+         '--discriminator_shards=100', '--batch_size=16', '--discriminator_width=0.25'),
+        1000, 2000, 16, 1, shards=100),
 }
 
 procs.define_dp_bench_flags(CONFIGURATIONS, epsilons=['6'], curve_epsilons=['2', '4', '6', '10'],
@@ -99,9 +114,17 @@ def rounds(configuration: str) -> int:
 def noise_multiplier(configuration: str, target_epsilon: float) -> float:
   from tff_gan.privacy import accounting  # noqa: PLC0415  (after _cli set the path)
   c = CONFIGURATIONS[configuration]
-  return accounting.noise_multiplier_for_epsilon(
-      target_epsilon, accounting.example_sampling(c.examples, c.batch),
-      rounds(configuration) * c.steps_per_round, DELTA)
+  if not c.shards:
+    return accounting.noise_multiplier_for_epsilon(
+        target_epsilon, accounting.example_sampling(c.examples, c.batch),
+        rounds(configuration) * c.steps_per_round, DELTA)
+  # GS-WGAN: a round is one Gaussian message of noise multiplier σ / (2·√(steps·batch)) from
+  # the one of K discriminators drawn (`feedback.message_noise_multiplier`), accounted as
+  # sampling 1 of K without replacement (replace-one), as the run's ledger does. A clipped sum
+  # of noise multiplier z under replace-one is that Gaussian at z / 2, so σ = z·√(steps·batch).
+  z = accounting.noise_multiplier_for_epsilon(
+      target_epsilon, accounting.Sampling('fixed', c.shards, 1), rounds(configuration), DELTA)
+  return z * math.sqrt(c.steps_per_round * c.batch)
 
 
 def run(configuration: str, target: float, seed: int) -> dict[str, float]:
@@ -110,6 +133,8 @@ def run(configuration: str, target: float, seed: int) -> dict[str, float]:
   private = math.isfinite(target)
   dp = ['--dp_unit=example', f'--dp_noise_multiplier={noise_multiplier(configuration, target):.6f}',
         f'--dp_delta={DELTA}'] if private else []
+  if not private and CONFIGURATIONS[configuration].shards:
+    dp = ['--dp_unit=example', '--dp_noise_multiplier=0']  # gs_wgan always clips.
   name = ((f'{configuration}_eps{target:g}' if private else f'{configuration}_no_dp')
           + f'_r{rounds(configuration)}_s{seed}' + procs.flags_suffix(FLAGS.extra))
   rows = procs.train_or_read(
@@ -121,15 +146,17 @@ def run(configuration: str, target: float, seed: int) -> dict[str, float]:
 
 def describe(configuration: str) -> str:
   c = CONFIGURATIONS[configuration]
-  return (f'{configuration}: {" ".join(c.flags)}, {c.steps_per_round} DP-SGD step(s) a silo a '
-          f'round, {rounds(configuration)} rounds')
+  steps = (f'{c.steps_per_round} sanitized message(s) a silo a round' if c.shards else
+           f'{c.steps_per_round} DP-SGD step(s) a silo a round, Poisson batches')
+  return f'{configuration}: {" ".join(c.flags)}, {steps}, {rounds(configuration)} rounds'
+
 
 
 def main(argv):
   _cli.parse_flags(argv, __doc__)
   procs.run_dp_bench(
       run, rounds=rounds, z_text=lambda c, t: f'{noise_multiplier(c, t):.3f}',
-      setting=('example-level DP, every silo in every round, Poisson batches, clip 1, delta '
+      setting=('example-level DP, every silo in every round, clip 1, delta '
                f'{DELTA:g}; ' + '; '.join(map(describe, FLAGS.configurations))
                + f'; more flags: {" ".join(FLAGS.extra) or "none"}'),
       label='under DP-SGD (mean over seeds)', xlabel=f'ε of each silo (δ = {DELTA:g})',

@@ -122,6 +122,18 @@ def test_epsilon_curve_equals_a_fresh_accountant_every_round(method, accountant)
         privacy.epsilon(event, sampling, rounds, 1e-3, accountant), rel=1e-9)
 
 
+@pytest.mark.parametrize('method', ['fixed', 'poisson'])
+def test_a_round_without_noise_spends_infinite_epsilon(method):
+  # dp_accounting's bound for sampling without replacement divides by the noise: a noiseless
+  # round (e.g. gs_wgan at sigma = 0, its reference run) must read infinite, not crash.
+  sampling = privacy.Sampling(method, 100, 1)
+  noiseless = dp_accounting.GaussianDpEvent(0.0)
+  curve = privacy.EpsilonCurve(noiseless, sampling, 1e-5)
+  assert curve(0) == 0.0 and curve(3) == math.inf
+  assert privacy.epsilon(dp_accounting.SelfComposedDpEvent(noiseless, 2), sampling, 1,
+                         1e-5) == math.inf
+
+
 def test_calibration_inverts_epsilon():
   sampling = privacy.Sampling('poisson', 1000, 10)
   target = privacy.epsilon(dp_accounting.GaussianDpEvent(1.1), sampling, 500, 1e-5)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 
 import attr
 import dp_accounting
@@ -114,10 +115,13 @@ def epsilon(
     delta: float,
     accountant: str = 'rdp',
 ) -> float:
-  """ε at `delta` after `rounds` rounds, each `round_event` on a sample drawn by `sampling`."""
+  """ε at `delta` after `rounds` rounds, each `round_event` on a sample drawn by `sampling`
+  (infinite once a round without noise has run)."""
   check_delta(delta)
   if rounds == 0:
     return 0.0
+  if _noiseless(round_event):
+    return math.inf
   ledger = make_accountant(accountant, sampling)
   with _pld_memory_error(accountant):
     ledger.compose(dp_accounting.SelfComposedDpEvent(sampling.sampled(round_event), rounds))
@@ -141,7 +145,7 @@ class EpsilonCurve:
     self._delta = delta
     self._accountant = accountant
     self._one_round = None
-    if accountant == 'rdp':
+    if accountant == 'rdp' and not _noiseless(round_event):
       one_round = make_accountant(accountant, sampling)
       one_round.compose(sampling.sampled(round_event))
       # dp_accounting (pinned in pyproject.toml) keeps the orders and their RDP privately.
@@ -154,6 +158,18 @@ class EpsilonCurve:
       return epsilon(*self._args, rounds, self._delta, self._accountant)
     return float(rdp_privacy_accountant.compute_epsilon(
         self._orders, rounds * self._one_round, self._delta)[0])
+
+
+def _noiseless(event: dp_accounting.DpEvent) -> bool:
+  """Whether `event` is, or composes, a Gaussian mechanism without noise (ε infinite; the
+  accountant's sampled-without-replacement bound divides by the noise)."""
+  if isinstance(event, dp_accounting.GaussianDpEvent):
+    return event.noise_multiplier == 0
+  if isinstance(event, dp_accounting.SelfComposedDpEvent):
+    return _noiseless(event.event)
+  if isinstance(event, dp_accounting.ComposedDpEvent):
+    return any(_noiseless(e) for e in event.events)
+  return False
 
 
 def noise_multiplier_for_epsilon(
