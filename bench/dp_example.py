@@ -26,7 +26,10 @@ against ε for the first configuration at `--curve_epsilons`. `ring` and `digits
 configurations are run separately.
 
 Runs live in `--work_dir`: a finished run is read again, not rerun, and an interrupted one
-resumes from its checkpoint. `--jobs=2` trains two runs at a time (one per core).
+resumes from its checkpoint. Every finished run's figures are also appended to `--record`
+(`bench/results/`, committed: `runs/` is not), and a run the record holds is not trained
+again. `--noreference` skips the runs without DP. `--jobs=2` trains two runs at a time (one
+per core).
 
   .venv/bin/python bench/dp_example.py                        # the README's table and figure
   .venv/bin/python bench/dp_example.py --configurations=fedgan --epsilons=6 --seeds=0
@@ -99,6 +102,8 @@ CONFIGURATIONS = {
 
 procs.define_dp_bench_flags(CONFIGURATIONS, epsilons=['6'], curve_epsilons=['2', '4', '6', '10'],
                             work_dir=os.path.join(procs.REPO_ROOT, 'runs', 'dp_example'),
+                            record=os.path.join(procs.REPO_ROOT, 'bench', 'results',
+                                                'dp_example.csv'),
                             default_configurations=['dp_fedavg_gan', 'fedgan'])
 flags.register_validator(
     'configurations', lambda names: len({CONFIGURATIONS[n].figures for n in names}) == 1,
@@ -128,8 +133,8 @@ def noise_multiplier(configuration: str, target_epsilon: float) -> float:
 
 
 def run(configuration: str, target: float, seed: int) -> dict[str, float]:
-  """Trains (or resumes, or reads) one run; its figures at the last round. `target` is the
-  ε the noise is calibrated to, or infinity for the run without DP."""
+  """Trains (or resumes, or reads from the record) one run; its figures at the last round.
+  `target` is the ε the noise is calibrated to, or infinity for the run without DP."""
   private = math.isfinite(target)
   dp = ['--dp_unit=example', f'--dp_noise_multiplier={noise_multiplier(configuration, target):.6f}',
         f'--dp_delta={DELTA}'] if private else []
@@ -137,11 +142,11 @@ def run(configuration: str, target: float, seed: int) -> dict[str, float]:
     dp = ['--dp_unit=example', '--dp_noise_multiplier=0']  # gs_wgan always clips.
   name = ((f'{configuration}_eps{target:g}' if private else f'{configuration}_no_dp')
           + f'_r{rounds(configuration)}_s{seed}' + procs.flags_suffix(FLAGS.extra))
-  rows = procs.train_or_read(
-      os.path.join(FLAGS.work_dir, name),
+  return procs.recorded_figures(
+      FLAGS.record, os.path.join(FLAGS.work_dir, name),
       [*CONFIGURATIONS[configuration].flags, *dp, f'--eval_every={FLAGS.eval_every}',
-       f'--seed={seed}', *FLAGS.extra], rounds(configuration))
-  return procs.last_figures(rows, private, CONFIGURATIONS[configuration].figures)
+       f'--seed={seed}', *FLAGS.extra], rounds(configuration), private,
+      CONFIGURATIONS[configuration].figures)
 
 
 def describe(configuration: str) -> str:

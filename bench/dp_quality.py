@@ -14,7 +14,10 @@ reference. It writes a PNG of modes and high quality against ε for the first co
 at `--curve_epsilons`.
 
 Runs live in `--work_dir`: a finished run is read again, not rerun, and an interrupted one
-resumes from its checkpoint. `--jobs=2` trains two runs at a time (one per core).
+resumes from its checkpoint. Every finished run's figures are also appended to `--record`
+(`bench/results/`, committed: `runs/` is not), and a run the record holds is not trained
+again. `--noreference` skips the runs without DP. `--jobs=2` trains two runs at a time (one
+per core).
 
   .venv/bin/python bench/dp_quality.py                         # the README's table and figure
   .venv/bin/python bench/dp_quality.py --configurations=fedgan --epsilons=10 --seeds=0
@@ -57,7 +60,9 @@ CONFIGURATIONS = {
 }
 
 procs.define_dp_bench_flags(CONFIGURATIONS, epsilons=['10'], curve_epsilons=['2', '4', '10', '20'],
-                            work_dir=os.path.join(procs.REPO_ROOT, 'runs', 'dp_quality'))
+                            work_dir=os.path.join(procs.REPO_ROOT, 'runs', 'dp_quality'),
+                            record=os.path.join(procs.REPO_ROOT, 'bench', 'results',
+                                                'dp_quality.csv'))
 flags.DEFINE_integer('num_clients', 1_000_000, 'Clients in the population.')
 flags.DEFINE_integer('clients_per_round', 100, 'Expected clients per round (Poisson).')
 FLAGS = flags.FLAGS
@@ -80,8 +85,8 @@ def noise_multiplier(configuration: str, target_epsilon: float) -> float:
 
 
 def run(configuration: str, target: float, seed: int) -> dict[str, float]:
-  """Trains (or resumes, or reads) one run; its figures at the last round. `target` is the
-  ε the noise is calibrated to, or infinity for the run without DP."""
+  """Trains (or resumes, or reads from the record) one run; its figures at the last round.
+  `target` is the ε the noise is calibrated to, or infinity for the run without DP."""
   private = math.isfinite(target)
   dp = [f'--dp_noise_multiplier={noise_multiplier(configuration, target):.6f}',
         f'--dp_clip={clip(configuration):g}', f'--dp_delta={DELTA}'] if private else []
@@ -89,12 +94,12 @@ def run(configuration: str, target: float, seed: int) -> dict[str, float]:
       f'_n{FLAGS.num_clients}_m{FLAGS.clients_per_round}_r{rounds(configuration)}_s{seed}'
       + (f'_c{clip(configuration):g}' if private else '')
       + procs.flags_suffix(FLAGS.extra))
-  rows = procs.train_or_read(
-      os.path.join(FLAGS.work_dir, name),
+  return procs.recorded_figures(
+      FLAGS.record, os.path.join(FLAGS.work_dir, name),
       [*COMMON, *CONFIGURATIONS[configuration][0], *dp,
        f'--num_clients={FLAGS.num_clients}', f'--clients_per_round={FLAGS.clients_per_round}',
-       f'--eval_every={FLAGS.eval_every}', f'--seed={seed}', *FLAGS.extra], rounds(configuration))
-  return procs.last_figures(rows, private)
+       f'--eval_every={FLAGS.eval_every}', f'--seed={seed}', *FLAGS.extra], rounds(configuration),
+      private)
 
 
 def main(argv):

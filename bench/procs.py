@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -96,6 +98,34 @@ def last_figures(rows: list[dict[str, str]], private: bool,
           'minutes': sum(float(row['round_seconds']) for row in rows) / 60}
 
 
+_RECORD_LOCK = threading.Lock()
+
+
+def recorded_figures(record: str, output_dir: str, flags: list[str], rounds: int, private: bool,
+                     figures: tuple[Figure, ...] = RING_FIGURES) -> dict[str, float]:
+  """`last_figures` of the run in `output_dir`, kept in the CSV `record` (committed under
+  `bench/results/`; `runs/` is not). A run the record holds (by its directory's name) is not
+  trained again; otherwise it is trained or resumed (`train_or_read`) and its figures are
+  appended to the record with the day they were taken (`source`)."""
+  name = os.path.basename(os.path.normpath(output_dir))
+  for row in read_rows(record):
+    if row['run'] == name:
+      return {key: float(row[key]) for key in ('epsilon', *(f.column for f in figures),
+                                                'minutes')}
+  result = last_figures(train_or_read(output_dir, flags, rounds), private, figures)
+  fields = ['run', 'epsilon', *(f.column for f in figures), 'minutes', 'source']
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fields, lineterminator='\n')
+  if not read_rows(record):
+    writer.writeheader()
+  writer.writerow({'run': name, **{k: f'{v:.6g}' for k, v in result.items()},
+                   'source': time.strftime('trained %Y-%m-%d')})
+  os.makedirs(os.path.dirname(record), exist_ok=True)
+  with _RECORD_LOCK, open(record, 'a', newline='') as f:  # Runs finish on several threads.
+    f.write(text.getvalue())
+  return result
+
+
 def mean(results: list[dict[str, float]]) -> dict[str, float]:
   """Each figure's mean over runs."""
   return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
@@ -107,11 +137,12 @@ def flags_suffix(extra: list[str]) -> str:
 
 
 def define_dp_bench_flags(configurations, *, epsilons: list[str], curve_epsilons: list[str],
-                          work_dir: str, default_configurations=None) -> None:
+                          work_dir: str, record: str, default_configurations=None) -> None:
   """The flags both DP benchmarks take: `--configurations` (of `configurations`; by default
   `default_configurations`, else all), `--epsilons`,
   `--curve_epsilons`, `--seeds`, `--rounds`, `--eval_every`, `--jobs`, `--extra`,
-  `--work_dir` and `--figure`, with their validators."""
+  `--work_dir`, `--figure`, `--record` (`recorded_figures`) and `--reference`, with their
+  validators."""
   from absl import flags  # noqa: PLC0415  (only the benchmarks with flags need it)
 
   flags.DEFINE_list('configurations', list(default_configurations or configurations),
@@ -129,6 +160,10 @@ def define_dp_bench_flags(configurations, *, epsilons: list[str], curve_epsilons
                       'Where the runs are kept (finished ones are reused, others resumed).')
   flags.DEFINE_string('figure', None, 'PNG of quality against epsilon (default: '
                       '<work_dir>/quality_vs_epsilon.png).')
+  flags.DEFINE_string('record', record, "CSV of every finished run's figures, read before "
+                      'training: a run it holds (by name) is not trained again.')
+  flags.DEFINE_boolean('reference', True, 'Also train every configuration without DP (the '
+                       "table's reference, the figure's dashed line).")
 
   def positive_numbers(values: list[str]) -> bool:
     try:
@@ -143,13 +178,14 @@ def define_dp_bench_flags(configurations, *, epsilons: list[str], curve_epsilons
 
 
 def train_cells(run, configurations: list[str], epsilons: list[str], curve_epsilons: list[str],
-                seeds: list[int], jobs: int) -> dict[tuple[str, float], list[dict[str, float]]]:
+                seeds: list[int], jobs: int,
+                reference: bool = True) -> dict[tuple[str, float], list[dict[str, float]]]:
   """Every seed's figures (`run(configuration, target ε, seed)`, ε infinite without DP) for
-  each configuration at each of `epsilons` and without DP, and for the first configuration
-  at each of `curve_epsilons` too; `jobs` runs at a time."""
+  each configuration at each of `epsilons` and, if `reference`, without DP, and for the first
+  configuration at each of `curve_epsilons` too; `jobs` runs at a time."""
   import concurrent.futures  # noqa: PLC0415
 
-  targets = [math.inf, *(float(e) for e in epsilons)]
+  targets = [math.inf] * reference + [float(e) for e in epsilons]
   cells = [(c, t) for c in configurations for t in targets]
   cells += [(configurations[0], float(t)) for t in curve_epsilons
             if (configurations[0], float(t)) not in cells]
@@ -192,13 +228,14 @@ def run_dp_bench(run, *, setting: str, rounds, z_text, clip=None, label: str, xl
   options = flags.FLAGS
   first = options.configurations[0]
   results = train_cells(run, options.configurations, options.epsilons, options.curve_epsilons,
-                        [int(s) for s in options.seeds], options.jobs)
+                        [int(s) for s in options.seeds], options.jobs, options.reference)
   print(f'{setting}; seeds {", ".join(options.seeds)}, mean at the last round')
   print_dp_table(results, rounds, z_text, clip, figures)
   figure = options.figure or os.path.join(options.work_dir, 'quality_vs_epsilon.png')
   write_quality_against_epsilon(
       figure, [mean(results[(first, float(e))]) for e in options.curve_epsilons],
-      mean(results[(first, math.inf)]), label=f'{first} {label}', xlabel=xlabel,
+      mean(results[(first, math.inf)]) if options.reference else None,
+      label=f'{first} {label}', xlabel=xlabel,
       title=title(first), figures=figures[:2])
   print(f'quality against epsilon: {figure}')
 

@@ -1,0 +1,56 @@
+"""The DP benchmarks' record of finished runs (`bench/procs.recorded_figures`)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'bench'))
+import procs  # noqa: E402
+
+
+def metrics_rows(high_quality: str) -> list[dict[str, str]]:
+  """Two rounds of a ring run's metrics.csv, the last evaluated at `high_quality`."""
+  return [{'round': '1', 'round_seconds': '30', 'epsilon': '1.5', 'modes_captured': '',
+           'high_quality_fraction': '', 'reverse_kl': ''},
+          {'round': '2', 'round_seconds': '90', 'epsilon': '2.25', 'modes_captured': '7',
+           'high_quality_fraction': high_quality, 'reverse_kl': ''}]
+
+
+def test_a_run_is_trained_once_then_read_from_the_record(tmp_path, monkeypatch):
+  trained = []
+
+  def train_or_read(output_dir, flags, rounds):
+    trained.append((output_dir, flags, rounds))
+    return metrics_rows('0.8125')
+
+  monkeypatch.setattr(procs, 'train_or_read', train_or_read)
+  record = str(tmp_path / 'results' / 'dp.csv')
+  run_dir = str(tmp_path / 'runs' / 'dp_eps2_s0')
+  first = procs.recorded_figures(record, run_dir, ['--seed=0'], 2, private=True)
+  expected = {'epsilon': 2.25, 'modes_captured': 7.0, 'high_quality_fraction': 0.8125,
+              'reverse_kl': math.nan, 'minutes': 2.0}
+  assert first.keys() == expected.keys()
+  for key, value in expected.items():
+    assert first[key] == pytest.approx(value, nan_ok=True)
+  assert trained == [(run_dir, ['--seed=0'], 2)]
+
+  # The run directory may be gone (a new checkout): the record answers, nothing trains.
+  again = procs.recorded_figures(record, run_dir + '/', ['--seed=0'], 2, private=True)
+  assert len(trained) == 1
+  assert {k: v for k, v in again.items() if k != 'reverse_kl'} == {
+      k: v for k, v in first.items() if k != 'reverse_kl'}
+  assert math.isnan(again['reverse_kl'])
+
+  # Another run appends one line under the one header; a run without DP records ε = inf.
+  procs.recorded_figures(record, str(tmp_path / 'runs' / 'dp_no_dp_s0'), [], 2, private=False)
+  with open(record, newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert [row['run'] for row in rows] == ['dp_eps2_s0', 'dp_no_dp_s0']
+  assert rows[1]['epsilon'] == 'inf' and rows[1]['source'].startswith('trained ')
+  assert len(trained) == 2
