@@ -14,9 +14,7 @@ Examples:
   python bin/train.py --partition=dirichlet --dirichlet_alpha=0.1 --num_clients=50 \\
       --clients_per_round=10
   python bin/train.py --task=image_folder --data_dir=/data/hospitals --image_size=32
-  python bin/train.py --task=emnist --data_dir=~/emnist --model_width=0.25 \\
-      --scheme=dp_fedavg_gan --clients_per_round=50 --client_sampling=poisson \\
-      --dp_noise_multiplier=1.0
+  python bin/train.py --task=emnist --data_dir=~/emnist --model_width=0.25
   python bin/train.py --task=digits --conditional --model=dcgan --output_dir=runs/cgan
   python bin/train.py --mode=async --num_clients=100 --buffer_size=10 \\
       --max_concurrent_clients=20 --straggler_fraction=0.2 --output_dir=runs/fedbuff
@@ -356,16 +354,12 @@ flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 FLAGS = flags.FLAGS
 
 
-def config_from_flags() -> config_lib.TrainConfig:
-  values = {field: FLAGS[field].value for field in config_lib.TrainConfig.__dataclass_fields__}
-  return config_lib.TrainConfig(**values)
-
-
 def main(argv: list[str]) -> int:
   program = os.path.basename(argv[0])
   _cli.parse_flags(argv, __doc__)
   try:  # Checked before TensorFlow is imported, so a typo costs milliseconds.
-    config = config_from_flags().validate()
+    config = config_lib.TrainConfig(**{field: FLAGS[field].value for field in
+                                       config_lib.TrainConfig.__dataclass_fields__}).validate()
     rundir.check_output_dir_writable(config.output_dir)
     if not FLAGS.overwrite:
       rundir.check_same_run(config)
