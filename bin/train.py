@@ -113,7 +113,8 @@ flags.DEFINE_integer('examples_per_client', _DEFAULTS.examples_per_client, '0: s
                      '--partition says; memory and round time then do not grow with '
                      '--num_clients.')
 flags.DEFINE_integer('local_epochs', _DEFAULTS.local_epochs, 'Passes over its data a client '
-                     'makes per round.')
+                     'makes per round (gs_wgan with --discriminator_shards: over the drawn '
+                     "discriminator's shard, its critic steps).")
 flags.DEFINE_integer('local_steps', _UNRESOLVED['local_steps'], 'Cap on local steps (batches) '
                      'per round; 0 means no cap. Each step updates D, then G. Default: 0, '
                      'except ' + ', '.join(f'{k} {v}' for k, v in

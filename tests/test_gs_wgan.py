@@ -66,14 +66,16 @@ def test_a_client_sends_sanitized_sample_gradients_a_count_of_one_and_no_metrics
   assert all(float(value) == 0.0 for value in metrics.values())
 
 
-def test_only_the_drawn_shards_discriminator_trains_and_only_on_its_shard(tff_context):
+@pytest.mark.parametrize('epochs', [1, 2])
+def test_only_the_drawn_shards_discriminator_trains_and_only_on_its_shard(tff_context, epochs):
+  # With `epochs` passes over its shard (`--local_epochs`), the shard's examples repeated.
   sanitizer = feedback.GsSanitizer(clip=1.0, noise_multiplier=0.0, noise_key=(1, 2), shards=3)
 
   def process(shards):
     return multi_d.build_multi_d_process(
         tiny_mlp_gan_models(), client_optimizer=optimizers.build_optimizer('sgd', 0.1),
         generator_steps=1, batch_size=BATCH, loss=WASSERSTEIN_GP,
-        sanitizer=dataclasses.replace(sanitizer, shards=shards))
+        sanitizer=dataclasses.replace(sanitizer, shards=shards), shard_epochs=epochs)
 
   sharded = process(3)
   state = sharded.initialize()
@@ -90,7 +92,8 @@ def test_only_the_drawn_shards_discriminator_trains_and_only_on_its_shard(tff_co
   assert 0 < mine.sum() < len(examples)
   single = process(1)
   _, (expected,), _ = single.next(
-      state, [tf.data.Dataset.from_tensor_slices(examples[mine]).batch(BATCH)], [initial])
+      state, [tf.data.Dataset.from_tensor_slices(np.tile(examples[mine], (epochs, 1))).batch(
+          BATCH)], [initial])
   for got, want in zip(client_state.weights, expected.weights, strict=True):
     np.testing.assert_allclose(got[shard], want, rtol=1e-6, atol=1e-7)
 

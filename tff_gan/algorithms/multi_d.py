@@ -64,6 +64,7 @@ def build_multi_d_process(
     generator_ema_decay: float = 0.0,
     sanitizer: feedback.GsSanitizer | None = None,
     shard_steps: int | None = None,
+    shard_epochs: int = 1,
 ) -> composition.GanProcess:
   """Builds the client-resident-discriminator process (signatures in the module docstring).
 
@@ -91,16 +92,20 @@ def build_multi_d_process(
       client draws one (`feedback.draw_shard`), trains it on the examples of its shard
       (`feedback.shard_of`) in batches of `batch_size`, and only that one answers.
     shard_steps: With K > 1 shards, the cap on the chosen discriminator's steps per round
-      (None: one pass over its shard). The client dataset then brings all of its data.
+      (None: `shard_epochs` passes over its shard). The client dataset then brings all of its
+      data, once.
+    shard_epochs: With K > 1 shards, the passes the chosen discriminator makes over its
+      shard in a round (the shard's examples in the round's order, repeated): its critic
+      steps. Each discriminator answers in about 1 of K rounds, so it trains only then.
   """
   if mixture not in DISCRIMINATOR_MIXTURES:
     raise ValueError(f"unknown mixture '{mixture}'; choose one of: "
                      f"{', '.join(DISCRIMINATOR_MIXTURES)}.")
   if not sample_anchor >= 0:
     raise ValueError(f'sample_anchor must be >= 0, got {sample_anchor}.')
-  if generator_steps <= 0 or batch_size <= 0:
-    raise ValueError('generator_steps and batch_size must be positive, got '
-                     f'{generator_steps} and {batch_size}.')
+  if generator_steps <= 0 or batch_size <= 0 or shard_epochs <= 0:
+    raise ValueError('generator_steps, batch_size and shard_epochs must be positive, got '
+                     f'{generator_steps}, {batch_size} and {shard_epochs}.')
   loss = loss or losses_lib.NON_SATURATING
   if sanitizer is not None:
     if mixture != 'mean':
@@ -150,7 +155,8 @@ def build_multi_d_process(
       return one_discriminator_update(dataset, client_state, broadcast)
     shard = feedback.draw_shard(dataset, sanitizer, broadcast.round_seed)
     shard_data = dataset.unbatch().filter(
-        lambda example: tf.equal(feedback.shard_of(example, shards), shard)).batch(batch_size)
+        lambda example: tf.equal(feedback.shard_of(example, shards), shard)).repeat(
+            shard_epochs).batch(batch_size)
     if shard_steps is not None:
       shard_data = shard_data.take(shard_steps)
     output, discarded, new_one = one_discriminator_update(

@@ -221,6 +221,7 @@ class MultiD(Scheme):
         generator_ema_decay=config.generator_ema,
         sanitizer=builders.gs_sanitizer(config),
         shard_steps=config.local_steps or None,
+        shard_epochs=config.local_epochs,
     )
 
   def check_population(self, config, population):
@@ -256,11 +257,13 @@ class GsWgan(MultiD):
 
   def local_work(self, config, task):
     # Plain batches (GS-WGAN needs no Poisson sampling); with shards, all of a client's data
-    # arrives and the chosen shard's steps are capped inside the client (`shard_steps`).
+    # arrives once, and the chosen shard's passes (`shard_epochs`) and steps (`shard_steps`)
+    # are made inside the client: hashing every example once a round, not once a pass.
     del task
+    sharded = config.discriminator_shards > 1
     return populations.LocalWork(
-        batch_size=config.batch_size, local_epochs=config.local_epochs,
-        local_steps=None if config.discriminator_shards > 1 else config.local_steps or None)
+        batch_size=config.batch_size, local_epochs=1 if sharded else config.local_epochs,
+        local_steps=None if sharded else config.local_steps or None)
 
 
 SCHEMES: dict[str, Scheme] = {scheme.name: scheme for scheme in (
