@@ -154,8 +154,9 @@ def build_multi_d_process(
     if shards == 1:
       return one_discriminator_update(dataset, client_state, broadcast)
     shard = feedback.draw_shard(dataset, sanitizer, broadcast.round_seed)
+    # Cached before the passes: each repeat would otherwise hash all the client's examples.
     shard_data = dataset.unbatch().filter(
-        lambda example: tf.equal(feedback.shard_of(example, shards), shard)).repeat(
+        lambda example: tf.equal(feedback.shard_of(example, shards), shard)).cache().repeat(
             shard_epochs).batch(batch_size)
     if shard_steps is not None:
       shard_data = shard_data.take(shard_steps)
