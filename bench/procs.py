@@ -88,6 +88,10 @@ IMAGE_FIGURES = (Figure('frechet_distance', 'Fréchet distance', _number(1)),
                  Figure('classifier_score', 'classifier score', _number(2)))
 
 
+RECORD_COLUMNS = ('run', 'epsilon', *(f.column for f in RING_FIGURES + IMAGE_FIGURES),
+                  'minutes', 'source')
+
+
 def last_figures(rows: list[dict[str, str]], private: bool,
                  figures: tuple[Figure, ...] = RING_FIGURES) -> dict[str, float]:
   """A run's figures from its `metrics.csv` rows: ε at the end (infinity without DP), each of
@@ -106,16 +110,16 @@ def recorded_figures(record: str, output_dir: str, flags: list[str], rounds: int
   """`last_figures` of the run in `output_dir`, kept in the CSV `record` (committed under
   `bench/results/`; `runs/` is not). A run the record holds (by its directory's name) is not
   trained again; otherwise it is trained or resumed (`train_or_read`) and its figures are
-  appended to the record with the day they were taken (`source`)."""
+  appended to the record with the day they were taken (`source`). The record has a column
+  for every figure of `RING_FIGURES` and `IMAGE_FIGURES`, empty where a run has none."""
   name = os.path.basename(os.path.normpath(output_dir))
+  keys = ('epsilon', *(f.column for f in figures), 'minutes')
   for row in read_rows(record):
     if row['run'] == name:
-      return {key: float(row[key]) for key in ('epsilon', *(f.column for f in figures),
-                                                'minutes')}
+      return {key: float(row[key] or 'nan') for key in keys}
   result = last_figures(train_or_read(output_dir, flags, rounds), private, figures)
-  fields = ['run', 'epsilon', *(f.column for f in figures), 'minutes', 'source']
   text = io.StringIO()
-  writer = csv.DictWriter(text, fields, lineterminator='\n')
+  writer = csv.DictWriter(text, RECORD_COLUMNS, lineterminator='\n')
   if not read_rows(record):
     writer.writeheader()
   writer.writerow({'run': name, **{k: f'{v:.6g}' for k, v in result.items()},

@@ -54,3 +54,20 @@ def test_a_run_is_trained_once_then_read_from_the_record(tmp_path, monkeypatch):
   assert [row['run'] for row in rows] == ['dp_eps2_s0', 'dp_no_dp_s0']
   assert rows[1]['epsilon'] == 'inf' and rows[1]['source'].startswith('trained ')
   assert len(trained) == 2
+
+
+def test_runs_judged_by_different_figures_share_a_record(tmp_path, monkeypatch):
+  images = [{'round': '3', 'round_seconds': '60', 'epsilon': '4', 'frechet_distance': '118.5',
+             'classifier_score': '4.25'}]
+  monkeypatch.setattr(procs, 'train_or_read', lambda *args: images)
+  record = str(tmp_path / 'dp.csv')
+  digits = procs.recorded_figures(record, str(tmp_path / 'digits_s0'), [], 3, True,
+                                  procs.IMAGE_FIGURES)
+  monkeypatch.setattr(procs, 'train_or_read', lambda *args: metrics_rows('0.5'))
+  ring = procs.recorded_figures(record, str(tmp_path / 'ring_s0'), [], 2, True)
+  monkeypatch.setattr(procs, 'train_or_read', lambda *args: pytest.fail('trained again'))
+  assert procs.recorded_figures(record, str(tmp_path / 'digits_s0'), [], 3, True,
+                                procs.IMAGE_FIGURES) == digits == {
+      'epsilon': 4.0, 'frechet_distance': 118.5, 'classifier_score': 4.25, 'minutes': 1.0}
+  again = procs.recorded_figures(record, str(tmp_path / 'ring_s0'), [], 2, True)
+  assert again['high_quality_fraction'] == ring['high_quality_fraction'] == 0.5
