@@ -164,7 +164,7 @@ def main(argv):
       setting=('example-level DP, every silo in every round, clip 1, delta '
                f'{DELTA:g}; ' + '; '.join(map(describe, FLAGS.configurations))
                + f'; more flags: {" ".join(FLAGS.extra) or "none"}'),
-      label='under DP-SGD (mean over seeds)', xlabel=f'ε of each silo (δ = {DELTA:g})',
+      label='under DP-SGD', xlabel=f'ε of each silo (δ = {DELTA:g})',
       title=lambda c: f'{c}, 10 silos, {rounds(c)} rounds',
       figures=CONFIGURATIONS[FLAGS.configurations[0]].figures)
   return 0

@@ -109,7 +109,7 @@ def main(argv):
       setting=(f'ring, user-level DP: {FLAGS.num_clients} clients x {EXAMPLES_PER_CLIENT} '
                f'examples, {FLAGS.clients_per_round} a round (Poisson), delta {DELTA:g}, '
                f'flags {" ".join(COMMON + FLAGS.extra)}'),
-      label='under DP (mean over seeds)', xlabel=f'ε of one client (δ = {DELTA:g})',
+      label='under DP', xlabel=f'ε of one client (δ = {DELTA:g})',
       title=lambda c: (f'ring, user-level DP, {c}: {FLAGS.num_clients:,} clients, '
                        f'{FLAGS.clients_per_round} a round (Poisson), {rounds(c)} rounds'))
   return 0

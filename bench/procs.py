@@ -239,7 +239,9 @@ def run_dp_bench(run, *, setting: str, rounds, z_text, clip=None, label: str, xl
   write_quality_against_epsilon(
       figure, [mean(results[(first, float(e))]) for e in options.curve_epsilons],
       mean(results[(first, math.inf)]) if options.reference else None,
-      label=f'{first} {label}', xlabel=xlabel,
+      label=f'{first} {label}, ' + (f'seed {options.seeds[0]}' if len(options.seeds) == 1
+                                     else f'mean over seeds {", ".join(options.seeds)}'),
+      xlabel=xlabel,
       title=title(first), figures=figures[:2])
   print(f'quality against epsilon: {figure}')
 
