@@ -156,7 +156,6 @@ def describe(configuration: str) -> str:
   return f'{configuration}: {" ".join(c.flags)}, {steps}, {rounds(configuration)} rounds'
 
 
-
 def main(argv):
   _cli.parse_flags(argv, __doc__)
   procs.run_dp_bench(

@@ -118,14 +118,14 @@ def recorded_figures(record: str, output_dir: str, flags: list[str], rounds: int
     if row['run'] == name:
       return {key: float(row[key] or 'nan') for key in keys}
   result = last_figures(train_or_read(output_dir, flags, rounds), private, figures)
-  text = io.StringIO()
-  writer = csv.DictWriter(text, RECORD_COLUMNS, lineterminator='\n')
-  if not read_rows(record):
-    writer.writeheader()
-  writer.writerow({'run': name, **{k: f'{v:.6g}' for k, v in result.items()},
-                   'source': time.strftime('trained %Y-%m-%d')})
   os.makedirs(os.path.dirname(record), exist_ok=True)
   with _RECORD_LOCK, open(record, 'a', newline='') as f:  # Runs finish on several threads.
+    text = io.StringIO()
+    writer = csv.DictWriter(text, RECORD_COLUMNS, lineterminator='\n')
+    if f.tell() == 0:  # A new (or empty) record: its header first.
+      writer.writeheader()
+    writer.writerow({'run': name, **{k: f'{v:.6g}' for k, v in result.items()},
+                     'source': time.strftime('trained %Y-%m-%d')})
     f.write(text.getvalue())
   return result
 
