@@ -222,6 +222,8 @@ flags.DEFINE_integer('discriminator_shards', _DEFAULTS.discriminator_shards, 'gs
                      'With K >= 2, --dp_unit=example protects each example, amplified by 1/K '
                      "(GS-WGAN's construction); --dp_unit=client protects the client's data, "
                      'unamplified, for any K.')
+flags.DEFINE_integer('warm_start_steps', _DEFAULTS.warm_start_steps, 'multi_d, gs_wgan: steps '
+                     'each discriminator takes on its shard before round 1 (README). 0: off.')
 flags.DEFINE_float('sample_anchor', None, "multi_d: weight λ of (λ/2)·‖G(z) − G₀(z)‖², which "
                    "keeps the server's generator steps near the samples G₀(z) the clients "
                    'judged (their feedback is stale after the first step); 0: off. Default '

@@ -156,8 +156,10 @@ GS_WGAN = ['--scheme=gs_wgan', '--dp_noise_multiplier=50', '--batch_size=16',
 
 
 def test_a_reproducible_sharded_run_resumes_exactly_and_reports_each_clients_epsilon(tmp_path):
-  # Each client keeps 2 discriminators (stacked in its state, checkpointed, restored).
-  flags = [f for f in TINY if not f.startswith(('--rounds', '--batch_size'))] + GS_WGAN
+  # Each client keeps 2 discriminators (stacked in its state, checkpointed, restored), warm
+  # started before round 1 (the run cut after round 2 must not warm start again on resuming).
+  flags = [f for f in TINY if not f.startswith(('--rounds', '--batch_size'))] + [
+      *GS_WGAN, '--warm_start_steps=4']
   rows = run_whole_and_resumed(tmp_path, *flags)
   assert rows('resumed') == rows('whole')
   table = (tmp_path / 'whole' / 'client_epsilon.csv').read_text().splitlines()

@@ -235,17 +235,22 @@ class GanProcess(tff.templates.IterativeProcess):
     <S@SERVER, M@SERVER>)`: aggregates the given client outputs, each delta first multiplied
     by its float32 scale (e.g. a staleness weight), with the process's aggregator, applies
     the server update and returns the same metrics as `next`. With every scale 1 and the
-    outputs of `client_work` on the same state, `server_step` after `client_work` is `next`.
+    outputs of `client_work` on the same state, `server_step` after `client_work` is `next`;
+  * `warm_start: (<S@SERVER, {D}@CLIENTS, C@CLIENTS> -> C@CLIENTS)`, for a process whose
+    clients keep state and can pretrain it on their data before the first round (e.g.
+    `algorithms.multi_d`'s discriminators), else None.
   """
 
   def __init__(self, initialize_fn: tff.Computation, next_fn: tff.Computation, *,
                client_work: tff.Computation | None = None,
                server_step: tff.Computation | None = None,
-               initial_client_state: tff.Computation | None = None):
+               initial_client_state: tff.Computation | None = None,
+               warm_start: tff.Computation | None = None):
     super().__init__(initialize_fn=initialize_fn, next_fn=next_fn)
     self._client_work = client_work
     self._server_step = server_step
     self._initial_client_state = initial_client_state
+    self._warm_start = warm_start
 
   @property
   def client_work(self) -> tff.Computation | None:
@@ -266,6 +271,11 @@ class GanProcess(tff.templates.IterativeProcess):
     `algorithms.multi_d`).
     """
     return self._initial_client_state
+
+  @property
+  def warm_start(self) -> tff.Computation | None:
+    """The clients' pretraining of their state before round 1 (class docstring), or None."""
+    return self._warm_start
 
   @staticmethod
   def generator_weights(state: ServerState):
@@ -292,11 +302,12 @@ class GanProcess(tff.templates.IterativeProcess):
     dataset_computation = keyed_dataset_computation(client_data, work)
     keyed = tff.simulation.compose_dataset_computation_with_iterative_process(
         dataset_computation, self)
-    client_work = self.client_work and tff.simulation.compose_dataset_computation_with_computation(
-        dataset_computation, self.client_work)
+    compose = tff.simulation.compose_dataset_computation_with_computation
+    client_work = self.client_work and compose(dataset_computation, self.client_work)
+    warm_start = self.warm_start and compose(dataset_computation, self.warm_start)
     return GanProcess(self.initialize, keyed.next, client_work=client_work,
                       server_step=self.server_step,
-                      initial_client_state=self.initial_client_state)
+                      initial_client_state=self.initial_client_state, warm_start=warm_start)
 
 
 def build_process(

@@ -15,6 +15,8 @@ Type signatures (`S` the `ServerState`, `C` a client's `DiscriminatorState`):
   `S.discriminator_optimizer_state` hold the initial discriminator every client starts from
   (the server never trains it);
 * `initial_client_state: (S -> C)`;
+* with `warm_start_steps`, `warm_start: (<S@SERVER, {D}@CLIENTS, C@CLIENTS> -> C@CLIENTS)`:
+  each client's discriminators pretrained on its data before round 1 (`core.warm_start`);
 * `next: (<S@SERVER, {float32[?,*data_shape]*}@CLIENTS, C@CLIENTS> ->
   <S@SERVER, C@CLIENTS, M@SERVER>)`, `M` as in `composition` (client metrics unless
   withheld, `server`, `aggregator`);
@@ -35,7 +37,7 @@ import tensorflow_federated as tff
 
 from tff_gan.algorithms import common, composition, optimizers
 from tff_gan.choices import DISCRIMINATOR_MIXTURES
-from tff_gan.core import feedback, seeds, tf_fns
+from tff_gan.core import feedback, seeds, tf_fns, warm_start
 from tff_gan.core import losses as losses_lib
 from tff_gan.core.models import GanModels
 from tff_gan.core.state import (
@@ -47,6 +49,8 @@ from tff_gan.core.state import (
 )
 
 DEFAULT_LEARNING_RATE = 2e-4
+# Critic steps per generator step in a WGAN-GP warm start (Gulrajani et al. 2017's n_critic).
+WARM_START_CRITIC_STEPS = 5
 
 
 def build_multi_d_process(
@@ -65,6 +69,7 @@ def build_multi_d_process(
     sanitizer: feedback.GsSanitizer | None = None,
     shard_steps: int | None = None,
     shard_epochs: int = 1,
+    warm_start_steps: int = 0,
 ) -> composition.GanProcess:
   """Builds the client-resident-discriminator process (signatures in the module docstring).
 
@@ -97,15 +102,21 @@ def build_multi_d_process(
     shard_epochs: With K > 1 shards, the passes the chosen discriminator makes over its
       shard in a round (the shard's examples in the round's order, repeated): its critic
       steps. Each discriminator answers in about 1 of K rounds, so it trains only then.
+    warm_start_steps: If positive, the process has a `warm_start`: before round 1 each of a
+      client's discriminators takes this many steps on its shard (all its data if K = 1)
+      against a generator of its own, both fresh draws of the initial weights, the generator
+      stepping once every `WARM_START_CRITIC_STEPS` (WGAN-GP's loss) or every step (others);
+      the generators are discarded (`core.warm_start`).
   """
   if mixture not in DISCRIMINATOR_MIXTURES:
     raise ValueError(f"unknown mixture '{mixture}'; choose one of: "
                      f"{', '.join(DISCRIMINATOR_MIXTURES)}.")
   if not sample_anchor >= 0:
     raise ValueError(f'sample_anchor must be >= 0, got {sample_anchor}.')
-  if generator_steps <= 0 or batch_size <= 0 or shard_epochs <= 0:
-    raise ValueError('generator_steps, batch_size and shard_epochs must be positive, got '
-                     f'{generator_steps}, {batch_size} and {shard_epochs}.')
+  if generator_steps <= 0 or batch_size <= 0 or shard_epochs <= 0 or warm_start_steps < 0:
+    raise ValueError('generator_steps, batch_size and shard_epochs must be positive and '
+                     f'warm_start_steps >= 0, got {generator_steps}, {batch_size}, '
+                     f'{shard_epochs} and {warm_start_steps}.')
   loss = loss or losses_lib.NON_SATURATING
   if sanitizer is not None:
     if mixture != 'mean':
@@ -209,15 +220,50 @@ def build_multi_d_process(
       aggregation_process=aggregation_process, server_update=server_update,
       release_client_metrics=release_client_metrics)
 
-  halves = {}
+  parts = {}
+  if warm_start_steps:
+    parts['warm_start'] = _warm_start(
+        models, loss=loss, client_optimizer=client_optimizer,
+        generator_optimizer=generator_optimizer, batch_size=batch_size, shards=shards,
+        steps=warm_start_steps, state_type=state_type, data_type=data_type,
+        client_state_type=client_state_type)
   if mixture == 'mean':
-    halves = _secure_halves(
+    parts |= _secure_halves(
         client_update_fn, server_update_fn, state_type=state_type, data_type=data_type,
         client_state_type=client_state_type, broadcast_type=broadcast_type,
         output_type=output_type, aggregation_process=aggregation_process,
         make_broadcast=make_broadcast, release_client_metrics=release_client_metrics)
   return composition.GanProcess(initialize, next_fn, initial_client_state=initial_client_state,
-                                **halves)
+                                **parts)
+
+
+def _warm_start(models, *, loss, client_optimizer, generator_optimizer, batch_size, shards,
+                steps, state_type, data_type, client_state_type):
+  """`warm_start: (<S@SERVER, {D}@CLIENTS, C@CLIENTS> -> C@CLIENTS)` (module docstring)."""
+
+  @tff.tensorflow.computation(data_type, client_state_type, state_type.weights.generator,
+                              tff.TensorType(np.int64, [2]))
+  def pretrain(dataset, client_state, initial_generator, seed):
+    return common.with_fresh_models(
+        warm_start.pretrain_shards, models, loss=loss, discriminator_optimizer=client_optimizer,
+        generator_optimizer=generator_optimizer, noise_dim=models.noise_dim,
+        batch_size=batch_size, shards=shards, steps=steps,
+        critic_steps=WARM_START_CRITIC_STEPS if loss.gradient_penalty_weight else 1)(
+            dataset, client_state, initial_generator, seed)
+
+  @tff.tensorflow.computation(state_type)
+  def pretraining_inputs(state):
+    return state.weights.generator, seeds.warm_start_seed(state.seed)
+
+  @tff.federated_computation(tff.FederatedType(state_type, tff.SERVER),
+                             tff.FederatedType(data_type, tff.CLIENTS),
+                             tff.FederatedType(client_state_type, tff.CLIENTS))
+  def warm_start_fn(state, client_data, client_states):
+    initial_generator, seed = tff.federated_broadcast(
+        tff.federated_map(pretraining_inputs, state))
+    return tff.federated_map(pretrain, (client_data, client_states, initial_generator, seed))
+
+  return warm_start_fn
 
 
 def _secure_halves(client_update_fn, server_update_fn, *, state_type, data_type,

@@ -38,6 +38,7 @@ GENERATED_EXAMPLES_SALT = 0xE7A  # A generated client's examples.
 # In computations.
 SERVER_GENERATOR_SALT = -1  # Folded into a round seed: never a client's seed.
 FEEDBACK_SALT = -2  # Folded into a round seed: the noise client-resident Ds judge.
+WARM_START_SALT = -3  # Folded into the run seed: client-resident Ds' pretraining.
 EVALUATION_NOISE_SALT = 1  # Second word of the evaluation noise seed `[seed, salt]`.
 INITIAL_STATE_SALT = 0  # Second word of the run seed `[seed, salt]` in the server state.
 REPRODUCIBLE_NOISE_SALT = 0xD9  # Second word of `--dp_noise=reproducible`'s key `[seed, salt]`.
@@ -113,6 +114,12 @@ def batch_seed(seed, step, batch):
   content_key = tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(batch), _HASH_BUCKETS)
   step_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(step, tf.int64))
   return tf.random.experimental.stateless_fold_in(step_seed, content_key)
+
+
+def warm_start_seed(seed):
+  """The seed of the client-resident discriminators' pretraining (`core.warm_start`); each
+  client's noise streams then fork on its batches' contents (`batch_seed`)."""
+  return tf.random.experimental.stateless_fold_in(seed, tf.constant(WARM_START_SALT, tf.int64))
 
 
 def server_generator_seed(seed, round_num):

@@ -90,6 +90,7 @@ class TrainConfig:
   sample_anchor: float | None = None
   generator_ema: float | None = None
   discriminator_shards: int = 1
+  warm_start_steps: int = 0
   client_sampling: str = 'fixed'
   dp_noise_multiplier: float | None = None
   dp_clip: float | None = None

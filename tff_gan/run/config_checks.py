@@ -232,6 +232,11 @@ def scheme_problem(config) -> str | None:
                                            or config.discriminator_shards < 1):
     return (f'--discriminator_shards must be >= 1 and applies to --scheme=gs_wgan; got '
             f'{config.discriminator_shards} with --scheme={config.scheme}.')
+  if config.warm_start_steps and (config.scheme not in choices.CLIENT_RESIDENT_SCHEMES
+                                  or config.warm_start_steps < 0 or config.mode != 'sync'):
+    return (f'--warm_start_steps pretrains the discriminators clients keep (--scheme=multi_d '
+            f'or gs_wgan, --mode=sync) and must be >= 0; got {config.warm_start_steps} with '
+            f'--scheme={config.scheme} --mode={config.mode}.')
   if not (math.isfinite(config.client_lr_half_life) and config.client_lr_half_life >= 0):
     return (f'--client_lr_half_life must be a number of rounds >= 0 (0: constant), got '
             f'{config.client_lr_half_life}.')

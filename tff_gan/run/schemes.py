@@ -222,6 +222,7 @@ class MultiD(Scheme):
         sanitizer=builders.gs_sanitizer(config),
         shard_steps=config.local_steps or None,
         shard_epochs=config.local_epochs,
+        warm_start_steps=config.warm_start_steps,
     )
 
   def check_population(self, config, population):

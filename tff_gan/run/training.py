@@ -175,6 +175,8 @@ def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -
     if start_round:
       state = load_run_state(checkpoints, start_round, state, client_states)
       logging.info('resuming from the checkpoint of round %d', start_round)
+    elif client_states is not None and config.warm_start_steps:
+      _warm_start(config, keyed_process, population.num_clients, state, client_states)
     row: dict[str, Any] = rundir.last_released_row(config.output_dir) if start_round else {}
     rounds = tqdm(range(start_round + 1, config.rounds + 1), desc='rounds', unit='round',
                   initial=start_round, total=config.rounds, disable=not show_progress,
@@ -200,6 +202,19 @@ def _train(config: TrainConfig, task, *, show_progress: bool, overwrite: bool) -
                                  secure_round)
   _write_curves(config, task)
   return TrainResult(state, row, process.generator_weights(state))
+
+
+def _warm_start(config: TrainConfig, process, num_clients: int, state,
+                client_states: ClientStates) -> None:
+  """Every client pretrains the state it keeps (`GanProcess.warm_start`) before round 1,
+  `clients_per_round` clients a call. Its keys are round 0's, which no round uses; it is
+  deterministic, so a run stopped before its first checkpoint redoes it identically."""
+  logging.info('warm start: %d steps for each discriminator of %d clients',
+               config.warm_start_steps, num_clients)
+  for chunk in np.array_split(np.arange(num_clients),
+                              -(-num_clients // max(config.clients_per_round, 1))):
+    keys = populations.round_keys(chunk, round_num=0, seed=config.seed)
+    client_states.scatter(chunk, process.warm_start(state, keys, client_states.gather(chunk)))
 
 
 def _prepare_evaluation(config: TrainConfig, task, population) -> None:
