@@ -90,8 +90,8 @@ CONFIGURATIONS = {
     'dp_fedavg_gan': Configuration((*RING_SILOS, '--scheme=dp_fedavg_gan', '--server_gen_steps=4'),
                                    1000, 2000, 500, 1),
     'fedgan': Configuration((*RING_SILOS, '--scheme=fedgan'), 1000, 2000, 500, 1),
-    'digits_fedgan': Configuration((*DIGITS_SILOS, '--scheme=fedgan'), 300, 179, 32, 6,
-                                   procs.IMAGE_FIGURES),
+    'digits_fedgan': Configuration((*DIGITS_SILOS, '--scheme=fedgan'), 300, 179, 32,
+                                   math.ceil(179 / 32), procs.IMAGE_FIGURES),
     # GS-WGAN's setting of the README: 100 discriminators a silo, 20 examples each; the
     # critics at a quarter width keep the 1,000 of them under the state limit (about 100 MB).
     'gs_wgan': Configuration(
@@ -118,18 +118,14 @@ def rounds(configuration: str) -> int:
 @functools.cache  # Each cell's z: read by every seed's run and by the table.
 def noise_multiplier(configuration: str, target_epsilon: float) -> float:
   from tff_gan.privacy import accounting  # noqa: PLC0415  (after _cli set the path)
+  from tff_gan.run import ledgers  # noqa: PLC0415
   c = CONFIGURATIONS[configuration]
-  if not c.shards:
-    return accounting.noise_multiplier_for_epsilon(
-        target_epsilon, accounting.example_sampling(c.examples, c.batch),
-        rounds(configuration) * c.steps_per_round, DELTA)
-  # GS-WGAN: a round is one Gaussian message of noise multiplier σ / (2·√(steps·batch)) from
-  # the one of K discriminators drawn (`feedback.message_noise_multiplier`), accounted as
-  # sampling 1 of K without replacement (replace-one), as the run's ledger does. A clipped sum
-  # of noise multiplier z under replace-one is that Gaussian at z / 2, so σ = z·√(steps·batch).
-  z = accounting.noise_multiplier_for_epsilon(
-      target_epsilon, accounting.Sampling('fixed', c.shards, 1), rounds(configuration), DELTA)
-  return z * math.sqrt(c.steps_per_round * c.batch)
+  if c.shards:  # GS-WGAN's σ, as its run's ledger accounts it.
+    return ledgers.gs_wgan_noise_multiplier(target_epsilon, c.shards, rounds(configuration),
+                                            c.steps_per_round, c.batch, DELTA)
+  return accounting.noise_multiplier_for_epsilon(
+      target_epsilon, accounting.example_sampling(c.examples, c.batch),
+      rounds(configuration) * c.steps_per_round, DELTA)
 
 
 def run(configuration: str, target: float, seed: int) -> dict[str, float]:

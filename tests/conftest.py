@@ -127,18 +127,17 @@ def _groups(items) -> dict:
   """Each item's xdist group, by the rules above."""
   shared = {item: next((_SHARED_FIXTURES[name] for name in item.fixturenames
                         if name in _SHARED_FIXTURES), None) for item in items}
+  module = {item: item.module.__name__.rpartition('.')[2] for item in items}
   module_groups = {}
   for item in items:
-    module = item.module.__name__.rpartition('.')[2]
     if shared[item] or _uses_module_fixture(item):
-      module_groups[module] = shared[item] or module_groups.get(module) or module
+      module_groups[module[item]] = shared[item] or module_groups.get(module[item]) or module[item]
   groups = {}
   for item in items:
-    module = item.module.__name__.rpartition('.')[2]
     if shared[item]:
       groups[item] = shared[item]
     elif _uses_module_fixture(item):
-      groups[item] = module_groups[module]
+      groups[item] = module_groups[module[item]]
     else:
       groups[item] = item.nodeid
   return groups

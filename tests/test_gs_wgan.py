@@ -135,6 +135,24 @@ def test_shards_amplify_example_level_epsilon_by_drawing_one_of_k(sigma, shards)
     assert amplified < reference(gaussian, 5) / 10
 
 
+@pytest.mark.parametrize('unit, shards, rounds, target', [
+    ('example', 100, 400, 6.0), ('example', 2, 1, 80.0), ('client', 1, 20, 6.0)])
+def test_the_calibrated_sigma_spends_the_target_epsilon_in_the_ledger(unit, shards, rounds,
+                                                                      target):
+  # (100 shards, 400 rounds): the sampled bound decides; (2, 1) at ε 80: the unamplified one.
+  sigma = ledgers.gs_wgan_noise_multiplier(target, shards, rounds, generator_steps=2,
+                                           batch_size=16, delta=1e-5)
+
+  def spent(noise):
+    config = TrainConfig(scheme='gs_wgan', dp_noise_multiplier=noise, batch_size=16,
+                         server_gen_steps=2, dp_unit=unit, discriminator_shards=shards,
+                         num_clients=1, clients_per_round=1).validate()
+    return ledgers.epsilon_ledger(config, [500], lambda r: [0]).client_epsilons(rounds)[0]
+
+  assert spent(sigma) <= target < spent(sigma * 0.99)
+  assert spent(sigma) == pytest.approx(target, rel=2e-3)
+
+
 def test_each_clients_epsilon_composes_its_rounds_unamplified():
   config = TrainConfig(scheme='gs_wgan', dp_noise_multiplier=30.0, batch_size=16,
                        server_gen_steps=2, num_clients=3, clients_per_round=2).validate()

@@ -45,6 +45,7 @@ the last checkpoint that a crash abandoned (they were applied, and may have been
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 
@@ -154,15 +155,37 @@ class GsWganLedger(ExampleLevelLedger):
     per_round = feedback.message_noise_multiplier(config.dp_noise_multiplier,
                                                   config.server_gen_steps, config.batch_size)
     shards = config.discriminator_shards if config.dp_unit == 'example' else 1
-    # The unamplified bound holds for any unit; with few rounds of little noise it is the
-    # tighter of the two (Wang et al.'s bound for sampling 1 of K is loose there).
     self._curves_of_all = [accounting.EpsilonCurve(
-        dp_accounting.GaussianDpEvent(per_round), accounting.Sampling('fixed', k, 1),
-        self._delta, self._accountant) for k in sorted({1, shards})]
+        dp_accounting.GaussianDpEvent(per_round), sampling, self._delta, self._accountant)
+        for sampling in _gs_wgan_bounds(shards)]
 
   def _curve(self, num_examples: int) -> Callable[[int], float]:
     del num_examples  # The bound depends on the rounds alone.
     return lambda rounds: min(curve(rounds) for curve in self._curves_of_all)
+
+
+def _gs_wgan_bounds(shards: int) -> list[accounting.Sampling]:
+  """The samplings each of whose bounds holds for a GS-WGAN round: the unamplified one for any
+  unit, and with K > 1 shards one of K drawn without replacement. The ledger reports the
+  tighter; with few rounds of little noise that is the unamplified one (Wang et al.'s bound for
+  sampling 1 of K is loose there)."""
+  return [accounting.Sampling('fixed', k, 1) for k in sorted({1, shards})]
+
+
+def gs_wgan_noise_multiplier(target_epsilon: float, shards: int, rounds: int,
+                             generator_steps: int, batch_size: int, delta: float,
+                             accountant: str = 'rdp') -> float:
+  """The smallest `--dp_noise_multiplier` σ whose GS-WGAN run of `rounds` rounds (each client
+  sampled in every one) `GsWganLedger` accounts at most `target_epsilon` per client.
+
+  A round's message is a Gaussian of noise multiplier σ / (2·√(steps·batch))
+  (`feedback.message_noise_multiplier`); `accounting.noise_multiplier_for_epsilon` calibrates
+  a clipped sum, which replace-one sees at z / 2, so σ = z·√(steps·batch) for the smaller z of
+  the two bounds."""
+  z = min(accounting.noise_multiplier_for_epsilon(target_epsilon, sampling, rounds, delta,
+                                                  accountant)
+          for sampling in _gs_wgan_bounds(shards))
+  return z * math.sqrt(generator_steps * batch_size)
 
 
 class AsyncReports:
