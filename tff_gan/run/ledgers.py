@@ -45,7 +45,6 @@ the last checkpoint that a crash abandoned (they were applied, and may have been
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 
@@ -178,14 +177,14 @@ def gs_wgan_noise_multiplier(target_epsilon: float, shards: int, rounds: int,
   """The smallest `--dp_noise_multiplier` σ whose GS-WGAN run of `rounds` rounds (each client
   sampled in every one) `GsWganLedger` accounts at most `target_epsilon` per client.
 
-  A round's message is a Gaussian of noise multiplier σ / (2·√(steps·batch))
-  (`feedback.message_noise_multiplier`); `accounting.noise_multiplier_for_epsilon` calibrates
-  a clipped sum, which replace-one sees at z / 2, so σ = z·√(steps·batch) for the smaller z of
-  the two bounds."""
+  `accounting.noise_multiplier_for_epsilon` calibrates a clipped sum, which replace-one sees
+  as a Gaussian of noise multiplier z / 2; a round's message is one of
+  `feedback.message_noise_multiplier(σ, ...)`, linear in σ. So σ is the smaller z of the two
+  bounds halved, over that function's value at σ = 1."""
   z = min(accounting.noise_multiplier_for_epsilon(target_epsilon, sampling, rounds, delta,
                                                   accountant)
           for sampling in _gs_wgan_bounds(shards))
-  return z * math.sqrt(generator_steps * batch_size)
+  return z / 2 / feedback.message_noise_multiplier(1.0, generator_steps, batch_size)
 
 
 class AsyncReports:
