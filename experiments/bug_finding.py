@@ -100,29 +100,23 @@ def select_populations(accuracies: np.ndarray, size: int) -> dict[str, np.ndarra
 
 
 class DeployedDigitsTask(DigitsTask):
-  """The digits task as deployed before the update, with its classifier's features exposed.
+  """The digits task as deployed before the update, with clean and inverted reference digits.
 
   Its evaluation classifier (trained on the clean digits by `prepare_evaluation`) is the
   deployed model. The scenario compares samples with clean and inverted digits on the same
-  features and the same reference digits as the digits task's `frechet_distance` metric.
+  features (`features`) and the same reference digits as the digits task's `frechet_distance`
+  metric.
   """
 
   def reference_digits(self) -> dict[str, np.ndarray]:
     """The clean digits `frechet_distance` compares with, and the same digits inverted."""
-    clean = self.reference_images[self._classifier_split]
+    clean = self.reference_images[self.classifier_indices]
     return {'clean': clean, 'inverted': -clean}
 
   def heldout_digits(self) -> dict[str, np.ndarray]:
     """The clean digits kept from the classifier, and the same digits inverted."""
-    clean = self.reference_images[self._heldout]
+    clean = self.reference_images[self.heldout_indices]
     return {'clean': clean, 'inverted': -clean}
-
-  def features(self, images: np.ndarray) -> np.ndarray:
-    """The deployed classifier's penultimate activations `[N, 128]` (after
-    `prepare_evaluation`)."""
-    if self._classifier is None:
-      raise ValueError('call prepare_evaluation first: it loads the deployed classifier.')
-    return self._classifier.activations(self._check_samples(images).astype(np.float32))
 
 
 def frechet_distances(task: DeployedDigitsTask, samples: np.ndarray,

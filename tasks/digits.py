@@ -73,7 +73,9 @@ class DigitsTask(base.Task):
     self.num_labels = 10
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(self.examples))
     num_heldout = round(_HELDOUT_FRACTION * len(order))
-    self._heldout, self._classifier_split = order[:num_heldout], order[num_heldout:]
+    # Indices into `reference_images`: the 20 % kept from the classifier, and the 80 % it is
+    # trained on and that `frechet_distance` compares with.
+    self.heldout_indices, self.classifier_indices = order[:num_heldout], order[num_heldout:]
     self._classifier = None
     self._federated = None  # A `federated_eval.FederatedEvaluation` when prepared so.
 
@@ -107,12 +109,12 @@ class DigitsTask(base.Task):
       return {}
     self._federated = None
     self._classifier = evaluation.load_or_train_classifier(
-        self.reference_images[self._classifier_split],
-        self.reference_labels[self._classifier_split],
+        self.reference_images[self.classifier_indices],
+        self.reference_labels[self.classifier_indices],
         cache_dir=cache_dir, num_classes=self.num_labels)
     return evaluation.real_data_reference(
-        self._classifier, self.reference_images[self._classifier_split],
-        self.reference_images[self._heldout])
+        self._classifier, self.reference_images[self.classifier_indices],
+        self.reference_images[self.heldout_indices])
 
   def evaluate(self, samples: np.ndarray) -> dict[str, float]:
     """`frechet_distance` and `classifier_score` of `samples` (see the class docstring).
@@ -120,20 +122,31 @@ class DigitsTask(base.Task):
     Uses the classifier of `prepare_evaluation`; if it was not called, prepares with a cache
     under the system's temporary directory.
     """
-    samples = self._check_samples(samples).astype(np.float32)
-    if self._classifier is None:
-      self.prepare_evaluation(os.path.join(tempfile.gettempdir(), 'tff_gan_classifiers'))
+    samples = self._as_images(samples)
+    classifier = self._prepared_classifier()
     if self._federated is not None:
       return self._federated.metrics(samples)
     return evaluation.image_metrics(
-        self._classifier, self.reference_images[self._classifier_split], samples)
+        classifier, self.reference_images[self.classifier_indices], samples)
 
   def predict_labels(self, samples: np.ndarray) -> np.ndarray:
     """The evaluation classifier's digit for each sample."""
-    samples = self._check_samples(samples).astype(np.float32)
+    return self._prepared_classifier().logits(self._as_images(samples)).argmax(axis=-1)
+
+  def features(self, samples: np.ndarray) -> np.ndarray:
+    """The evaluation classifier's penultimate activations `[N, 128]` of `samples`: what
+    `frechet_distance` compares."""
+    return self._prepared_classifier().activations(self._as_images(samples))
+
+  def _as_images(self, samples: np.ndarray) -> np.ndarray:
+    return self._check_samples(samples).astype(np.float32)
+
+  def _prepared_classifier(self):
+    """The classifier of `prepare_evaluation`; if it was not called, prepares with a cache
+    under the system's temporary directory."""
     if self._classifier is None:
       self.prepare_evaluation(os.path.join(tempfile.gettempdir(), 'tff_gan_classifiers'))
-    return self._classifier.logits(samples).argmax(axis=-1)
+    return self._classifier
 
   def render(self, samples: np.ndarray, path: str) -> None:
     """Writes the first 64 samples as a grid of up to 8 columns to the PNG `path`.

@@ -90,7 +90,7 @@ def test_frechet_distances_use_the_digits_metric_features_and_reference(digits, 
   deployed = bug_finding.DeployedDigitsTask()
   deployed.prepare_evaluation(str(tmp_path))
   references = deployed.reference_digits()
-  clean = digits.reference_images[digits._classifier_split]  # What the digits metric compares with.
+  clean = digits.reference_images[digits.classifier_indices]  # What the metric compares with.
   np.testing.assert_array_equal(references['clean'], clean)
   np.testing.assert_array_equal(references['inverted'], -clean)
   np.testing.assert_allclose(deployed.features(clean[:50]), deployed_features(digits, clean[:50]),
@@ -140,7 +140,7 @@ def test_bin_bug_finding_writes_the_grid_the_budget_and_the_distances(tmp_path, 
   # The deployed classifier the run cached, loaded the digits task's way.
   deployed = DigitsTask()
   deployed.prepare_evaluation(str(tmp_path / 'classifier'))
-  clean = deployed.reference_images[deployed._classifier_split]
+  clean = deployed.reference_images[deployed.classifier_indices]
   references = {'clean': deployed_features(deployed, clean),
                 'inverted': deployed_features(deployed, -clean)}
   for name in bug_finding.POPULATIONS:
@@ -165,7 +165,7 @@ def test_bin_bug_finding_writes_the_grid_the_budget_and_the_distances(tmp_path, 
             'scheme': 'dp_fedavg_gan'}
   real = summary['real_frechet_distance']  # Held-out real digits: the scale to read them by.
   for kind in bug_finding.DIGIT_KINDS:
-    heldout = deployed.reference_images[deployed._heldout] * (1 if kind == 'clean' else -1)
+    heldout = deployed.reference_images[deployed.heldout_indices] * (1 if kind == 'clean' else -1)
     for reference in bug_finding.DIGIT_KINDS:
       assert real[kind][reference] == pytest.approx(reference_frechet_distance(
           references[reference], deployed_features(deployed, heldout)), rel=1e-3, abs=1e-2)
