@@ -16,8 +16,8 @@ at `--curve_epsilons`.
 Runs live in `--work_dir`: a finished run is read again, not rerun, and an interrupted one
 resumes from its checkpoint. Every finished run's figures are also appended to `--record`
 (`bench/results/`, committed: `runs/` is not), and a run the record holds is not trained
-again. `--noreference` skips the runs without DP. `--jobs=2` trains two runs at a time (one
-per core).
+again. `--noreference` skips the runs without DP. `--jobs=2` trains two runs at a time
+(sharing the cores: see `procs.train_cells`).
 
   .venv/bin/python bench/dp_quality.py                         # the README's table and figure
   .venv/bin/python bench/dp_quality.py --configurations=fedgan --epsilons=10 --seeds=0

@@ -186,7 +186,12 @@ def train_cells(run, configurations: list[str], epsilons: list[str], curve_epsil
                 reference: bool = True) -> dict[tuple[str, float], list[dict[str, float]]]:
   """Every seed's figures (`run(configuration, target ε, seed)`, ε infinite without DP) for
   each configuration at each of `epsilons` and, if `reference`, without DP, and for the first
-  configuration at each of `curve_epsilons` too; `jobs` runs at a time."""
+  configuration at each of `curve_epsilons` too; `jobs` runs at a time.
+
+  The runs share every core, each worker sized for all of them: pinning each of 2 runs to a
+  core of its own (`taskset`) was slower, 6.5 s a round of `dp_quality.py`'s
+  `dp_fedavg_gan_4steps` against 3.2-4.5 s shared: a pinned worker kept its core only 50-80 %
+  busy (top), running one client at a time."""
   import concurrent.futures  # noqa: PLC0415
 
   targets = [math.inf] * reference + [float(e) for e in epsilons]
