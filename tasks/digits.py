@@ -7,8 +7,6 @@ classes, which `tff_gan.clients.partition` can skew clients by.
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -145,7 +143,7 @@ class DigitsTask(base.Task):
     """The classifier of `prepare_evaluation`; if it was not called, prepares with a cache
     under the system's temporary directory."""
     if self._classifier is None:
-      self.prepare_evaluation(os.path.join(tempfile.gettempdir(), 'tff_gan_classifiers'))
+      self.prepare_evaluation(evaluation.default_cache_dir())
     return self._classifier
 
   def render(self, samples: np.ndarray, path: str) -> None:

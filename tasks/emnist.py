@@ -31,8 +31,6 @@ same absolute path as the controller (remote workers included).
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -227,7 +225,7 @@ class EmnistTask(base.Task):
 
   def _ensure_classifier(self) -> None:
     if self._classifier is None:
-      self.prepare_evaluation(os.path.join(tempfile.gettempdir(), 'tff_gan_classifiers'))
+      self.prepare_evaluation(evaluation.default_cache_dir())
 
   def _scores(self, images: np.ndarray) -> dict[str, float]:
     """`evaluation.image_metrics` of `images` against the cached reference activations."""

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 
 import numpy as np
 import scipy.special
@@ -167,6 +168,12 @@ def cache_key(images, labels, *, num_classes: int, seed: int, epochs: int, batch
   digest.update(images.tobytes())
   digest.update(labels.tobytes())
   return digest.hexdigest()
+
+
+def default_cache_dir() -> str:
+  """Where a task caches its evaluation classifier when `evaluate` runs before
+  `prepare_evaluation` was called: a directory under the system's temporary directory."""
+  return os.path.join(tempfile.gettempdir(), 'tff_gan_classifiers')
 
 
 def load_or_train_classifier(images, labels, *, cache_dir: str, num_classes: int | None = None,
