@@ -55,10 +55,12 @@ def local_loop(dataset: tf.data.Dataset, round_seed, step, carry, *, num_seeds: 
   return carry, num_steps, num_examples
 
 
+@tf.autograph.experimental.do_not_convert
 def _mean_over_steps(total, num_steps):
   return total / tf.maximum(tf.cast(num_steps, tf.float32), 1.0)
 
 
+@tf.autograph.experimental.do_not_convert
 def _discriminator_work(example_dp: dp_sgd.ExampleDp | None):
   """`(step, fake_batch_size, num_examples)` of a client's discriminator steps.
 

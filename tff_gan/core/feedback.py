@@ -79,12 +79,14 @@ def message_noise_multiplier(noise_multiplier: float, generator_steps: int,
   return noise_multiplier / (2 * math.sqrt(generator_steps * batch_size))
 
 
+@tf.autograph.experimental.do_not_convert
 def shard_of(example, shards: int):
   """The shard (int64 in [0, shards)) an example belongs to: a hash of its contents, so
   adding or removing one example changes one shard and no other."""
   return tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(example), shards)
 
 
+@tf.autograph.experimental.do_not_convert
 def draw_shard(dataset: tf.data.Dataset, sanitizer: GsSanitizer, round_seed):
   """The shard a client's round uses: uniform in [0, shards), from the noise key, the round
   and a hash of the round's batches (a keyed pseudo-random function: without the key, nobody
@@ -96,6 +98,7 @@ def draw_shard(dataset: tf.data.Dataset, sanitizer: GsSanitizer, round_seed):
   return tf.random.stateless_uniform([], seed, 0, sanitizer.shards, dtype=tf.int64)
 
 
+@tf.autograph.experimental.do_not_convert
 def sanitize(weighted_gradient, sanitizer: GsSanitizer, seed):
   """Each per-sample gradient of `[steps, batch, *shape]` clipped to `sanitizer.clip` in L2
   and noised with N(0, (σ·C)²) per coordinate, under the stateless `seed`."""
@@ -108,6 +111,7 @@ def sanitize(weighted_gradient, sanitizer: GsSanitizer, seed):
   return tf.reshape(clipped + noise, tf.shape(weighted_gradient))
 
 
+@tf.autograph.experimental.do_not_convert
 def feedback_noise(round_seed, step, batch_size: int, noise_dim: int):
   """The noise of the round's generator step `step`, the same on every client and the server."""
   seed = tf.random.experimental.stateless_fold_in(
@@ -117,6 +121,7 @@ def feedback_noise(round_seed, step, batch_size: int, noise_dim: int):
   return tf_fns.sample_noise(batch_size, noise_dim, seed)
 
 
+@tf.autograph.experimental.do_not_convert
 def _per_sample_logit_gradients(discriminator, samples):
   """`(logits [B], ∂ℓ_i/∂x_i [B, *shape])`: per-sample, since the networks treat examples
   independently (no batch normalization), the gradient of Σ_i ℓ_i is the per-sample one."""
@@ -126,6 +131,7 @@ def _per_sample_logit_gradients(discriminator, samples):
   return logits, tape.gradient(logits, samples)
 
 
+@tf.autograph.experimental.do_not_convert
 def generator_loss_slope(loss: GanLoss, logits):
   """dL_G/dℓ per sample for the loss L_G(ℓ) = mean_i l(ℓ_i), times the batch size."""
   with tf.GradientTape() as tape:
@@ -209,6 +215,7 @@ def client_feedback_update(
           num_examples, metrics, new_state)
 
 
+@tf.autograph.experimental.do_not_convert
 def sample_gradients(mean_feedback: Feedback, *, loss: GanLoss, mixture: str):
   """The per-sample gradients ∂L_G/∂x `[steps, batch, *shape]` the clients' mean feedback
   gives (times the batch size: the loss is a mean over the batch)."""
@@ -222,6 +229,7 @@ def sample_gradients(mean_feedback: Feedback, *, loss: GanLoss, mixture: str):
   return _expand(slopes, ratio) * ratio
 
 
+@tf.autograph.experimental.do_not_convert
 def _expand(per_sample, like):
   """`per_sample` (`[B]` or `[S, B]`) reshaped to broadcast against `like` (`[B, ...]` or
   `[S, B, ...]`): ones appended for the sample's own dimensions."""
@@ -230,6 +238,7 @@ def _expand(per_sample, like):
   return tf.reshape(per_sample, shape)
 
 
+@tf.autograph.experimental.do_not_convert
 def train_generator_on_feedback(
     generator_weights,
     optimizer_state,

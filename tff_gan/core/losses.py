@@ -15,27 +15,33 @@ import tensorflow as tf
 from tff_gan import choices
 
 
+@tf.autograph.experimental.do_not_convert
 def _non_saturating_real(real_logits):
   return tf.nn.softplus(-real_logits)  # -log D(x), D = sigmoid(logits).
 
 
+@tf.autograph.experimental.do_not_convert
 def _non_saturating_fake(fake_logits):
   return tf.nn.softplus(fake_logits)  # -log(1 - D(G(z))).
 
 
+@tf.autograph.experimental.do_not_convert
 def _non_saturating_generator_loss(fake_logits):
   # -log D(G(z)) (Goodfellow et al. 2014, the non-saturating form).
   return tf.reduce_mean(tf.nn.softplus(-fake_logits))
 
 
+@tf.autograph.experimental.do_not_convert
 def _wasserstein_real(real_logits):
   return -real_logits
 
 
+@tf.autograph.experimental.do_not_convert
 def _wasserstein_fake(fake_logits):
   return fake_logits
 
 
+@tf.autograph.experimental.do_not_convert
 def _wasserstein_generator_loss(fake_logits):
   return -tf.reduce_mean(fake_logits)
 
@@ -64,6 +70,7 @@ class GanLoss:
   generator_loss: Callable[[tf.Tensor], tf.Tensor]
   gradient_penalty_weight: float = 0.0
 
+  @tf.autograph.experimental.do_not_convert
   def discriminator_loss(self, real_logits, fake_logits):
     """`(real_logits, fake_logits) -> scalar`, minimized by D (without the penalty)."""
     return (tf.reduce_mean(self.real_term(real_logits))
@@ -85,6 +92,7 @@ def get_loss(name: str) -> GanLoss:
   return LOSSES[name]
 
 
+@tf.autograph.experimental.do_not_convert
 def gradient_penalty(discriminator, real, fake, seed):
   """WGAN-GP penalty E[(‖∇_x̂ D(x̂)‖₂ − 1)²] on random interpolates (Gulrajani et al. 2017).
 

@@ -79,6 +79,7 @@ def noise_key(dp_noise: str, seed: int) -> tuple[int, int]:
   raise ValueError(f"dp_noise must be 'entropy' or 'reproducible', got {dp_noise!r}.")
 
 
+@tf.autograph.experimental.do_not_convert
 def keyed_seed(key: tuple[int, int], counter):
   """The stateless seed `[2]` of draw `counter` (int64 scalar or tensor) under `key`."""
   return tf.random.experimental.stateless_fold_in(tf.constant(key, tf.int64),
@@ -90,6 +91,7 @@ def shuffle_seed(seed: int, round_num: int, client_id: int) -> int:
   return derived_seed(seed, round_num, client_id)
 
 
+@tf.autograph.experimental.do_not_convert
 def run_seed(seed: int):
   """The int64 `[2]` stateless seed a run keeps in its server state."""
   return tf.constant([seed, INITIAL_STATE_SALT], tf.int64)
@@ -100,11 +102,13 @@ def evaluation_noise_seed(seed: int) -> list[int]:
   return [seed, EVALUATION_NOISE_SALT]
 
 
+@tf.autograph.experimental.do_not_convert
 def round_seed(seed, round_num):
   """The stateless seed of round `round_num` of a run with run seed `seed` (int64 `[2]`)."""
   return tf.random.experimental.stateless_fold_in(seed, tf.cast(round_num, tf.int64))
 
 
+@tf.autograph.experimental.do_not_convert
 def batch_seed(seed, step, batch):
   """A seed unique to (round seed, local step, batch contents).
 
@@ -116,18 +120,21 @@ def batch_seed(seed, step, batch):
   return tf.random.experimental.stateless_fold_in(step_seed, content_key)
 
 
+@tf.autograph.experimental.do_not_convert
 def warm_start_seed(seed):
   """The seed of the client-resident discriminators' pretraining (`core.warm_start`); each
   client's noise streams then fork on its batches' contents (`batch_seed`)."""
   return tf.random.experimental.stateless_fold_in(seed, tf.constant(WARM_START_SALT, tf.int64))
 
 
+@tf.autograph.experimental.do_not_convert
 def server_generator_seed(seed, round_num):
   """The seed of the server's generator noise in round `round_num` (DP-FedAvg-GAN)."""
   return tf.random.experimental.stateless_fold_in(
       round_seed(seed, round_num), tf.constant(SERVER_GENERATOR_SALT, tf.int64))
 
 
+@tf.autograph.experimental.do_not_convert
 def generated_client_seed(seed: int, salt: int, client_id):
   """The stateless seed of one generated client's labels or examples."""
   return tf.random.experimental.stateless_fold_in(

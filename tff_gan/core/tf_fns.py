@@ -10,6 +10,13 @@ what is bound when a process is built (models, losses, optimizers) comes after, 
 Optimizers are `tff.learning.optimizers.Optimizer`s, used only through their functional
 `initialize(specs)` / `next(state, weights, gradients)` interface, so this module needs no
 TFF import and every optimizer state is an explicit tensor structure.
+
+Functions without tensor-dependent Python control flow (every one here but `train_generator`,
+whose loop runs over a tensor) carry `tf.autograph.experimental.do_not_convert`: traced as
+written, they give the same graph, while AutoGraph would rewrite each of them, and the TFF
+optimizer code they call, anew in every process (about 2 of a tiny run's 15 s of start-up,
+measured on `fedgan` and `multi_d`). `losses`, `seeds`, `feedback` and `client_work` mark
+theirs the same way; a marked function that branched on a tensor would fail when traced.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ from tff_gan.core import seeds
 from tff_gan.core.state import GanWeights, ServerState
 
 
+@tf.autograph.experimental.do_not_convert
 def sample_noise(batch_size, noise_dim, seed):
   """Standard normal generator noise `[batch_size, noise_dim]` from a stateless seed."""
   return tf.random.stateless_normal([batch_size, noise_dim], seed=seed)
 
 
+@tf.autograph.experimental.do_not_convert
 def initialize_optimizer(optimizer, variables):
   """The initial state of a functional optimizer for `variables`, as tensors.
 
@@ -36,6 +45,7 @@ def initialize_optimizer(optimizer, variables):
   return tf.nest.map_structure(tf.convert_to_tensor, optimizer.initialize(specs))
 
 
+@tf.autograph.experimental.do_not_convert
 def scale_learning_rate(optimizer_state, scale):
   """A `tff.learning.optimizers` state whose learning rate is multiplied by `scale` (a
   float32 scalar; None leaves the state as it is)."""
@@ -46,6 +56,7 @@ def scale_learning_rate(optimizer_state, scale):
       for key, value in optimizer_state.items())
 
 
+@tf.autograph.experimental.do_not_convert
 def apply_gradients(optimizer, optimizer_state, variables, gradients):
   """One functional-optimizer step on Keras variables; returns the new optimizer state."""
   weights = tuple(v.read_value() for v in variables)
@@ -55,6 +66,7 @@ def apply_gradients(optimizer, optimizer_state, variables, gradients):
   return optimizer_state
 
 
+@tf.autograph.experimental.do_not_convert
 def proximal_gradients(gradients, variables, anchor, proximal_mu: float):
   """Adds the gradient μ(w − w_anchor) of FedProx's term (μ/2)‖w − w_anchor‖² (Li et al. 2020).
 
@@ -66,6 +78,7 @@ def proximal_gradients(gradients, variables, anchor, proximal_mu: float):
   return [g + proximal_mu * (v - a) for g, v, a in zip(gradients, variables, anchor, strict=True)]
 
 
+@tf.autograph.experimental.do_not_convert
 def corrected_gradients(gradients, correction):
   """SCAFFOLD's corrected gradients g + (c − c_k) (Karimireddy et al. 2020): `correction` is
   the control-variate difference, one tensor per variable, or None for none."""
@@ -74,11 +87,13 @@ def corrected_gradients(gradients, correction):
   return [g + c for g, c in zip(gradients, correction, strict=True)]
 
 
+@tf.autograph.experimental.do_not_convert
 def assign_weights(variables, values):
   for variable, value in zip(variables, values, strict=True):
     variable.assign(value)
 
 
+@tf.autograph.experimental.do_not_convert
 def discriminator_step(
     real, noise, gradient_penalty_seed, optimizer_state, *, generator, discriminator, loss,
     optimizer, proximal_mu: float = 0.0, anchor=None, correction=None,
@@ -106,6 +121,7 @@ def discriminator_step(
   return loss_value, apply_gradients(optimizer, optimizer_state, variables, gradients)
 
 
+@tf.autograph.experimental.do_not_convert
 def generator_step(noise, optimizer_state, *, generator, discriminator, loss, optimizer,
                    proximal_mu: float = 0.0, anchor=None, correction=None):
   """One generator update against the current discriminator (FedProx term and correction as
@@ -124,6 +140,7 @@ def generator_step(noise, optimizer_state, *, generator, discriminator, loss, op
   return loss_value, apply_gradients(optimizer, optimizer_state, variables, gradients)
 
 
+@tf.autograph.experimental.do_not_convert
 def weights_delta(variables, initial_values):
   return [v.read_value() - w for v, w in zip(variables, initial_values, strict=True)]
 
@@ -169,6 +186,7 @@ def train_generator(
   return new_weights, optimizer_state, loss_sum / max(num_steps, 1)
 
 
+@tf.autograph.experimental.do_not_convert
 def apply_delta(optimizer, optimizer_state, weights, delta):
   """Applies an aggregated delta with a server optimizer.
 
@@ -186,6 +204,7 @@ def apply_delta(optimizer, optimizer_state, weights, delta):
   return new_state, list(new_weights)
 
 
+@tf.autograph.experimental.do_not_convert
 def as_tuples(structure):
   """`structure` with every list or plain tuple turned into a tuple (dicts kept as they are)."""
   if isinstance(structure, list) or type(structure) is tuple:
@@ -195,6 +214,7 @@ def as_tuples(structure):
   return structure
 
 
+@tf.autograph.experimental.do_not_convert
 def server_update(
     state: ServerState,
     aggregated_delta: GanWeights,
@@ -225,6 +245,7 @@ def server_update(
   )
 
 
+@tf.autograph.experimental.do_not_convert
 def with_generator_ema(new_state: ServerState, decay: float) -> ServerState:
   """`new_state` with its generator average moved toward its generator weights.
 
@@ -238,6 +259,7 @@ def with_generator_ema(new_state: ServerState, decay: float) -> ServerState:
   return new_state._replace(generator_ema=ema)
 
 
+@tf.autograph.experimental.do_not_convert
 def server_generator_seed(state: ServerState):
   """The seed of the server's generator noise in round `state.round_num`."""
   return seeds.server_generator_seed(state.seed, state.round_num)
