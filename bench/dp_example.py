@@ -82,7 +82,9 @@ RING_SILOS = ('--num_clients=10', '--examples_per_client=2000', '--batch_size=50
 # expected, one local epoch (6 steps) a round. The MLP pair: TF Privacy clips its Dense layers
 # with ghost norms, where the DCGAN's convolutions need per-example Jacobians: on 2 loaded
 # cores a round of 60 DP-SGD steps took 36-48 s with the DCGAN pair and about 4 s with the MLP.
-DIGITS_SILOS = ('--task=digits', '--model=mlp', '--num_clients=10', '--batch_size=32')
+DIGITS_SMALLEST_SILO, DIGITS_BATCH = 179, 32
+DIGITS_SILOS = ('--task=digits', '--model=mlp', '--num_clients=10',
+                f'--batch_size={DIGITS_BATCH}')
 # dp_fedavg_gan's server takes 4 generator steps a round on the mean of the 10 silos' DP
 # discriminators (post-processing: no privacy spent); fedgan's clients take one generator step
 # per discriminator step against their own DP discriminator.
@@ -90,8 +92,9 @@ CONFIGURATIONS = {
     'dp_fedavg_gan': Configuration((*RING_SILOS, '--scheme=dp_fedavg_gan', '--server_gen_steps=4'),
                                    1000, 2000, 500, 1),
     'fedgan': Configuration((*RING_SILOS, '--scheme=fedgan'), 1000, 2000, 500, 1),
-    'digits_fedgan': Configuration((*DIGITS_SILOS, '--scheme=fedgan'), 300, 179, 32,
-                                   math.ceil(179 / 32), procs.IMAGE_FIGURES),
+    'digits_fedgan': Configuration((*DIGITS_SILOS, '--scheme=fedgan'), 300, DIGITS_SMALLEST_SILO,
+                                   DIGITS_BATCH, math.ceil(DIGITS_SMALLEST_SILO / DIGITS_BATCH),
+                                   procs.IMAGE_FIGURES),
     # GS-WGAN's setting of the README: 100 discriminators a silo, 20 examples each; the
     # critics at a quarter width keep the 1,000 of them under the state limit (about 100 MB).
     'gs_wgan': Configuration(
