@@ -19,7 +19,9 @@ resumes from its checkpoint. Every finished run's figures are also appended to `
 again. `--noreference` skips the runs without DP. `--jobs=2` trains two runs at a time
 (sharing the cores: see `procs.train_cells`).
 
-  .venv/bin/python bench/dp_quality.py                         # the README's table and figure
+  # The README's figure (from the record: it trains nothing once the runs are recorded):
+  .venv/bin/python bench/dp_quality.py --configurations=dp_fedavg_gan_4steps --epsilons=10 \\
+      --curve_epsilons=2,4,10,20 --seeds=0 --noreference --figure=docs/dp_quality_vs_epsilon.png
   .venv/bin/python bench/dp_quality.py --configurations=fedgan --epsilons=10 --seeds=0
 """
 
