@@ -22,7 +22,8 @@ again. `--noreference` skips the runs without DP. `--jobs=2` trains two runs at 
   # The README's figure (from the record: it trains nothing once the runs are recorded):
   .venv/bin/python bench/dp_quality.py --configurations=dp_fedavg_gan_4steps --epsilons=10 \\
       --curve_epsilons=2,4,10,20 --seeds=0 --noreference --figure=docs/dp_quality_vs_epsilon.png
-  .venv/bin/python bench/dp_quality.py --configurations=fedgan --epsilons=10 --seeds=0
+  .venv/bin/python bench/dp_quality.py --configurations=fedgan --epsilons=10 --curve_epsilons=10 \\
+      --seeds=0,1,2 --noreference   # without --curve_epsilons it trains eps 2, 4 and 20 too
 """
 
 from __future__ import annotations
