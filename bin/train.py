@@ -48,8 +48,7 @@ flags.DEFINE_string('task', _DEFAULTS.task, 'Task: ring, grid (2-D Gaussian mixt
                     'in --data_dir and split into their natural clients: emnist (federated '
                     "EMNIST by writer, TFF's emnist_all.sqlite), image_folder (DATA_DIR/"
                     '<client>/*.png|jpg, one client per folder) or tabular (DATA_DIR/'
-                    '<client>.csv, numeric columns, one client per file). See README, Real '
-                    'data.')
+                    '<client>.csv, numeric columns, one client per file). README: Real data.')
 flags.DEFINE_string('data_dir', _DEFAULTS.data_dir, 'Folder holding the files of --task=emnist, '
                     'image_folder or tabular. Nothing is ever downloaded.')
 flags.DEFINE_integer('image_size', None, '--task=image_folder: images are resized to this '
@@ -134,8 +133,10 @@ flags.DEFINE_float('client_lr_half_life', _UNRESOLVED['client_lr_half_life'], '-
 flags.DEFINE_string('server_optimizer', _DEFAULTS.server_optimizer, 'Server optimizer applied '
                     'to the averaged deltas: ' + ', '.join(choices.SERVER_OPTIMIZERS) +
                     '; sgd with learning rate 1 is FedAvg.')
-flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate,
-                   'Server learning rate.')
+flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate, 'Server learning rate.')
+flags.DEFINE_float('server_lr_half_life', _DEFAULTS.server_lr_half_life, 'The server steps (rounds;'
+                   ' model versions with --mode=async) over which the server learning rate '
+                   'halves: step t uses lr * 2^(-t/half_life); 0: constant.')
 flags.DEFINE_string('loss', _UNRESOLVED['loss'], 'GAN loss: ' + ', '.join(choices.LOSSES) +
                     '. Default: wasserstein_gp for gs_wgan, non_saturating otherwise.')
 flags.DEFINE_float('proximal_mu', _DEFAULTS.proximal_mu, 'FedProx: adds (mu/2)*||w - '
@@ -169,15 +170,14 @@ flags.DEFINE_string('aggregator', _DEFAULTS.aggregator, 'How client updates are 
                     "gs_wgan with the mean mixture (the sum of the clients' feedback; gs_wgan's "
                     'clients noise it before it leaves, so the sum adds no noise), not the '
                     'universal mixture; he also with --mode=async (fedgan, dp_fedavg_gan, '
-                    'fedsgd: the '
-                    'staleness weights integer multipliers of the ciphertexts, in a wider BFV '
-                    'format; under DP each client scales its update by its staleness weight '
-                    'before it clips it, as the DP aggregator does, and the key holder noises '
-                    'each server step); SIMULATED roles: every '
-                    "client's encryption or masking, the key holder and the SecAgg+ server run "
-                    'in the trainer process (the HE aggregator in a process of its own), which '
-                    'therefore also sees each update. Other aggregators cannot be combined '
-                    'with differential privacy, which brings its own.')
+                    'fedsgd: the staleness weights integer multipliers of the ciphertexts, in a '
+                    'wider BFV format; under DP each client scales its update by its staleness '
+                    'weight before it clips it, as the DP aggregator does, and the key holder '
+                    "noises each server step); SIMULATED roles: every client's encryption or "
+                    'masking, the key holder and the SecAgg+ server run in the trainer process '
+                    '(the HE aggregator in a process of its own), which therefore also sees '
+                    'each update. Other aggregators cannot be combined with differential '
+                    'privacy, which brings its own.')
 flags.DEFINE_float('secure_clip', None, '--aggregator=he or secagg: the public L2 bound each '
                    'client update is clipped to before it is encoded; with the largest example '
                    'count and --clients_per_round it sets the fixed-point precision (no sum may '

@@ -174,6 +174,7 @@ def test_resume_continues_every_clients_discriminator(tmp_path):
     (dict(mode='async'), '--mode=async is not built for --scheme=multi_d'),
     (dict(aggregator='robust'), '--aggregator=robust is not built for --scheme=multi_d'),
     (dict(proximal_mu=0.1), '--proximal_mu has no meaning for --scheme=multi_d'),
+    (dict(server_lr_half_life=100), '--server_lr_half_life has no meaning for --scheme=multi_d'),
     (dict(loss='wasserstein_gp', discriminator_mixture='universal'), 'odds'),
     (dict(num_clients=2000, clients_per_round=10), 'at most 1000 clients'),
     (dict(sample_anchor=-1.0), '--sample_anchor must be a finite number >= 0'),

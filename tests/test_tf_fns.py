@@ -8,6 +8,7 @@ from conftest import linear_gan_models
 from tff_gan.algorithms import optimizers
 from tff_gan.core import client_work, losses, seeds, tf_fns
 from tff_gan.core.state import GanWeights, ServerBroadcast
+from tff_gan.run.config import ConfigError, TrainConfig
 
 
 def sigmoid(x):
@@ -163,13 +164,14 @@ def test_proximal_term_shrinks_the_local_delta():
 
 def numpy_adam(weights, deltas, lr, beta_1, beta_2, eps):
   """Adam (Kingma & Ba 2015, Algorithm 1 with the bias correction folded into the step size)
-  on pseudo-gradients g = −Δ."""
+  on pseudo-gradients g = −Δ; `lr` a number or one learning rate per step."""
   m, v = np.zeros_like(weights), np.zeros_like(weights)
+  lrs = np.broadcast_to(lr, len(deltas))
   for t, delta in enumerate(deltas, start=1):
     g = -delta
     m = beta_1 * m + (1 - beta_1) * g
     v = beta_2 * v + (1 - beta_2) * g * g
-    step = lr * np.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+    step = lrs[t - 1] * np.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
     weights = weights - step * m / (np.sqrt(v) + eps)
   return weights, m, v
 
@@ -223,6 +225,37 @@ def test_server_optimizer_matches_numpy_after_two_rounds(name):
   # TFF computes Adam's and Yogi's bias-corrected step size in float32, where 1 − β2^t
   # (≈ 1e-3 here) keeps only about 4 significant digits; the states above agree to 1e-9.
   np.testing.assert_allclose(current[0].numpy(), expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize('name', ['sgd', 'adam'])
+def test_a_server_learning_rate_half_life_halves_the_step_every_half_life(name):
+  rng = np.random.default_rng(12)
+  weights = rng.normal(size=5)
+  deltas = [rng.normal(size=5) for _ in range(4)]
+  half_life = 2.0
+  optimizer = optimizers.build_optimizer(name, 0.1, half_life=half_life)
+  state = tf_fns.initialize_optimizer(optimizer, [tf.Variable(weights, dtype=tf.float64)])
+  current = (tf.constant(weights),)
+  for delta in deltas:
+    state, current = tf_fns.apply_delta(optimizer, state, current, (tf.constant(delta),))
+  # Step t (from 0) at 0.1·2^(−t/2): 0.1, 0.0707, 0.05, 0.0354; float32 as TFF keeps them.
+  lrs = np.float32(0.1) * np.float32(0.5) ** (np.arange(4, dtype=np.float32) / half_life)
+  if name == 'sgd':
+    expected = weights + sum(lr * delta for lr, delta in zip(lrs, deltas, strict=True))
+  else:
+    f32 = lambda x: float(np.float32(x))  # noqa: E731
+    expected, _, _ = numpy_adam(weights, deltas, lrs, f32(optimizers.GAN_ADAM_BETA_1),
+                                f32(0.999), f32(1e-7))
+  assert int(state['round_num']) == 4
+  np.testing.assert_allclose(current[0].numpy(), expected, rtol=1e-4)
+
+
+def test_a_negative_or_infinite_half_life_is_refused():
+  for half_life in (-1.0, float('inf'), float('nan')):
+    with pytest.raises(ValueError, match='half_life must be a number of steps >= 0'):
+      optimizers.build_optimizer('adam', 0.1, half_life=half_life)
+    with pytest.raises(ConfigError, match='--server_lr_half_life must be a'):
+      TrainConfig(server_lr_half_life=half_life).validate()
 
 
 @pytest.mark.parametrize('weights_type, state_type', [(list, tuple), (tuple, list)])

@@ -157,7 +157,8 @@ def test_help_lists_the_flags_and_exits_0():
   for flag in ('--task', '--scheme', '--num_clients', '--clients_per_round', '--rounds',
                '--partition', '--dirichlet_alpha', '--labels_per_client', '--local_steps',
                '--batch_size', '--client_optimizer', '--client_learning_rate',
-               '--server_optimizer', '--server_learning_rate', '--loss', '--eval_every',
+               '--server_optimizer', '--server_learning_rate', '--server_lr_half_life',
+               '--loss', '--eval_every',
                '--seed', '--output_dir', '--aggregator', '--bits', '--[no]hadamard',
                '--checkpoint_every', '--[no]overwrite'):
     assert flag in result.stdout

@@ -26,15 +26,16 @@ SCHEME_UNUSED_FLAGS = {
     'centralized': ('which trains on the pooled data in one place', {
         'examples_per_client': 0, 'dp_noise_multiplier': None, 'dropout_rate': 0.0,
         'proximal_mu': 0.0, 'aggregator': 'mean', 'server_optimizer': 'sgd',
-        'server_learning_rate': 1.0, 'client_sampling': 'fixed'}),
+        'server_learning_rate': 1.0, 'server_lr_half_life': 0.0, 'client_sampling': 'fixed'}),
     'multi_d': ('whose discriminators stay on their clients and are never averaged (the '
                 'generator trains with --generator_learning_rate)', {
                     'proximal_mu': 0.0, 'aggregator': 'mean', 'server_optimizer': 'sgd',
-                    'server_learning_rate': 1.0}),
+                    'server_learning_rate': 1.0, 'server_lr_half_life': 0.0}),
     'gs_wgan': ('whose discriminators stay on their clients and send only sanitized '
                 'gradients (the generator trains with --generator_learning_rate)', {
                     'proximal_mu': 0.0, 'aggregator': 'mean', 'server_optimizer': 'sgd',
-                    'server_learning_rate': 1.0, 'dp_adaptive_clip_quantile': None,
+                    'server_learning_rate': 1.0, 'server_lr_half_life': 0.0,
+                    'dp_adaptive_clip_quantile': None,
                     'discriminator_mixture': 'mean'}),
     'scaffold': ('whose control variates assume plain averaged updates (no clipping, noise, '
                  'compression or proximal term)', {

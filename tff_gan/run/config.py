@@ -74,6 +74,7 @@ class TrainConfig:
   client_lr_half_life: float | None = None
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
+  server_lr_half_life: float = 0.0
   loss: str = ''
   proximal_mu: float = 0.0
   proximal_networks: str = 'both'

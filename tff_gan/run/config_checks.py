@@ -242,6 +242,9 @@ def scheme_problem(config) -> str | None:
             f'{config.client_lr_half_life}.')
   if config.client_lr_half_life and config.scheme != 'scaffold':
     return '--client_lr_half_life is built for --scheme=scaffold; use that, or drop it.'
+  if not (math.isfinite(config.server_lr_half_life) and config.server_lr_half_life >= 0):
+    return (f'--server_lr_half_life must be a number of server steps >= 0 (0: constant), '
+            f'got {config.server_lr_half_life}.')
   if config.scheme not in choices.CLIENT_RESIDENT_SCHEMES:
     for name, neutral in (('discriminator_mixture', 'mean'), ('sample_anchor', 0.0)):
       if getattr(config, name) != neutral:

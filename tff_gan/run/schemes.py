@@ -47,7 +47,8 @@ class Scheme:
     return dict(
         loss=losses.get_loss(config.loss),
         server_optimizer=optimizers.build_optimizer(config.server_optimizer,
-                                                    config.server_learning_rate),
+                                                    config.server_learning_rate,
+                                                    config.server_lr_half_life),
         aggregator=builders.build_aggregator(config),
         release_client_metrics=not config.dp_enabled,
         seed=config.seed,
