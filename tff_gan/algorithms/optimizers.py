@@ -46,5 +46,9 @@ def build_optimizer(name: str, learning_rate: float,
   if not half_life:
     return builders[name]()
   return tff.learning.optimizers.schedule_learning_rate(
-      builders[name](),
-      lambda step: learning_rate * tf.pow(0.5, tf.cast(step, tf.float32) / half_life))
+      builders[name](), lambda step: learning_rate * halving(step, half_life))
+
+
+def halving(step, half_life: float) -> tf.Tensor:
+  """2^(−step/half_life) as float32: the learning-rate multiplier of a half-life schedule."""
+  return tf.pow(0.5, tf.cast(step, tf.float32) / half_life)

@@ -137,7 +137,7 @@ def build_scaffold_process(
   def make_broadcast(state):
     scale = tf.constant(1.0)
     if learning_rate_half_life:
-      scale = tf.pow(0.5, tf.cast(state.round_num, tf.float32) / learning_rate_half_life)
+      scale = optimizers.halving(state.round_num, learning_rate_half_life)
     return (ServerBroadcast(weights=state.weights,
                             round_seed=seeds.round_seed(state.seed, state.round_num)),
             state.control, scale)

@@ -237,14 +237,12 @@ def scheme_problem(config) -> str | None:
     return (f'--warm_start_steps pretrains the discriminators clients keep (--scheme=multi_d '
             f'or gs_wgan, --mode=sync) and must be >= 0; got {config.warm_start_steps} with '
             f'--scheme={config.scheme} --mode={config.mode}.')
-  if not (math.isfinite(config.client_lr_half_life) and config.client_lr_half_life >= 0):
-    return (f'--client_lr_half_life must be a number of rounds >= 0 (0: constant), got '
-            f'{config.client_lr_half_life}.')
+  for name, unit in (('client_lr_half_life', 'rounds'), ('server_lr_half_life', 'server steps')):
+    value = getattr(config, name)
+    if not (math.isfinite(value) and value >= 0):
+      return f'--{name} must be a number of {unit} >= 0 (0: constant), got {value}.'
   if config.client_lr_half_life and config.scheme != 'scaffold':
     return '--client_lr_half_life is built for --scheme=scaffold; use that, or drop it.'
-  if not (math.isfinite(config.server_lr_half_life) and config.server_lr_half_life >= 0):
-    return (f'--server_lr_half_life must be a number of server steps >= 0 (0: constant), '
-            f'got {config.server_lr_half_life}.')
   if config.scheme not in choices.CLIENT_RESIDENT_SCHEMES:
     for name, neutral in (('discriminator_mixture', 'mean'), ('sample_anchor', 0.0)):
       if getattr(config, name) != neutral:
