@@ -12,13 +12,14 @@ import portpicker
 import pytest
 import tensorflow as tf
 from conftest import (
-    REPO_ROOT,
-    as_numpy,
-    linear_gan_models,
-    pid_alive,
-    worker_pids,
-    workers_started_since,
+  REPO_ROOT,
+  as_numpy,
+  linear_gan_models,
+  pid_alive,
+  worker_pids,
+  workers_started_since,
 )
+from tensorflow_federated.proto.v0 import executor_pb2
 from test_train_binary import TINY, TRAIN, read_rows, run_train
 
 from tff_gan.algorithms import fedgan, optimizers
@@ -170,6 +171,24 @@ def test_a_lost_worker_ends_the_run_and_the_same_command_resumes(tmp_path):
   finally:
     for worker in live:
       worker.stop()
+
+
+def test_freeing_values_on_a_lost_worker_neither_raises_nor_waits():
+  # TFF frees remote values from finalizers, at exit too: an error there is a traceback
+  # after the run's one line, and a wait for the lost worker delays the exit.
+  live = worker_lib.LocalWorker(port=portpicker.pick_unused_port()).start()
+  try:
+    worker = remote_lib.RemoteWorker(f'localhost:{live.port}', timeout_seconds=8).connect()
+  finally:
+    live.stop()
+  start = time.monotonic()
+  assert worker.stub.dispose(executor_pb2.DisposeRequest()) is None
+  assert worker.stub.dispose_executor(executor_pb2.DisposeExecutorRequest()) is None
+  assert time.monotonic() - start < 4  # Not the worker's timeout.
+  with pytest.raises(remote_lib.WorkerLostError, match=f'localhost:{live.port}'):
+    worker.stub.compute(executor_pb2.ComputeRequest())  # Computing waits, then says so.
+  worker.close()
+  assert worker.stub.dispose(executor_pb2.DisposeRequest()) is None  # A closed channel.
 
 
 @pytest.mark.parametrize('flags, message', [

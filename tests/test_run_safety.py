@@ -6,7 +6,6 @@ import errno
 import fcntl
 import math
 import os
-import re
 import shutil
 import signal
 import struct
@@ -89,48 +88,91 @@ def wait_for_rows(output_dir, process, rows):
   raise AssertionError(f'{metrics} did not reach {rows} rows')
 
 
-# bin/train.py with a checkpoint save that takes 3 s at round 6, announced by a file.
-SLOW_CHECKPOINT = """
-import os, runpy, sys, time
+# bin/train.py, with hooks that announce a moment by creating a file and, for a round or a
+# checkpoint save, hold it for 3 s, so a test's Ctrl-C lands there whatever the machine's
+# speed: `LOADING` is created when module `MODULE` starts to load, `ROUND` when the call of
+# round `SLOW_ROUND` starts, `SAVING` when the checkpoint save of round `SLOW_SAVE` starts.
+ANNOUNCED = """
+import importlib.abc, os, runpy, sys, time
 sys.argv = sys.argv[1:]
 sys.path.insert(0, os.path.dirname(sys.argv[0]))
-import _cli
-import tensorflow_federated as tff
-real_save = tff.program.FileProgramStateManager.save
-async def slow_save(self, state, version):
-  if version == 6:
-    open(os.environ['SAVING'], 'w').close()
-    time.sleep(3)
-  return await real_save(self, state, version)
-tff.program.FileProgramStateManager.save = slow_save
+
+class Announce(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name == os.environ['MODULE']:
+      sys.meta_path.remove(self)
+      open(os.environ['LOADING'], 'w').close()
+    return None
+
+if 'MODULE' in os.environ:
+  sys.meta_path.insert(0, Announce())
+else:
+  import _cli
+  import tensorflow_federated as tff
+  from tff_gan.algorithms import composition
+  slow_round, slow_save = int(os.environ.get('SLOW_ROUND', 0)), int(os.environ.get('SLOW_SAVE', 0))
+  real_save = tff.program.FileProgramStateManager.save
+  async def save(self, state, version):
+    if version == slow_save:
+      open(os.environ['SAVING'], 'w').close()
+      time.sleep(3)
+    return await real_save(self, state, version)
+  tff.program.FileProgramStateManager.save = save
+  real_keyed = composition.GanProcess.with_client_data
+  def with_client_data(self, *args):
+    keyed, calls = real_keyed(self, *args), []
+    class Slow(type(keyed)):
+      @property
+      def next(self):
+        def next(*args):
+          calls.append(1)
+          if len(calls) == slow_round:
+            open(os.environ['ROUND'], 'w').close()
+            time.sleep(3)
+          return super(Slow, self).next(*args)
+        return next
+    keyed.__class__ = Slow
+    return keyed
+  composition.GanProcess.with_client_data = with_client_data
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
+
+
+def announced(args, tmp_path, **hooks):
+  """`bin/train.py args` on a terminal under `ANNOUNCED`'s `hooks` (its environment
+  variables); each of `LOADING`, `ROUND`, `SAVING` given is a file in `tmp_path`."""
+  env = {**os.environ, **{k: str(v) for k, v in hooks.items()}}
+  env.update({k: str(tmp_path / k.lower()) for k in ('LOADING', 'ROUND', 'SAVING')})
+  return Terminal([sys.executable, '-c', ANNOUNCED, TRAIN, *args], env=env)
+
+
+def wait_for_file(path, process):
+  deadline = time.monotonic() + 240
+  while not path.exists():
+    assert process.poll() is None and time.monotonic() < deadline, f'{path} never appeared'
+    time.sleep(0.01)
 
 
 def test_ctrl_c_mid_round_and_while_checkpointing_stops_in_one_line_and_resumes_exactly(
     tmp_path, uninterrupted):
   run = tmp_path / 'run'
   flags = [f for f in FLAGS if f != '--noprogress'] + ['--rounds=8', f'--output_dir={run}']
-  # Ctrl-C in round 4 (3 rows written, the checkpoint of round 2 saved).
-  terminal = Terminal([sys.executable, TRAIN, *flags])
-  wait_for_rows(run, terminal.process, 3)
+  # Ctrl-C in round 4's call (3 rows written, the checkpoint of round 2 saved): the call
+  # ends, and the run stops without recording round 4.
+  terminal = announced(flags, tmp_path, SLOW_ROUND=4)
+  wait_for_file(tmp_path / 'round', terminal.process)
   terminal.ctrl_c()
   code, shown = terminal.wait()
   assert code == 130 and 'Traceback' not in shown, shown
-  said = what_was_said(shown)
-  assert len(said) == 1, shown
-  assert re.fullmatch(r'train\.py: stopped by SIGINT after round [34] of 8; the checkpoint of '
-                      rf'round 2 in {run} is kept: rerun the same command to resume\.', said[0])
+  assert what_was_said(shown) == [
+      f'train.py: stopped by SIGINT after round 3 of 8; the checkpoint of round 2 in {run} is '
+      'kept: rerun the same command to resume.'], shown
+  assert len(read_rows(run / 'metrics.csv')) == 3
   assert not workers_logging_to(run / 'worker.log')
 
   # The same command resumes; Ctrl-C while it saves round 6 lets the save finish.
-  saving = tmp_path / 'saving'
-  terminal = Terminal([sys.executable, '-c', SLOW_CHECKPOINT, TRAIN, *flags],
-                      env={**os.environ, 'SAVING': str(saving)})
-  deadline = time.monotonic() + 240
-  while not saving.exists() and terminal.process.poll() is None:
-    assert time.monotonic() < deadline
-    time.sleep(0.05)
+  terminal = announced(flags, tmp_path, SLOW_SAVE=6)
+  wait_for_file(tmp_path / 'saving', terminal.process)
   terminal.ctrl_c()
   code, shown = terminal.wait()
   assert code == 130 and 'Traceback' not in shown, shown
@@ -145,12 +187,13 @@ def test_ctrl_c_mid_round_and_while_checkpointing_stops_in_one_line_and_resumes_
   assert rows_without_timings(run) == rows_without_timings(uninterrupted)
 
 
-@pytest.mark.parametrize('seconds', [0.5, 2.5])  # Loading modules, then TensorFlow.
-def test_ctrl_c_at_start_up_is_one_line_and_leaves_nothing(tmp_path, seconds):
+# While the flags' modules load, then while TensorFlow does (seconds).
+@pytest.mark.parametrize('module', ['absl', 'tensorflow'])
+def test_ctrl_c_at_start_up_is_one_line_and_leaves_nothing(tmp_path, module):
   output_dir = tmp_path / 'run'
-  terminal = Terminal([sys.executable, TRAIN, *FLAGS, '--rounds=5',
-                       f'--output_dir={output_dir}'])
-  time.sleep(seconds)
+  terminal = announced([*FLAGS, '--rounds=5', f'--output_dir={output_dir}'], tmp_path,
+                       MODULE=module)
+  wait_for_file(tmp_path / 'loading', terminal.process)
   terminal.ctrl_c()
   code, shown = terminal.wait()
   assert code == 130 and 'Traceback' not in shown, shown

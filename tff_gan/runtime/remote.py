@@ -63,15 +63,36 @@ def _grpc_status(error: Exception) -> str:
   return code().name if callable(code) else type(cause).__name__
 
 
+def _best_effort(method):
+  """Wraps a stub RPC that frees a worker's values: a worker that is gone holds none.
+
+  TFF frees remote values from garbage-collection finalizers, also at interpreter exit, where
+  an error (or a wait for a lost worker) would print an "Exception ignored" traceback after
+  the run's one-line message, or delay the exit.
+  """
+
+  def freeing(self, request):
+    try:
+      return method(self, request)
+    except (tff.framework.RetryableError, grpc.RpcError, ValueError):  # ValueError: closed.
+      return None
+
+  return freeing
+
+
 class _GuardedStub(tff.framework.RemoteExecutorGrpcStub):
-  """TFF's gRPC stub, with `_bounded_retries` on every RPC."""
+  """TFF's gRPC stub, with `_bounded_retries` on every RPC that computes and `_best_effort`
+  on the two that free a worker's values."""
 
   def __init__(self, channel, worker: RemoteWorker):
     super().__init__(channel)
     for name in ('get_executor', 'create_value', 'create_call', 'create_struct',
-                 'create_selection', 'compute', 'dispose', 'dispose_executor'):
+                 'create_selection', 'compute'):
       method = getattr(tff.framework.RemoteExecutorGrpcStub, name)
       setattr(self, name, _bounded_retries(method, worker).__get__(self))
+    for name in ('dispose', 'dispose_executor'):
+      method = getattr(tff.framework.RemoteExecutorGrpcStub, name)
+      setattr(self, name, _best_effort(method).__get__(self))
 
 
 class RemoteWorker:
