@@ -78,14 +78,20 @@ def what_was_said(shown):
           if line.strip() and 'rounds:' not in line]
 
 
-def wait_for_rows(output_dir, process, rows):
-  metrics = os.path.join(output_dir, 'metrics.csv')
+def wait_until(done, process, what):
+  """Returns once `done()` holds; fails with `what` if `process` ends or 240 s pass first."""
   deadline = time.monotonic() + 240
-  while time.monotonic() < deadline and process.poll() is None:
-    if os.path.exists(metrics) and len(read_rows(metrics)) >= rows:
+  while True:
+    assert process.poll() is None and time.monotonic() < deadline, what
+    if done():
       return
     time.sleep(0.05)
-  raise AssertionError(f'{metrics} did not reach {rows} rows')
+
+
+def wait_for_rows(output_dir, process, rows):
+  metrics = os.path.join(output_dir, 'metrics.csv')
+  wait_until(lambda: os.path.exists(metrics) and len(read_rows(metrics)) >= rows, process,
+             f'{metrics} did not reach {rows} rows')
 
 
 # bin/train.py, with hooks that announce a moment by creating a file and, for a round or a
@@ -147,10 +153,7 @@ def announced(args, tmp_path, **hooks):
 
 
 def wait_for_file(path, process):
-  deadline = time.monotonic() + 240
-  while not path.exists():
-    assert process.poll() is None and time.monotonic() < deadline, f'{path} never appeared'
-    time.sleep(0.01)
+  wait_until(path.exists, process, f'{path} never appeared')
 
 
 def test_ctrl_c_mid_round_and_while_checkpointing_stops_in_one_line_and_resumes_exactly(
