@@ -107,6 +107,30 @@ def test_server_step_applies_the_weighted_scaled_mean(tff_context, linear_proces
   assert int(new_state.round_num) == 1 and metrics['num_examples'] == total
 
 
+def test_server_learning_rate_halves_with_the_model_versions(tff_context):
+  """--server_lr_half_life under --mode=async counts server steps (model versions): with SGD
+  at learning rate 1 and a half-life of one step, step t applies 2^-t times the mean."""
+  del tff_context
+  process = fedgan.build_fedgan_process(
+      linear_gan_models(), client_optimizer=optimizers.build_optimizer('sgd', 0.05),
+      server_optimizer=optimizers.build_optimizer('sgd', 1.0, half_life=1.0), seed=2)
+  state = process.initialize()
+  rng = np.random.default_rng(1)
+  delta = GanWeights(*[[rng.normal(size=w.shape).astype(np.float32) for w in part]
+                       for part in as_numpy(state.weights)])
+  output = ClientOutput(delta=delta, num_examples=np.float32(8),
+                        metrics={'discriminator_loss': np.float32(1),
+                                 'generator_loss': np.float32(1)})
+  for step in range(3):
+    before = as_numpy(state.weights)
+    state, _ = process.server_step(state, [output], [np.int32(0)], [np.float32(1)])
+    for part in ('generator', 'discriminator'):
+      for index, weight in enumerate(getattr(before, part)):
+        np.testing.assert_allclose(getattr(state.weights, part)[index],
+                                   weight + 0.5**step * getattr(delta, part)[index],
+                                   rtol=1e-5, atol=1e-6)
+
+
 def fast_and_slow_seed():
   """A seed under which, of 2 clients with straggler fraction 0.5, exactly client 1 is slow."""
   for seed in range(100):
