@@ -59,28 +59,26 @@ flags.DEFINE_bool('only_digits', _DEFAULTS.only_digits, '--task=emnist: the 10 d
 flags.DEFINE_bool('conditional', _DEFAULTS.conditional, 'Train a class-conditional GAN (G and D '
                   'see the class; tasks with classes: ring, grid, digits, emnist). Adds the '
                   'conditional_accuracy metric; bin/generate.py --label picks the class.')
-flags.DEFINE_string('scheme', _DEFAULTS.scheme, 'Training scheme: fedgan (clients train G and '
-                    'D; the server averages both) or dp_fedavg_gan (clients train only D; the '
-                    'server trains G against it, never touching client data) or fedsgd '
-                    '(clients send gradients at the global weights over their local data; the '
-                    'server optimizer takes the step) or centralized (the baseline: the same '
-                    'nets and losses trained on the pooled data, each round taking as many '
-                    'steps as all sampled clients of a fedgan round do together) or multi_d '
-                    '(each client keeps its own discriminator, trained on its data and never '
-                    'sent; the server '
-                    'trains G from the clients\' per-sample feedback on its samples: for '
-                    'heterogeneous clients; see --discriminator_mixture) or gs_wgan (GS-WGAN, '
-                    'Chen et al. 2020: multi_d with the mean mixture and WGAN-GP, each client '
-                    'clipping every per-sample gradient to --dp_clip and adding noise of std '
-                    '--dp_noise_multiplier*clip before it leaves; needs --dp_noise_multiplier. '
-                    "It protects each client's whole data (--dp_unit=client: its one "
-                    'discriminator saw all of it), against a server that sees every message: '
-                    "each client's epsilon counts the rounds that sampled it, with no "
-                    'amplification by client sampling) or scaffold (fedgan whose local steps '
-                    'are corrected by SCAFFOLD control variates, Karimireddy et al. 2020: '
-                    'each client keeps an estimate of its own gradient between rounds, the '
-                    'server the mean of all; for heterogeneous clients; twice fedgan\'s bytes; '
-                    'mean aggregator, no DP, sync mode).')
+flags.DEFINE_string('scheme', _DEFAULTS.scheme, 'Training scheme: fedgan (clients train G and D; '
+                    'the server averages both) or dp_fedavg_gan (clients train only D; the server '
+                    'trains G against it, never touching client data) or fedsgd (clients send '
+                    'gradients at the global weights over their local data; the server optimizer '
+                    'takes the step) or centralized (the baseline: the same nets and losses '
+                    'trained on the pooled data, each round taking as many steps as all sampled '
+                    'clients of a fedgan round do together) or multi_d (each client keeps its own '
+                    'discriminator, trained on its data and never sent; the server trains G from '
+                    "the clients' per-sample feedback on its samples: for heterogeneous clients; "
+                    'see --discriminator_mixture) or gs_wgan (GS-WGAN, Chen et al. 2020: multi_d '
+                    'with the mean mixture and WGAN-GP, each client clipping every per-sample '
+                    'gradient to --dp_clip and adding noise of std --dp_noise_multiplier*clip '
+                    "before it leaves; needs --dp_noise_multiplier. It protects each client's "
+                    'whole data (--dp_unit=client: its one discriminator saw all of it), against '
+                    "a server that sees every message: each client's epsilon counts the rounds "
+                    'that sampled it, with no amplification by client sampling) or scaffold '
+                    '(fedgan whose local steps are corrected by SCAFFOLD control variates, '
+                    'Karimireddy et al. 2020: each client keeps an estimate of its own gradient '
+                    'between rounds, the server the mean of all; for heterogeneous clients; twice '
+                    "fedgan's bytes; mean aggregator, no DP, sync mode).")
 flags.DEFINE_string('model', _UNRESOLVED['model'], 'Network pair: mlp (all tasks) or dcgan '
                     '(image tasks: digits, emnist, image_folder). Default: dcgan for emnist and '
                     'image_folder, mlp otherwise.')
@@ -126,6 +124,8 @@ flags.DEFINE_float('client_learning_rate', _UNRESOLVED['client_learning_rate'],
                    'Client learning rate. Default: ' + ', '.join(
                        f'{k or "every scheme"} {v:g}' for k, v in
                        choices.DEFAULT_CLIENT_LEARNING_RATE.items()) + '.')
+flags.DEFINE_float('client_generator_learning_rate', None, "fedgan, centralized: the clients' "
+                   'generator learning rate, if not --client_learning_rate (lower: D outpaces G).')
 flags.DEFINE_float('client_lr_half_life', _UNRESOLVED['client_lr_half_life'], '--scheme='
                    'scaffold: the rounds over which the client learning rate halves (round r '
                    'trains at lr * 2^(-r/half_life)); 0: constant. Default: 0, except ' + ', '.join(

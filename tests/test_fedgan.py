@@ -11,6 +11,8 @@ from tff_gan.algorithms import fedgan, optimizers
 from tff_gan.clients import populations as data
 from tff_gan.core import seeds
 from tff_gan.core.state import ServerBroadcast, ServerState
+from tff_gan.run import schemes
+from tff_gan.run.config import ConfigError, TrainConfig
 
 LEARNING_RATE = 0.05
 CLIENT_SIZES = (3, 5, 8)  # Unequal n_k: the FedAvg weights are 3/16, 5/16, 8/16.
@@ -153,6 +155,41 @@ def test_fedprox_with_zero_mu_is_fedavg_exactly(tff_context, fedavg_process):
   moved, _ = build(1.0, proximal_mu=5.0).next(fedprox.initialize(), client_datasets(arrays))
   assert not np.array_equal(as_numpy(moved.weights).generator[0],
                             as_numpy(fedprox_state.weights).generator[0])
+
+
+def test_the_clients_generator_learning_rate_scales_its_step_alone(tff_context):
+  """--client_generator_learning_rate, through the config's scheme: one local SGD step (D,
+  then G against the stepped D) gives the same discriminator delta and a generator delta
+  scaled by the ratio of the two learning rates."""
+  del tff_context
+  arrays = [client_arrays()[0][:2]]  # One batch of 2: one step of each network.
+
+  def one_round(**rates):
+    config = TrainConfig(client_optimizer='sgd', client_learning_rate=LEARNING_RATE, **rates)
+    process = schemes.build_process(config.validate(), linear_gan_models())
+    state = process.initialize()
+    new_state, _ = process.next(state, client_datasets(arrays))
+    return tf.nest.map_structure(lambda new, old: new - old, as_numpy(new_state.weights),
+                                 as_numpy(state.weights))
+
+  same = one_round()
+  slower = one_round(client_generator_learning_rate=LEARNING_RATE / 4)
+  for got, want in zip(slower.discriminator, same.discriminator, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  for got, want in zip(slower.generator, same.generator, strict=True):
+    assert np.abs(want).max() > 1e-4
+    np.testing.assert_allclose(got, want / 4, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize('settings, message', [
+    (dict(client_generator_learning_rate=0.0), 'must be positive'),
+    (dict(client_generator_learning_rate=1e-4, scheme='dp_fedavg_gan'),
+     'its server trains the generator: --generator_learning_rate'),
+    (dict(client_generator_learning_rate=1e-4, scheme='scaffold'), 'not of --scheme=scaffold'),
+])
+def test_client_generator_learning_rate_is_checked(settings, message):
+  with pytest.raises(ConfigError, match=message):
+    TrainConfig(**settings).validate()
 
 
 def test_a_client_with_nan_gets_weight_zero_and_is_counted(tff_context, fedavg_process):

@@ -71,6 +71,7 @@ class TrainConfig:
   batch_size: int = 128
   client_optimizer: str = 'adam'
   client_learning_rate: float | None = None
+  client_generator_learning_rate: float | None = None
   client_lr_half_life: float | None = None
   server_optimizer: str = 'sgd'
   server_learning_rate: float = 1.0
@@ -205,6 +206,10 @@ class TrainConfig:
                  'model_width'):
       if not getattr(self, name) > 0:
         raise ConfigError(f'--{name} must be positive, got {getattr(self, name)}.')
+    rate = self.client_generator_learning_rate
+    if rate is not None and not rate > 0:
+      raise ConfigError(f'--client_generator_learning_rate must be positive (or unset: '
+                        f'--client_learning_rate), got {rate}.')
     if not self.discriminator_width >= 0:
       raise ConfigError(f'--discriminator_width must be positive (or 0: --model_width), got '
                         f'{self.discriminator_width}.')

@@ -241,6 +241,12 @@ def scheme_problem(config) -> str | None:
     value = getattr(config, name)
     if not (math.isfinite(value) and value >= 0):
       return f'--{name} must be a number of {unit} >= 0 (0: constant), got {value}.'
+  if config.client_generator_learning_rate is not None and config.scheme not in (
+      'fedgan', 'centralized'):
+    return (f"--client_generator_learning_rate sets the clients' generator steps of "
+            f'--scheme=fedgan or centralized, not of --scheme={config.scheme}; drop it'
+            + (' (its server trains the generator: --generator_learning_rate).'
+               if config.scheme in choices.DEFAULT_SERVER_GEN_STEPS else '.'))
   if config.client_lr_half_life and config.scheme != 'scaffold':
     return '--client_lr_half_life is built for --scheme=scaffold; use that, or drop it.'
   if config.scheme not in choices.CLIENT_RESIDENT_SCHEMES:

@@ -103,8 +103,11 @@ class FedGan(Scheme):
   name = 'fedgan'
 
   def build_process(self, config, models):
+    rate = config.client_generator_learning_rate
     return fedgan.build_fedgan_process(
         models, proximal_generator=config.proximal_networks == 'both',
+        client_generator_optimizer=None if rate is None else optimizers.build_optimizer(
+            config.client_optimizer, rate),
         **self._local_training_arguments(config))
 
 
