@@ -70,11 +70,28 @@ def test_fedbuff_without_latency_variance_is_synchronous_fedavg(sync_and_fedbuff
   assert {r['max_staleness'] for r in fedbuff_rows} == {'0'}
 
 
+def random_delta(rng, weights: GanWeights) -> GanWeights:
+  """A delta of `weights`' shapes, standard normal."""
+  return GanWeights(*[[rng.normal(size=w.shape).astype(np.float32) for w in part]
+                      for part in weights])
+
+
+def client_output(delta: GanWeights, num_examples: float) -> ClientOutput:
+  """A client's report of `delta` over `num_examples` examples (losses 1)."""
+  return ClientOutput(delta=delta, num_examples=np.float32(num_examples),
+                      metrics={'discriminator_loss': np.float32(1),
+                               'generator_loss': np.float32(1)})
+
+
+def build_linear_process(**kwargs):
+  return fedgan.build_fedgan_process(
+      linear_gan_models(), client_optimizer=optimizers.build_optimizer('sgd', 0.05), seed=2,
+      **kwargs)
+
+
 @pytest.fixture(scope='module')
 def linear_process():
-  process = fedgan.build_fedgan_process(
-      linear_gan_models(), client_optimizer=optimizers.build_optimizer('sgd', 0.05), seed=2)
-  return process
+  return build_linear_process()
 
 
 def test_server_step_applies_the_weighted_scaled_mean(tff_context, linear_process):
@@ -83,18 +100,10 @@ def test_server_step_applies_the_weighted_scaled_mean(tff_context, linear_proces
   state = linear_process.initialize()
   rng = np.random.default_rng(0)
   weights = as_numpy(state.weights)
-
-  def random_delta():
-    return GanWeights(*[[rng.normal(size=w.shape).astype(np.float32) for w in part]
-                        for part in weights])
-
-  deltas = [random_delta() for _ in range(3)]
+  deltas = [random_delta(rng, weights) for _ in range(3)]
   examples = [np.float32(n) for n in (10, 30, 60)]
   scales = async_training.staleness_weight([0, 2, 5], 0.5).astype(np.float32)
-  outputs = [ClientOutput(delta=d, num_examples=n,
-                          metrics={'discriminator_loss': np.float32(1),
-                                   'generator_loss': np.float32(1)})
-             for d, n in zip(deltas, examples, strict=True)]
+  outputs = [client_output(d, n) for d, n in zip(deltas, examples, strict=True)]
   new_state, metrics = linear_process.server_step(
       state, outputs, [np.int32(0)] * 3, list(scales))
   total = sum(examples)
@@ -111,16 +120,11 @@ def test_server_learning_rate_halves_with_the_model_versions(tff_context):
   """--server_lr_half_life under --mode=async counts server steps (model versions): with SGD
   at learning rate 1 and a half-life of one step, step t applies 2^-t times the mean."""
   del tff_context
-  process = fedgan.build_fedgan_process(
-      linear_gan_models(), client_optimizer=optimizers.build_optimizer('sgd', 0.05),
-      server_optimizer=optimizers.build_optimizer('sgd', 1.0, half_life=1.0), seed=2)
+  process = build_linear_process(
+      server_optimizer=optimizers.build_optimizer('sgd', 1.0, half_life=1.0))
   state = process.initialize()
-  rng = np.random.default_rng(1)
-  delta = GanWeights(*[[rng.normal(size=w.shape).astype(np.float32) for w in part]
-                       for part in as_numpy(state.weights)])
-  output = ClientOutput(delta=delta, num_examples=np.float32(8),
-                        metrics={'discriminator_loss': np.float32(1),
-                                 'generator_loss': np.float32(1)})
+  delta = random_delta(np.random.default_rng(1), as_numpy(state.weights))
+  output = client_output(delta, 8)
   for step in range(3):
     before = as_numpy(state.weights)
     state, _ = process.server_step(state, [output], [np.int32(0)], [np.float32(1)])
