@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import dp_accounting
 import pytest
 from conftest import REPO_ROOT
 from test_train_binary import run_trains
+
+from tff_gan.privacy import accounting
 
 # Prints, as JSON, the `bin/train.py` flags of every configuration of benchmark `argv[1]` at
 # its first default ε and without DP, as its `run` builds them (the record is bypassed).
@@ -32,11 +35,15 @@ print(json.dumps(commands))
 SEED_THERE = -12345
 
 
+def bench_commands(bench: str, work_dir) -> list[list[str]]:
+  listed = subprocess.run([sys.executable, '-c', COMMANDS, bench, REPO_ROOT, str(work_dir)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, check=True)
+  return json.loads(listed.stdout.splitlines()[-1])
+
+
 @pytest.mark.parametrize('bench', ['dp_quality', 'dp_example'])
 def test_every_configuration_passes_train_checks(bench, tmp_path):
-  listed = subprocess.run([sys.executable, '-c', COMMANDS, bench, REPO_ROOT, str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, check=True)
-  commands = json.loads(listed.stdout.splitlines()[-1])
+  commands = bench_commands(bench, tmp_path)
   assert len(commands) >= 2 * 3
   # Each output directory holds a run of another seed, so a command whose flags pass every
   # check stops at the check that follows them, before TensorFlow loads: the one that
@@ -50,3 +57,23 @@ def test_every_configuration_passes_train_checks(bench, tmp_path):
     assert result.returncode == 2, (command, result.stderr)
     assert 'holds a run with other settings' in result.stderr, (command, result.stderr)
     assert f'--seed={SEED_THERE} there, 0 now' in result.stderr, (command, result.stderr)
+
+
+def test_dp_quality_noise_spends_its_target_epsilon_at_the_commands_own_sampling(tmp_path):
+  # Configurations sample different numbers of clients a round: each DP command's z, read
+  # back through the forward accountant at that command's own population, clients a round
+  # and rounds, spends the bench's first target ε (10), so z was calibrated to what runs.
+  def value(command, name):
+    return next(f.split('=', 1)[1] for f in command if f.startswith(f'--{name}='))
+
+  private = [c for c in bench_commands('dp_quality', tmp_path)
+             if any(f.startswith('--dp_noise_multiplier=') for f in c)]
+  assert {value(c, 'clients_per_round') for c in private} >= {'100', '400'}
+  for command in private:
+    sampling = accounting.Sampling(value(command, 'client_sampling'),
+                                   int(value(command, 'num_clients')),
+                                   int(value(command, 'clients_per_round')))
+    spent = accounting.epsilon(
+        dp_accounting.GaussianDpEvent(float(value(command, 'dp_noise_multiplier'))), sampling,
+        int(value(command, 'rounds')), float(value(command, 'dp_delta')))
+    assert 9.99 <= spent <= 10 + 1e-6, command  # The calibration's search stops just below.
