@@ -11,6 +11,7 @@ import dataclasses
 import io
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -56,11 +57,40 @@ def train_or_read(output_dir: str, flags: list[str], rounds: int) -> list[dict[s
   if not rows or int(rows[-1]['round']) < rounds:
     args = [sys.executable, TRAIN, f'--rounds={rounds}', f'--output_dir={output_dir}',
             '--noprogress', *flags]
-    result = subprocess.run(args, capture_output=True, text=True, check=False)
-    if result.returncode:
-      raise SystemExit(f'{" ".join(args)} failed:\n{result.stderr[-2000:]}')
+    with _TRAINING_LOCK:
+      if _STOPPED.is_set():  # `interrupt_training` ran: this run does not start.
+        raise SystemExit(f'{output_dir}: not started, the benchmark is stopping')
+      process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+      _TRAINING.add(process)
+    try:
+      _, stderr = process.communicate()
+    except BaseException:  # Ctrl-C while this thread waits: the run stops with it.
+      process.send_signal(signal.SIGINT)
+      process.wait()
+      raise
+    finally:
+      with _TRAINING_LOCK:
+        _TRAINING.discard(process)
+    if process.returncode:
+      raise SystemExit(f'{" ".join(args)} failed:\n{stderr[-2000:]}')
     rows = read_rows(os.path.join(output_dir, 'metrics.csv'))
   return rows
+
+
+# The `bin/train.py` processes `train_or_read` is waiting for, on any thread.
+_TRAINING: set[subprocess.Popen] = set()
+_TRAINING_LOCK = threading.Lock()
+_STOPPED = threading.Event()
+
+
+def interrupt_training() -> None:
+  """Sends SIGINT to every `bin/train.py` that `train_or_read` is waiting for, which stops
+  it (a run resumes from its last checkpoint), and starts no further one in this process."""
+  with _TRAINING_LOCK:
+    _STOPPED.set()
+    for process in _TRAINING:
+      process.send_signal(signal.SIGINT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +216,9 @@ def train_cells(run, configurations: list[str], epsilons: list[str], curve_epsil
                 reference: bool = True) -> dict[tuple[str, float], list[dict[str, float]]]:
   """Every seed's figures (`run(configuration, target ε, seed)`, ε infinite without DP) for
   each configuration at each of `epsilons` and, if `reference`, without DP, and for the first
-  configuration at each of `curve_epsilons` too; `jobs` runs at a time.
+  configuration at each of `curve_epsilons` too; `jobs` runs at a time. Ctrl-C, SIGINT to
+  this process alone, or a run that fails starts no further run and interrupts the running
+  ones (`interrupt_training`); each resumes from its checkpoint when the benchmark runs again.
 
   The runs share every core, each worker sized for all of them: pinning each of 2 runs to a
   core of its own (`taskset`) was slower, 6.5 s a round of `dp_quality.py`'s
@@ -199,11 +231,24 @@ def train_cells(run, configurations: list[str], epsilons: list[str], curve_epsil
   cells += [(configurations[0], float(t)) for t in curve_epsilons
             if (configurations[0], float(t)) not in cells]
   start = time.perf_counter()
+  waiting = [(c, t, s) for s in seeds for c, t in cells]
+  figures = {}
   with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-    futures = {(c, t, s): pool.submit(run, c, t, s) for s in seeds for c, t in cells}
-    results = {cell: [futures[(*cell, s)].result() for s in seeds] for cell in cells}
+    running = {}
+    try:
+      while waiting or running:  # At most `jobs` submitted: none queues behind a failure.
+        while waiting and len(running) < jobs:
+          key = waiting.pop(0)
+          running[pool.submit(run, *key)] = key
+        done, _ = concurrent.futures.wait(running,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+          figures[running.pop(future)] = future.result()  # A failed run raises here.
+    except BaseException:  # Ctrl-C (or SIGINT to this process alone) or a failed run: the
+      interrupt_training()  # running ones stop too, each resumable from its checkpoint.
+      raise
   print(f'done after {(time.perf_counter() - start) / 60:.0f} min\n')
-  return results
+  return {cell: [figures[(*cell, s)] for s in seeds] for cell in cells}
 
 
 def print_dp_table(results, rounds, z_text, clip=None, figures=RING_FIGURES) -> None:
