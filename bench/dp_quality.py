@@ -61,7 +61,7 @@ class Configuration(NamedTuple):
   clients_per_round: int = 100
 
 
-# Each configuration: its flags, its rounds and its clip C. With one batch a client, a
+# Each configuration: its flags, rounds, clip C and clients a round. With one batch a client, a
 # dp_fedavg_gan client takes one discriminator step a round (its --local_steps=4 is a cap) and
 # the server 4 generator steps from the generator's average. That one step is Adam's first
 # (a fresh optimizer every round), which moves every weight by about the learning rate: its
@@ -70,8 +70,8 @@ class Configuration(NamedTuple):
 # Its runs spend 500-900 rounds at 0-2 modes (probes without noise too), hence 1500
 # rounds. fedgan takes 16 local epochs (16 steps; 4 stayed at 0-2 modes): 8/8, 88 % at
 # round 600 (one 10-client probe); at 200 clients a round that is about 23 s a round on 2
-# cores, some 4 hours a run. Narrower networks did not train on ring even without noise (0-2
-# modes), so both keep the full width.
+# cores, some 4 hours a run. Narrower dp_fedavg_gan discriminators stayed at 0-5 modes even
+# without noise (150-275 rounds), so both schemes keep the full width (fedgan_400: below).
 #
 # dp_fedavg_gan_4steps: the same scheme with 4 passes over the client's batch, so 4
 # discriminator steps a client and round (Adam's first four: norm up to 4 * 0.35, hence C =
