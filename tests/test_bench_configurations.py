@@ -2,6 +2,7 @@
 without: a typo, or a combination a later check refuses, fails here rather than an hour
 into a benchmark."""
 
+import functools
 import json
 import os
 import subprocess
@@ -35,15 +36,25 @@ print(json.dumps(commands))
 SEED_THERE = -12345
 
 
-def bench_commands(bench: str, work_dir) -> list[list[str]]:
-  listed = subprocess.run([sys.executable, '-c', COMMANDS, bench, REPO_ROOT, str(work_dir)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, check=True)
-  return json.loads(listed.stdout.splitlines()[-1])
+@pytest.fixture(scope='module')
+def bench_commands(tmp_path_factory):
+  """`bench_commands(bench)`: COMMANDS' list for benchmark `bench`, its runs under a
+  directory of its own; listed once for the module's tests."""
+
+  @functools.cache
+  def commands(bench: str) -> list[list[str]]:
+    work_dir = tmp_path_factory.mktemp(bench)
+    listed = subprocess.run([sys.executable, '-c', COMMANDS, bench, REPO_ROOT, str(work_dir)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+                            check=True)
+    return json.loads(listed.stdout.splitlines()[-1])
+
+  return commands
 
 
 @pytest.mark.parametrize('bench', ['dp_quality', 'dp_example'])
-def test_every_configuration_passes_train_checks(bench, tmp_path):
-  commands = bench_commands(bench, tmp_path)
+def test_every_configuration_passes_train_checks(bench, bench_commands):
+  commands = bench_commands(bench)
   assert len(commands) >= 2 * 3
   # Each output directory holds a run of another seed, so a command whose flags pass every
   # check stops at the check that follows them, before TensorFlow loads: the one that
@@ -59,14 +70,15 @@ def test_every_configuration_passes_train_checks(bench, tmp_path):
     assert f'--seed={SEED_THERE} there, 0 now' in result.stderr, (command, result.stderr)
 
 
-def test_dp_quality_noise_spends_its_target_epsilon_at_the_commands_own_sampling(tmp_path):
+def test_dp_quality_noise_spends_its_target_epsilon_at_the_commands_own_sampling(
+    bench_commands):
   # Configurations sample different numbers of clients a round: each DP command's z, read
   # back through the forward accountant at that command's own population, clients a round
   # and rounds, spends the bench's first target ε (10), so z was calibrated to what runs.
   def value(command, name):
     return next(f.split('=', 1)[1] for f in command if f.startswith(f'--{name}='))
 
-  private = [c for c in bench_commands('dp_quality', tmp_path)
+  private = [c for c in bench_commands('dp_quality')
              if any(f.startswith('--dp_noise_multiplier=') for f in c)]
   assert {value(c, 'clients_per_round') for c in private} >= {'100', '400'}
   for command in private:
