@@ -50,7 +50,8 @@ flags.DEFINE_integer('max_concurrent_computation_calls', 0, 'Computations (e.g. 
                      'the cores for its TensorFlow ops.')
 flags.DEFINE_string('log_file', '', "File for the worker's own output (TensorFlow and gRPC "
                     'messages); default: a new file in the temp dir, named at start and deleted '
-                    'when the worker stops cleanly.')
+                    'when the worker stops, unless it died on its own and wrote something '
+                    'there.')
 FLAGS = flags.FLAGS
 
 
@@ -139,7 +140,7 @@ def main(argv: list[str]) -> int:
           'it.', flush=True)
     while not stop:
       if not worker.running:
-        print(f'{program}: error: the TFF worker exited on its own; see {worker.log_path}.',
+        print(f'{program}: error: the TFF worker exited on its own; {worker.see_log()}.',
               file=sys.stderr)
         return 1
       time.sleep(0.2)

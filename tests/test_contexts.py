@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -45,8 +46,10 @@ def _default_sigint():
   signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_child(mode):
-  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+def start_child(mode, temp_dir):
+  # Its own temp dir, where its worker's log and socket directory go: a run must leave
+  # nothing there, unless SIGKILLed (which no process can clean up after).
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT, TMPDIR=str(temp_dir))
   return subprocess.Popen([sys.executable, '-c', CHILD, mode], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env,
                           preexec_fn=_default_sigint)
@@ -123,8 +126,8 @@ def test_computations_outside_a_context_fail_clearly():
 
 
 @pytest.mark.parametrize('mode', ['exit', 'raise'])
-def test_worker_gone_after_normal_exit_and_after_an_exception(mode):
-  child = start_child(mode)
+def test_worker_gone_after_normal_exit_and_after_an_exception(mode, tmp_path):
+  child = start_child(mode, tmp_path)
   stdout, stderr = child.communicate(timeout=120)
   pid = int(stdout.split('WORKER ')[1].split()[0])
   assert 'RESULT 42' in stdout
@@ -132,11 +135,12 @@ def test_worker_gone_after_normal_exit_and_after_an_exception(mode):
   assert set(line.split()[0] for line in stdout.splitlines()) == {'WORKER', 'RESULT'}
   assert (child.returncode == 0) == (mode == 'exit'), stderr
   assert wait_gone(pid)
+  assert not os.listdir(tmp_path)  # Neither the worker's temporary log nor its socket's dir.
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_worker_gone_after_the_parent_is_signalled(signum):
-  child = start_child('wait')
+def test_worker_gone_after_the_parent_is_signalled(signum, tmp_path):
+  child = start_child('wait', tmp_path)
   worker_line, _ = read_until(child, 'WORKER')
   read_until(child, 'WAITING')
   pid = int(worker_line.split()[1])
@@ -145,8 +149,64 @@ def test_worker_gone_after_the_parent_is_signalled(signum):
   child.wait(timeout=60)
   assert child.returncode != 0
   assert wait_gone(pid), f'worker {pid} survived its parent after signal {signum}'
+  if signum != signal.SIGKILL:
+    assert not os.listdir(tmp_path)
   child.stdout.close()
   child.stderr.close()
+
+
+@pytest.fixture
+def temp_dir(tmp_path, monkeypatch):
+  """The temp dir where a `LocalWorker` puts its default log: empty, and this test's own."""
+  path = tmp_path / 'tmp'
+  path.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(path))
+  return path
+
+
+def fake_worker_binary(tmp_path, monkeypatch, script):
+  binary = tmp_path / 'worker_binary'
+  binary.write_text('#!/bin/sh\n' + script + '\n')
+  binary.chmod(0o755)
+  monkeypatch.setattr(worker_lib, 'WORKER_BINARY', str(binary))
+
+
+@pytest.mark.parametrize('output', ['', 'bind failed: port taken'])
+def test_a_worker_dead_at_start_keeps_its_log_only_if_the_log_says_something(
+    output, tmp_path, temp_dir, monkeypatch):
+  fake_worker_binary(tmp_path, monkeypatch, f'printf %s "{output}"; exit 3')
+  worker = worker_lib.LocalWorker()
+  with pytest.raises(worker_lib.WorkerError, match='exited with status 3 at start') as error:
+    worker.start()
+  if output:
+    assert f'see {worker.log_path}' in str(error.value)
+    with open(worker.log_path) as f:
+      assert f.read() == output
+  else:
+    assert 'its log is empty' in str(error.value)
+    assert not os.listdir(temp_dir)
+
+
+def test_a_worker_hung_at_start_keeps_its_log(tmp_path, temp_dir, monkeypatch):
+  fake_worker_binary(tmp_path, monkeypatch, 'echo "waiting for a lock"; exec sleep 60')
+  worker = worker_lib.LocalWorker(start_timeout_seconds=0.5)
+  with pytest.raises(worker_lib.WorkerError, match='did not accept connections') as error:
+    worker.start()
+  assert f'see {worker.log_path}' in str(error.value)
+  assert wait_gone(worker.pid)
+  with open(worker.log_path) as f:
+    assert f.read() == 'waiting for a lock\n'
+
+
+@pytest.mark.parametrize('killed', [False, True])
+def test_a_stopped_or_killed_worker_leaves_no_log(killed, temp_dir):
+  worker = worker_lib.LocalWorker().start()
+  assert os.listdir(temp_dir) == [os.path.basename(worker.log_path)]
+  if killed:  # As when its parent is SIGKILLed: it writes nothing, and stop finds it dead.
+    os.kill(worker.pid, signal.SIGKILL)
+    assert wait_gone(worker.pid)
+  worker.stop()
+  assert not os.listdir(temp_dir)
 
 
 def test_threads_give_each_parallel_client_a_share_of_the_cores():

@@ -40,8 +40,11 @@ def saved_leaves(output_dir, round_num):
 
 def kill_after_rows(output_dir, rows, timeout=240):
   """Starts a run, SIGKILLs it once metrics.csv holds `rows` rounds; returns how many it had."""
+  # A SIGKILLed run leaves its worker's socket directory in the temp dir: here, the test's own.
+  env = dict(os.environ, TMPDIR=os.path.dirname(output_dir))
   process = subprocess.Popen([sys.executable, TRAIN, *RESUMABLE, f'--output_dir={output_dir}'],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT,
+                             env=env)
   deadline = time.monotonic() + timeout
   metrics = os.path.join(output_dir, 'metrics.csv')
   try:

@@ -131,7 +131,8 @@ class LocalWorker:
 
   Args:
     log_path: File that receives the worker's stdout and stderr (appended). Defaults to a
-      fresh file in the temp dir.
+      fresh file in the temp dir, deleted by `stop` unless the worker died on its own or hung
+      at start and wrote something there.
     threads: The worker's `WorkerThreads`; defaults to one client per core.
     port: Port to listen on; a free one is picked by default.
     start_timeout_seconds: How long to wait for the worker to accept connections.
@@ -150,7 +151,10 @@ class LocalWorker:
       start_timeout_seconds: float = 60.0,
       confined_socket: str | None = None,
   ):
-    self._owns_log = log_path is None  # A temporary log, deleted when the worker is stopped.
+    # A temporary log is deleted when the worker stops, unless it may say why the worker
+    # died or hung (`stop`).
+    self._owns_log = log_path is None
+    self._log_may_explain = False
     if log_path is None:
       handle, log_path = tempfile.mkstemp(prefix='tff_gan_worker_', suffix='.log')
       os.close(handle)
@@ -205,11 +209,12 @@ class LocalWorker:
       if self._process.poll() is not None:
         self.stop()
         raise WorkerError(f'TFF worker exited with status {self._process.returncode} at start; '
-                          f'see {self.log_path}.')
+                          f'{self.see_log()}.')
       if time.monotonic() > deadline:
+        self._log_may_explain = True
         self.stop()
         raise WorkerError(f'TFF worker did not accept connections within '
-                          f'{self._start_timeout_seconds:.0f} s; see {self.log_path}.')
+                          f'{self._start_timeout_seconds:.0f} s; {self.see_log()}.')
       time.sleep(0.05)
     return self
 
@@ -219,7 +224,8 @@ class LocalWorker:
       close_channel(self._channel)
       self._channel = None
     process = self._process
-    if process is not None and process.poll() is None:
+    stopped_it = process is not None and process.poll() is None
+    if stopped_it:
       process.terminate()
       try:
         process.wait(timeout_seconds)
@@ -227,18 +233,30 @@ class LocalWorker:
         process.kill()
         process.wait()
       logging.info('Stopped TFF worker pid=%d', process.pid)
-      if self._owns_log:  # It ran until we stopped it: its temporary log says nothing new.
-        with contextlib.suppress(OSError):
-          os.remove(self.log_path)
+    # A worker that ran until stopped here says nothing new in its log; an empty log says
+    # nothing at all (a worker SIGKILLed, or dying with its parent, writes none).
+    if self._owns_log and (self._log_is_empty() or (stopped_it and not self._log_may_explain)):
+      with contextlib.suppress(OSError):
+        os.remove(self.log_path)
     with _live_workers_lock:
       _live_workers.discard(self)
+
+  def see_log(self) -> str:
+    """Where an error about this worker should send the reader: its log, unless it is empty."""
+    return 'its log is empty' if self._log_is_empty() else f'see {self.log_path}'
+
+  def _log_is_empty(self) -> bool:
+    try:
+      return os.path.getsize(self.log_path) == 0
+    except OSError:  # Gone: nothing to see either.
+      return True
 
   def executor_factory(self, default_num_clients: int = 0):
     """A `tff.framework.ExecutorFactory` whose executors run on this worker."""
 
     def check_alive():
       if not self.running:
-        raise WorkerError(f'TFF worker on port {self.port} is not running; see {self.log_path}.')
+        raise WorkerError(f'TFF worker on port {self.port} is not running; {self.see_log()}.')
 
     return executor_factory(self.stub, check_alive, default_num_clients)
 
