@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -196,6 +198,16 @@ def pytest_sessionfinish(session, exitstatus):
 RESUMABLE = ['--rounds=8', '--eval_every=4', '--checkpoint_every=2', '--model_width=0.03125',
              '--num_clients=4', '--clients_per_round=3', '--local_steps=2', '--batch_size=16',
              '--num_eval_samples=200', '--noprogress']
+
+
+@pytest.fixture
+def short_tmp_dir():
+  """A new directory in the system's temp dir, removed after the test: the TMPDIR of a
+  subprocess that may leave files there (a SIGKILLed run, its worker's socket directory).
+  pytest's `tmp_path` is too deep for that: a Unix socket's path has at most 107 bytes."""
+  path = tempfile.mkdtemp(prefix='tff_gan_test_')
+  yield path
+  shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

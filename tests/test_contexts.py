@@ -126,8 +126,8 @@ def test_computations_outside_a_context_fail_clearly():
 
 
 @pytest.mark.parametrize('mode', ['exit', 'raise'])
-def test_worker_gone_after_normal_exit_and_after_an_exception(mode, tmp_path):
-  child = start_child(mode, tmp_path)
+def test_worker_gone_after_normal_exit_and_after_an_exception(mode, short_tmp_dir):
+  child = start_child(mode, short_tmp_dir)
   stdout, stderr = child.communicate(timeout=120)
   pid = int(stdout.split('WORKER ')[1].split()[0])
   assert 'RESULT 42' in stdout
@@ -135,12 +135,12 @@ def test_worker_gone_after_normal_exit_and_after_an_exception(mode, tmp_path):
   assert set(line.split()[0] for line in stdout.splitlines()) == {'WORKER', 'RESULT'}
   assert (child.returncode == 0) == (mode == 'exit'), stderr
   assert wait_gone(pid)
-  assert not os.listdir(tmp_path)  # Neither the worker's temporary log nor its socket's dir.
+  assert not os.listdir(short_tmp_dir)  # Neither the worker's temporary log nor its socket's dir.
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
-def test_worker_gone_after_the_parent_is_signalled(signum, tmp_path):
-  child = start_child('wait', tmp_path)
+def test_worker_gone_after_the_parent_is_signalled(signum, short_tmp_dir):
+  child = start_child('wait', short_tmp_dir)
   worker_line, _ = read_until(child, 'WORKER')
   read_until(child, 'WAITING')
   pid = int(worker_line.split()[1])
@@ -150,7 +150,7 @@ def test_worker_gone_after_the_parent_is_signalled(signum, tmp_path):
   assert child.returncode != 0
   assert wait_gone(pid), f'worker {pid} survived its parent after signal {signum}'
   if signum != signal.SIGKILL:
-    assert not os.listdir(tmp_path)
+    assert not os.listdir(short_tmp_dir)
   child.stdout.close()
   child.stderr.close()
 
@@ -185,6 +185,17 @@ def test_a_worker_dead_at_start_keeps_its_log_only_if_the_log_says_something(
   else:
     assert 'its log is empty' in str(error.value)
     assert not os.listdir(temp_dir)
+
+
+def test_a_socket_path_too_long_for_unix_is_one_clear_error_and_leaves_nothing(
+    temp_dir, monkeypatch):
+  long_dir = temp_dir / ('d' * 100)  # With the private dir and the socket's name: > 107 bytes.
+  long_dir.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(long_dir))
+  with pytest.raises(worker_lib.WorkerError, match='longer than the 107 bytes.*set TMPDIR'):
+    with contexts.local_cpp_context(confined=True):
+      pass
+  assert not os.listdir(long_dir)  # Neither its private dir nor its temporary log.
 
 
 def test_a_worker_hung_at_start_keeps_its_log(tmp_path, temp_dir, monkeypatch):

@@ -38,10 +38,10 @@ def saved_leaves(output_dir, round_num):
   return [np.asarray(x) for x in tf.nest.flatten(asyncio.run(file_utils.read_saved_model(path)))]
 
 
-def kill_after_rows(output_dir, rows, timeout=240):
+def kill_after_rows(output_dir, rows, temp_dir, timeout=240):
   """Starts a run, SIGKILLs it once metrics.csv holds `rows` rounds; returns how many it had."""
   # A SIGKILLed run leaves its worker's socket directory in the temp dir: here, the test's own.
-  env = dict(os.environ, TMPDIR=os.path.dirname(output_dir))
+  env = dict(os.environ, TMPDIR=temp_dir)
   process = subprocess.Popen([sys.executable, TRAIN, *RESUMABLE, f'--output_dir={output_dir}'],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT,
                              env=env)
@@ -60,9 +60,10 @@ def kill_after_rows(output_dir, rows, timeout=240):
 
 
 @pytest.mark.parametrize('kill_at_rows', [2, 4])
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(uninterrupted, tmp_path, kill_at_rows):
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(uninterrupted, tmp_path, kill_at_rows,
+                                                        short_tmp_dir):
   output_dir = tmp_path / 'killed'
-  rows_when_killed = kill_after_rows(output_dir, kill_at_rows)
+  rows_when_killed = kill_after_rows(output_dir, kill_at_rows, short_tmp_dir)
   assert kill_at_rows <= rows_when_killed < 8
   # The killed run's worker dies with it (PR_SET_PDEATHSIG): the rerun starts its own.
   deadline = time.monotonic() + 10

@@ -42,6 +42,7 @@ WORKER_BINARY = os.path.join(os.path.dirname(tff.__file__), 'data', 'worker_bina
 
 # How `unshare` gives a confined worker a user and a network namespace of its own.
 _UNSHARE_FLAGS = ('--user', '--map-root-user', '--net')
+_MAX_SOCKET_PATH_BYTES = 107  # A Unix socket's path: 108 bytes with the final NUL (Linux).
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
 GRPC_CHANNEL_OPTIONS = [
     ('grpc.max_message_length', _GRPC_MAX_MESSAGE_BYTES),
@@ -180,6 +181,10 @@ class LocalWorker:
     if not os.path.isfile(WORKER_BINARY):
       raise WorkerError(f'TFF worker binary not found at {WORKER_BINARY}; reinstall with '
                         '`uv sync --frozen`.')
+    if self.confined_socket and len(os.fsencode(self.confined_socket)) > _MAX_SOCKET_PATH_BYTES:
+      raise WorkerError(f"The worker's socket {self.confined_socket} is longer than the "
+                        f'{_MAX_SOCKET_PATH_BYTES} bytes a Unix socket may have: set TMPDIR to '
+                        'a shorter directory.')
     command = [WORKER_BINARY, f'--port={self.port}',
                f'--max_concurrent_computation_calls={self.threads.concurrent_calls}']
     target = f'localhost:{self.port}'
