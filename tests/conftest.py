@@ -14,6 +14,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tensorflow.python.eager import context as tf_context  # noqa: E402
 
 from tff_gan.core.models import GanModels  # noqa: E402
 from tff_gan.runtime import contexts  # noqa: E402
@@ -198,6 +199,19 @@ def pytest_sessionfinish(session, exitstatus):
 RESUMABLE = ['--rounds=8', '--eval_every=4', '--checkpoint_every=2', '--model_width=0.03125',
              '--num_clients=4', '--clients_per_round=3', '--local_steps=2', '--batch_size=16',
              '--num_eval_samples=200', '--noprogress']
+
+
+@pytest.fixture(autouse=True)
+def _no_global_tf_seed_left():
+  """Fails a test that leaves TF's global seed set (`tf.random.set_seed`,
+  `tf.keras.utils.set_random_seed`): every later test in the same process would draw its
+  random ops' seeds from it."""
+  yield
+  seed = tf_context.global_seed()
+  if seed is not None:
+    tf_context.set_global_seed(None)
+    pytest.fail(f"the test left TF's global seed set ({seed}); seed what it builds instead "
+                '(tff_gan.core.seeds.keras_initializers_seeded, an op seed).')
 
 
 @pytest.fixture

@@ -7,13 +7,16 @@ import pytest
 import scipy.stats
 import tensorflow as tf
 
-from tff_gan.core import dp_sgd, losses
+from tff_gan.core import dp_sgd, losses, seeds
 
 
 def small_discriminator(seed=0):
-  tf.keras.utils.set_random_seed(seed)
-  return tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(8, activation='relu'),
-                              tf.keras.layers.Dense(1)])
+  # Not `tf.keras.utils.set_random_seed`: TF's global seed would stay set for the tests that
+  # run after these in the same process, and change their random ops' seeds.
+  with seeds.keras_initializers_seeded(seed):
+    return tf.keras.Sequential([tf.keras.Input((2,)),
+                                tf.keras.layers.Dense(8, activation='relu'),
+                                tf.keras.layers.Dense(1)])
 
 
 def one_at_a_time(discriminator, real, clip):

@@ -217,7 +217,9 @@ class ClientPopulation(ClientData):
   ) -> list[tf.data.Dataset]:
     """The datasets of `client_ids` for round `round_num`, built here in Python.
 
-    The same batches as `dataset` builds on the executor from `round_keys`.
+    The same batches as `dataset` builds on the executor from `round_keys`, as long as TF's
+    global seed is unset in this process: `tf.random.set_seed` changes the shuffles built
+    here, eagerly, but not the executor's (TFF traces them in a graph of their own).
     """
     return [client_dataset(self.client_examples(int(client_id)), work, seed=int(shuffle_seed))
             for client_id, shuffle_seed in round_keys(client_ids, round_num=round_num, seed=seed)]
