@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import _cli
 from absl import flags
@@ -54,8 +55,15 @@ def main(argv: list[str]) -> int:
     _cli.usage_error(program, f'--port must be between 1 and 65535, got {FLAGS.port}.')
   from ipykernel import kernelspec  # noqa: PLC0415 (a dev dependency: make installs it)
 
-  kernelspec.install(kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY_NAME,
-                     prefix=sys.prefix)
+  # ipykernel stages the spec in a new directory of the temp dir and leaves that behind,
+  # empty: here it stages it in one of ours, removed after.
+  with tempfile.TemporaryDirectory(prefix='tff_gan_kernelspec_') as staging:
+    temp_dir, tempfile.tempdir = tempfile.tempdir, staging
+    try:
+      kernelspec.install(kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY_NAME,
+                         prefix=sys.prefix)
+    finally:
+      tempfile.tempdir = temp_dir
   where = ("In Colab: Connect > Connect to a local runtime, and paste the URL below (with its "
            'token).' if FLAGS.colab else 'Open the URL below (with its token) in a browser.')
   print(f'{program}: kernel "{KERNEL_DISPLAY_NAME}" registered in {sys.prefix}. {where} '

@@ -18,10 +18,11 @@ from conftest import REPO_ROOT
 NOTEBOOK = os.path.join(REPO_ROOT, 'bin', 'notebook.py')
 
 
-def test_serves_the_tutorials_with_the_project_kernel_on_loopback():
+def test_serves_the_tutorials_with_the_project_kernel_on_loopback(short_tmp_dir):
   port = portpicker.pick_unused_port()
   server = subprocess.Popen([sys.executable, NOTEBOOK, f'--port={port}'], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+                            stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                            env=dict(os.environ, TMPDIR=short_tmp_dir))
   try:
     assert 'kernel "tff-gan (.venv)" registered' in server.stdout.readline()
     deadline, url = time.monotonic() + 60, None
@@ -48,3 +49,4 @@ def test_serves_the_tutorials_with_the_project_kernel_on_loopback():
   finally:
     server.send_signal(signal.SIGTERM)
     server.communicate(timeout=30)
+  assert not os.listdir(short_tmp_dir)  # ipykernel's staging directory of the kernel spec.
