@@ -160,20 +160,22 @@ def test_ctrl_c_mid_round_and_while_checkpointing_stops_in_one_line_and_resumes_
     tmp_path, uninterrupted):
   run = tmp_path / 'run'
   flags = [f for f in FLAGS if f != '--noprogress'] + ['--rounds=8', f'--output_dir={run}']
-  # Ctrl-C in round 4's call (3 rows written, the checkpoint of round 2 saved): the call
-  # ends, and the run stops without recording round 4.
-  terminal = announced(flags, tmp_path, SLOW_ROUND=4)
+  # Ctrl-C in round 3's call (2 rows written, the checkpoint of round 2 saved, and round 3
+  # not one --checkpoint_every=2 saves): the call ends, round 3 is recorded and checkpointed,
+  # and the run stops.
+  terminal = announced(flags, tmp_path, SLOW_ROUND=3)
   wait_for_file(tmp_path / 'round', terminal.process)
   terminal.ctrl_c()
   code, shown = terminal.wait()
   assert code == 130 and 'Traceback' not in shown, shown
   assert what_was_said(shown) == [
-      f'train.py: stopped by SIGINT after round 3 of 8; the checkpoint of round 2 in {run} is '
+      f'train.py: stopped by SIGINT after round 3 of 8; the checkpoint of round 3 in {run} is '
       'kept: rerun the same command to resume.'], shown
   assert len(read_rows(run / 'metrics.csv')) == 3
+  assert sorted(os.listdir(run / 'checkpoints')) == ['round_2', 'round_3']
   assert not workers_logging_to(run / 'worker.log')
 
-  # The same command resumes; Ctrl-C while it saves round 6 lets the save finish.
+  # The same command resumes from round 3; Ctrl-C while it saves round 6 lets the save finish.
   terminal = announced(flags, tmp_path, SLOW_SAVE=6)
   wait_for_file(tmp_path / 'saving', terminal.process)
   terminal.ctrl_c()
@@ -297,3 +299,17 @@ def test_a_signal_during_a_computation_is_held_until_it_returns(signum, raised):
   assert finished == [True]
   if raised is signals.Terminated:
     assert raised().code == 128 + signal.SIGTERM
+
+
+def test_a_signal_in_a_nested_block_waits_for_the_outermost_and_is_seen_as_held():
+  seen = []
+  with pytest.raises(signals.Interrupted):
+    with signals.deferred():
+      with signals.deferred():
+        assert not signals.held()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        seen.append(signals.held())
+      seen.append(signals.held())  # The inner block ended: the signal still waits.
+  assert seen == [True, True]
+  assert not signals.held()

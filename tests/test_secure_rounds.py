@@ -350,6 +350,11 @@ def test_bin_train_with_async_he_stops_on_ctrl_c_leaving_no_aggregator_and_resum
   code, shown = terminal.wait()
   assert code == 130 and 'Traceback' not in shown, shown
   assert shown.count('train.py: stopped by SIGINT after round') == 1, shown
+  # The last step applied is checkpointed, though --checkpoint_every (10) would skip it.
+  last = int(read_rows(run)[-1]['round'])
+  saved = max((int(name.split('_')[1]) for name in os.listdir(run / 'checkpoints')), default=0)
+  assert saved == last, (saved, last)
+  assert f'the checkpoint of round {last} in' in shown, shown
   deadline = time.monotonic() + 10
   while processes_with_mark(mark.encode(), b'tff_gan.secure.he_process'):
     assert time.monotonic() < deadline, 'an aggregator process outlived its trainer'

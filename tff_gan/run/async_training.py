@@ -177,8 +177,7 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
     """
     if not pending:
       return
-    with signals.deferred():  # A signal stops the run after this call, not inside it.
-      outputs = client_work(state, [task.key for task in pending])
+    outputs = client_work(state, [task.key for task in pending])
     for task, (output, discarded) in zip(pending, outputs, strict=True):
       task.output, task.discarded = output, discarded
     pending.clear()
@@ -192,17 +191,16 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
     scales = staleness_weight(staleness, config.staleness_exponent)
     if config.async_rule == 'fedasync':
       scales = config.fedasync_mixing * scales
-    with signals.deferred():
-      if secure_round is None:
-        state, metrics = server_step(
-            state, [task.output for task, _ in buffer], [task.discarded for task, _ in buffer],
-            [np.float32(scale) for scale in scales])
-      else:
-        state, metrics, secure_bytes = secure_round.apply(
-            state, [(task.client_id, task.output, task.discarded) for task, _ in buffer],
-            [task.client_id for task, _ in buffer], version + 1, scales=scales)
-      if reports is not None:  # What the ledger counts, recorded with the step it counts.
-        reports.append(version + 1, [task.client_id for task, _ in buffer])
+    if secure_round is None:
+      state, metrics = server_step(
+          state, [task.output for task, _ in buffer], [task.discarded for task, _ in buffer],
+          [np.float32(scale) for scale in scales])
+    else:
+      state, metrics, secure_bytes = secure_round.apply(
+          state, [(task.client_id, task.output, task.discarded) for task, _ in buffer],
+          [task.client_id for task, _ in buffer], version + 1, scales=scales)
+    if reports is not None:  # What the ledger counts, recorded with the step it counts.
+      reports.append(version + 1, [task.client_id for task, _ in buffer])
     version += 1
     dispatches_at_version = 0
     row = round_row(version, time.perf_counter() - wall_start, len(buffer),
@@ -220,20 +218,23 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
 
   needed = config.buffer_size if config.async_rule == 'fedbuff' else 1
   while version < config.rounds:
-    dispatch()
-    if not events:
-      raise RuntimeError('no client is at work; this is a bug in the event loop.')
-    # Handle every event at this instant before sending the model out again, so clients
-    # that report together are applied together (as a synchronous round would).
-    now = events[0][0]
-    while events and events[0][0] == now and version < config.rounds:
-      _, _, kind, client_id = heapq.heappop(events)
-      task = in_flight.pop(client_id)
-      if kind == 'timeout':
-        logging.info('client %d did not report within %.3g s; another takes its place.',
-                     client_id, clock.timeout)
-        continue
-      buffer.append((task, version - task.version))
-      if len(buffer) == needed:
-        step()
+    # A signal stops the run after this instant's events, with the model checkpointed.
+    with signals.deferred():
+      dispatch()
+      if not events:
+        raise RuntimeError('no client is at work; this is a bug in the event loop.')
+      # Handle every event at this instant before sending the model out again, so clients
+      # that report together are applied together (as a synchronous round would).
+      now = events[0][0]
+      while events and events[0][0] == now and version < config.rounds:
+        _, _, kind, client_id = heapq.heappop(events)
+        task = in_flight.pop(client_id)
+        if kind == 'timeout':
+          logging.info('client %d did not report within %.3g s; another takes its place.',
+                       client_id, clock.timeout)
+          continue
+        buffer.append((task, version - task.version))
+        if len(buffer) == needed:
+          step()
+      recorder.save_if_stopping(state, version)
   return state, row

@@ -112,9 +112,20 @@ class RoundRecorder:
 
   def finish(self, row: dict[str, Any], state: ServerState, round_num: int) -> None:
     """Records round `round_num` whole: a signal meanwhile stops the run once it is done, so
-    a stop never leaves a round's row, samples or checkpoint half written."""
+    a stop never leaves a round's row, samples or checkpoint half written. If a signal is
+    held (`signals.held`), here or in the loop's block around the round, the round is
+    checkpointed whatever `checkpoint_every` says, so the stop loses no round."""
     with signals.deferred():
       self._finish(row, state, round_num)
+      self.save_if_stopping(state, round_num)
+
+  def save_if_stopping(self, state: ServerState, round_num: int) -> None:
+    """Checkpoints `state` as round `round_num` if a signal is held and no checkpoint of that
+    round exists (a loop calls this, within its `signals.deferred` block, where a signal may
+    have arrived between rounds)."""
+    if (signals.held() and round_num > 0
+        and round_num not in self._checkpoints.rounds()):
+      self._checkpoints.save(self._checkpoint_value(state), round_num)
 
   def _finish(self, row: dict[str, Any], state: ServerState, round_num: int) -> None:
     config, task = self._config, self._task

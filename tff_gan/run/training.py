@@ -295,36 +295,48 @@ def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population
   """
   clock = clock_lib.ClientClock.from_config(config) if config.latency else None
   for round_num in rounds:
-    client_ids = scheme.client_ids(config, population.num_clients, round_num)
-    completed = sampling.surviving_clients(client_ids, config.dropout_rate,
-                                           round_num=round_num, seed=config.seed)
-    start = time.perf_counter()
-    if len(completed) or not len(client_ids):
-      keys = populations.round_keys(completed, round_num=round_num, seed=config.seed)
-      with signals.deferred():  # A signal stops the run after this call, not inside it.
-        if secure_round is not None:
-          state, metrics, secure_bytes = secure_round.next(state, keys, client_ids, completed,
-                                                           round_num, client_states)
-          if metrics is None:  # Aborted: no client's update counted.
-            completed = completed[:0]
-        elif client_states is None:
-          state, metrics = process.next(state, keys)
-        else:  # Each client brings its own state and takes the new one back.
-          state, new_client_states, metrics = process.next(state, keys,
-                                                           client_states.gather(completed))
-          client_states.scatter(completed, new_client_states)
-    else:  # All sampled clients failed: the model stays as it is, and the row says so.
-      metrics = None
-      logging.warning('round %d: all %d sampled clients dropped out; model unchanged.',
-                      round_num, len(client_ids))
-    row = recorder.round_row(round_num, time.perf_counter() - start, len(client_ids),
-                             len(completed), metrics, traffic)
-    if not scheme.communicates:
-      row['bytes_down'] = row['bytes_up'] = None
-    if secure_round is not None and metrics is not None:
-      secure_rounds.update_row(row, metrics, secure_bytes)
-    if clock is not None:
-      simulated_time += clock.sync_round_seconds(client_ids, completed, round_num)
-      row['simulated_time'] = simulated_time
-    round_recorder.finish(row, state, round_num)
+    # A signal stops the run once the round is recorded and checkpointed (`RoundRecorder.
+    # finish`), never inside a TFF call.
+    with signals.deferred():
+      state, row, simulated_time = _sync_round(config, scheme, process, population, state,
+                                               round_num, traffic, simulated_time,
+                                               client_states, secure_round, clock)
+      round_recorder.finish(row, state, round_num)
   return state, row
+
+
+def _sync_round(config: TrainConfig, scheme: schemes.Scheme, process, population, state,
+                round_num: int, traffic, simulated_time: float, client_states, secure_round,
+                clock):
+  """One synchronous round's computation and row: `(state, row, simulated_time)`."""
+  client_ids = scheme.client_ids(config, population.num_clients, round_num)
+  completed = sampling.surviving_clients(client_ids, config.dropout_rate,
+                                         round_num=round_num, seed=config.seed)
+  start = time.perf_counter()
+  if len(completed) or not len(client_ids):
+    keys = populations.round_keys(completed, round_num=round_num, seed=config.seed)
+    if secure_round is not None:
+      state, metrics, secure_bytes = secure_round.next(state, keys, client_ids, completed,
+                                                       round_num, client_states)
+      if metrics is None:  # Aborted: no client's update counted.
+        completed = completed[:0]
+    elif client_states is None:
+      state, metrics = process.next(state, keys)
+    else:  # Each client brings its own state and takes the new one back.
+      state, new_client_states, metrics = process.next(state, keys,
+                                                       client_states.gather(completed))
+      client_states.scatter(completed, new_client_states)
+  else:  # All sampled clients failed: the model stays as it is, and the row says so.
+    metrics = None
+    logging.warning('round %d: all %d sampled clients dropped out; model unchanged.',
+                    round_num, len(client_ids))
+  row = recorder.round_row(round_num, time.perf_counter() - start, len(client_ids),
+                           len(completed), metrics, traffic)
+  if not scheme.communicates:
+    row['bytes_down'] = row['bytes_up'] = None
+  if secure_round is not None and metrics is not None:
+    secure_rounds.update_row(row, metrics, secure_bytes)
+  if clock is not None:
+    simulated_time += clock.sync_round_seconds(client_ids, completed, round_num)
+    row['simulated_time'] = simulated_time
+  return state, row, simulated_time

@@ -4,7 +4,8 @@ Python turns a signal into an exception at the next bytecode of the main thread.
 lands while a TFF computation runs, the exception unwinds while the C++ runtime's threads are
 mid-call, and the process can abort (`FATAL: exception not rethrown`, SIGABRT). `deferred`
 holds SIGINT and SIGTERM for the duration of such a call and raises once it has returned; a
-second signal during the call raises at once (the user insists).
+second signal during the call raises at once (the user insists). The training loops hold
+them for a whole round, which then ends recorded and checkpointed: a stop loses no round.
 
 SIGINT raises `Interrupted` (a `KeyboardInterrupt`), SIGTERM `Terminated` (a `SystemExit`
 with status 143); both carry the signal number, so a program can exit with 128 + signum.
@@ -78,13 +79,20 @@ def handled() -> None:
   _unhandled.clear()
 
 
+_held: list[int] | None = None  # While a `deferred` block is open: the signals it holds.
+
+
 @contextlib.contextmanager
 def deferred():
   """Within the block, SIGINT and SIGTERM are held and raised when it ends (main thread).
 
-  A signal received earlier and not handled (see `check`) raises on entry.
+  Blocks nest: one opened inside another holds nothing itself, so a signal waits for the
+  outermost block to end (a round loop holds the whole round, and `held` tells the code
+  inside that the run is about to stop). A signal received earlier and not handled (see
+  `check`) raises on entry.
   """
-  if threading.current_thread() is not threading.main_thread():
+  global _held  # noqa: PLW0603
+  if threading.current_thread() is not threading.main_thread() or _held is not None:
     yield
     return
   check()
@@ -97,13 +105,20 @@ def deferred():
     received.append(signum)
 
   previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+  _held = received
   try:
     yield
   finally:
+    _held = None
     for signum, handler in previous.items():
       signal.signal(signum, handler)
   if received:
     raise exception_for(received[0])
+
+
+def held() -> bool:
+  """Whether the open `deferred` block holds a signal: the program stops when it ends."""
+  return bool(_held)
 
 
 class RunStopped(Exception):
