@@ -86,7 +86,8 @@ _STOPPED = threading.Event()
 
 def interrupt_training() -> None:
   """Sends SIGINT to every `bin/train.py` that `train_or_read` is waiting for, which stops
-  it (a run resumes from its last checkpoint), and starts no further one in this process."""
+  it once its round is recorded and checkpointed (where the run resumes), and starts no
+  further one in this process."""
   with _TRAINING_LOCK:
     _STOPPED.set()
     for process in _TRAINING:
