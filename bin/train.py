@@ -346,8 +346,9 @@ flags.DEFINE_float('client_timeout', _DEFAULTS.client_timeout, 'Simulated second
                    'waits for a client (dropped-out clients never report); 0: the 99.9th '
                    "percentile of a straggler's time.")
 flags.DEFINE_integer('checkpoint_every', _DEFAULTS.checkpoint_every, 'Save the full training '
-                     'state to OUTPUT_DIR/checkpoints every N rounds, after the last, and '
-                     'at the round a Ctrl-C or SIGTERM stops. '
+                     'state to OUTPUT_DIR/checkpoints every N rounds, after the last, at '
+                     'the round a Ctrl-C or SIGTERM stops, and at the last round recorded '
+                     'when a worker is lost. '
                      'Rerunning the same command resumes from the latest checkpoint and ends '
                      'exactly as an uninterrupted run would.')
 flags.DEFINE_bool('overwrite', False, 'Delete the outputs of an earlier run in --output_dir '

@@ -202,3 +202,39 @@ def test_async_defaults_resolve_from_the_round_settings():
   assert (config.buffer_size, config.max_concurrent_clients) == (8, 16)
   assert config.client_latency == choices.DEFAULT_ASYNC_LATENCY
   assert config_lib.TrainConfig().client_latency == ''
+
+
+def test_a_worker_lost_mid_step_keeps_the_last_step_applied(tmp_path, monkeypatch):
+  from tff_gan.algorithms import composition  # noqa: PLC0415
+  from tff_gan.runtime.workers import WorkerError  # noqa: PLC0415
+
+  real = composition.GanProcess.with_client_data
+  steps = []
+
+  def with_client_data(self, *args):
+    keyed = real(self, *args)
+
+    def server_step(*step_args):  # The fourth step finds its worker gone.
+      steps.append(1)
+      if len(steps) == 4:
+        raise WorkerError('the TFF worker is gone (a test)')
+      return keyed.server_step(*step_args)
+
+    return composition.GanProcess(keyed.initialize, keyed.next,
+                                  client_work=keyed.client_work, server_step=server_step,
+                                  initial_client_state=keyed.initial_client_state,
+                                  warm_start=keyed.warm_start)
+
+  # No periodic checkpoint in 6 steps: the one found after the loss is the one it saved.
+  config = config_lib.TrainConfig(**{**TINY, 'eval_every': 6}, mode='async', num_clients=4,
+                                  clients_per_round=2, rounds=6, checkpoint_every=10,
+                                  output_dir=str(tmp_path))
+  task = tasks.task_from_config(config)
+  with monkeypatch.context() as patch:
+    patch.setattr(composition.GanProcess, 'with_client_data', with_client_data)
+    with pytest.raises(WorkerError, match='gone'):
+      training.train(config, task, show_progress=False)
+  assert [int(row['round']) for row in read_rows(tmp_path)] == [1, 2, 3]
+  assert os.listdir(tmp_path / 'checkpoints') == ['round_3']
+  training.train(config, task, show_progress=False)  # Resumes there.
+  assert [int(row['round']) for row in read_rows(tmp_path)] == list(range(1, 7))

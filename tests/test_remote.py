@@ -141,7 +141,9 @@ def test_a_lost_worker_ends_the_run_and_the_same_command_resumes(tmp_path):
   before = worker_pids()
   ports = [portpicker.pick_unused_port() for _ in range(2)]
   live = [worker_lib.LocalWorker(port=port).start() for port in ports]
-  command = [sys.executable, TRAIN, *TINY, '--rounds=4', '--checkpoint_every=1',
+  # --checkpoint_every=10: no periodic checkpoint within the 4 rounds, so the one found after
+  # the loss is the last recorded round's, saved because the worker was lost.
+  command = [sys.executable, TRAIN, *TINY, '--rounds=4', '--checkpoint_every=10',
              '--executor=remote', f'--workers={addresses(live)}', '--worker_timeout=3',
              f'--output_dir={tmp_path}']
   try:
@@ -161,6 +163,7 @@ def test_a_lost_worker_ends_the_run_and_the_same_command_resumes(tmp_path):
     assert workers_started_since(before) == {live[0].pid}  # Nothing else left running.
     rows_before = len(read_rows(tmp_path / 'metrics.csv'))
     assert rows_before < 4
+    assert os.listdir(tmp_path / 'checkpoints') == [f'round_{rows_before}']
 
     live[1] = worker_lib.LocalWorker(port=ports[1]).start()  # The worker is back.
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300,

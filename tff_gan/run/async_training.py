@@ -186,19 +186,20 @@ def train_async(config, process, num_clients: int, state, *, start_round: int,
     """Applies the buffer as one server step and records it."""
     nonlocal state, version, buffer, dispatches_at_version, dispatched_since_step, row
     nonlocal wall_start
-    compute_pending()
     staleness = np.array([tau for _, tau in buffer])
     scales = staleness_weight(staleness, config.staleness_exponent)
     if config.async_rule == 'fedasync':
       scales = config.fedasync_mixing * scales
-    if secure_round is None:
-      state, metrics = server_step(
-          state, [task.output for task, _ in buffer], [task.discarded for task, _ in buffer],
-          [np.float32(scale) for scale in scales])
-    else:
-      state, metrics, secure_bytes = secure_round.apply(
-          state, [(task.client_id, task.output, task.discarded) for task, _ in buffer],
-          [task.client_id for task, _ in buffer], version + 1, scales=scales)
+    with recorder.kept_if_a_worker_fails(state, version):
+      compute_pending()
+      if secure_round is None:
+        state, metrics = server_step(
+            state, [task.output for task, _ in buffer], [task.discarded for task, _ in buffer],
+            [np.float32(scale) for scale in scales])
+      else:
+        state, metrics, secure_bytes = secure_round.apply(
+            state, [(task.client_id, task.output, task.discarded) for task, _ in buffer],
+            [task.client_id for task, _ in buffer], version + 1, scales=scales)
     if reports is not None:  # What the ledger counts, recorded with the step it counts.
       reports.append(version + 1, [task.client_id for task, _ in buffer])
     version += 1

@@ -3,10 +3,12 @@ samples, release, checkpoint and progress bar (shared by the sync and async loop
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from tff_gan import choices, files
 from tff_gan.algorithms import communication
@@ -15,6 +17,7 @@ from tff_gan.core.state import ServerState
 from tff_gan.run import pictures, rundir
 from tff_gan.run.config import TrainConfig
 from tff_gan.runtime import signals
+from tff_gan.runtime.workers import WorkerError
 
 BASE_COLUMNS = ('round', 'round_seconds', 'clients', 'clients_completed', 'bytes_down',
                 'bytes_up', 'd_loss', 'g_loss', 'num_examples', 'non_finite_clients')
@@ -123,8 +126,27 @@ class RoundRecorder:
     """Checkpoints `state` as round `round_num` if a signal is held and no checkpoint of that
     round exists (a loop calls this, within its `signals.deferred` block, where a signal may
     have arrived between rounds)."""
-    if (signals.held() and round_num > 0
-        and round_num not in self._checkpoints.rounds()):
+    if signals.held():
+      self._keep(state, round_num)
+
+  @contextlib.contextmanager
+  def kept_if_a_worker_fails(self, state: ServerState, round_num: int):
+    """Within the block (a round's computation from `state`, the state of round `round_num`,
+    the last recorded), a lost or dead TFF worker (`WorkerError`) first checkpoints `state`,
+    so the same command resumes after the last round recorded. A save that fails too is
+    logged: the worker's error is the one to report."""
+    try:
+      yield
+    except WorkerError:
+      try:
+        self._keep(state, round_num)
+      except Exception as e:  # noqa: BLE001
+        logging.warning('after losing a worker, could not save round %d: %s', round_num, e)
+      raise
+
+  def _keep(self, state: ServerState, round_num: int) -> None:
+    """Checkpoints round `round_num` unless it is saved already (or is round 0)."""
+    if round_num > 0 and round_num not in self._checkpoints.rounds():
       self._checkpoints.save(self._checkpoint_value(state), round_num)
 
   def _finish(self, row: dict[str, Any], state: ServerState, round_num: int) -> None:

@@ -236,9 +236,9 @@ class SecureRounds:
       round_num: The round.
       client_states: For a process whose clients keep state (`GanProcess.initial_client_state`,
         e.g. `algorithms.multi_d`), the `client_states.ClientStates` held for them: the
-        completed clients' states go into their work, and their new states are stored before
-        the sum, as in a plain round (a client keeps what it trained even if SecAgg+ then
-        aborts the round).
+        completed clients' states go into their work, and their new states are stored once
+        the sum is through, as in a plain round (a client keeps what it trained even if
+        SecAgg+ aborts the round; if the sum fails, no state has moved on).
 
     Returns:
       `(new_state, metrics, traffic)`: the server half's metrics (the released means as the
@@ -251,10 +251,12 @@ class SecureRounds:
       outputs = self._process.client_work(state, keys)
     else:
       results = self._process.client_work(state, keys, client_states.gather(completed))
-      client_states.scatter(completed, [new_state for _, _, new_state in results])
       outputs = [(output, discarded) for output, discarded, _ in results]
-    return self.apply(state, [(client_id, output, discarded) for client_id, (output, discarded)
-                              in zip(completed, outputs, strict=True)], sampled, round_num)
+    result = self.apply(state, [(client_id, output, discarded) for client_id, (output, discarded)
+                                in zip(completed, outputs, strict=True)], sampled, round_num)
+    if client_states is not None:  # Once the round is through (aborted or not), not before.
+      client_states.scatter(completed, [new_state for _, _, new_state in results])
+    return result
 
   def apply(self, state, outputs, sampled, round_num: int, scales=None):
     """The server half of a round (or of an asynchronous step) on the clients' outputs.

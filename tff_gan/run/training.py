@@ -298,9 +298,10 @@ def _train_sync(config: TrainConfig, scheme: schemes.Scheme, process, population
     # A signal stops the run once the round is recorded and checkpointed (`RoundRecorder.
     # finish`), never inside a TFF call.
     with signals.deferred():
-      state, row, simulated_time = _sync_round(config, scheme, process, population, state,
-                                               round_num, traffic, simulated_time,
-                                               client_states, secure_round, clock)
+      with round_recorder.kept_if_a_worker_fails(state, round_num - 1):
+        state, row, simulated_time = _sync_round(config, scheme, process, population, state,
+                                                 round_num, traffic, simulated_time,
+                                                 client_states, secure_round, clock)
       round_recorder.finish(row, state, round_num)
   return state, row
 
