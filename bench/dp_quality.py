@@ -9,9 +9,10 @@ every target ε it computes the noise multiplier z that spends exactly that ε o
 (`tff_gan.privacy.accounting.noise_multiplier_for_epsilon`, as `bin/privacy.py
 --target_epsilon`), trains every seed, and prints as the mean over seeds at the last round:
 ε spent (from `metrics.csv`), modes of 8, high-quality fraction, reverse KL, and the minutes
-of training per run. A run without DP (same clients, plain mean) is each configuration's
-reference. It writes a PNG of modes and high quality against ε for the first configuration
-at `--curve_epsilons`.
+of training per run; then each seed's modes and high-quality fraction at every evaluated
+round of the runs at `--epsilons`, from the record's curves (`curves.py`). A run without DP
+(same clients, plain mean) is each configuration's reference. It writes a PNG of modes and
+high quality against ε for the first configuration at `--curve_epsilons`.
 
 Runs live in `--work_dir`: a finished run is read again, not rerun, and an interrupted one
 resumes from its checkpoint. Every finished run's figures are also appended to `--record`
@@ -38,6 +39,7 @@ from typing import NamedTuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'bin'))
 import _cli  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL and the import path)
+import curves  # noqa: E402
 import procs  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -124,19 +126,24 @@ def noise_multiplier(configuration: str, target_epsilon: float) -> float:
                                                  rounds(configuration), DELTA)
 
 
+def run_name(configuration: str, target: float, seed: int) -> str:
+  """The name of a run: its directory in `--work_dir`, its key in the record."""
+  private = math.isfinite(target)
+  return (f'{configuration}_eps{target:g}' if private else f'{configuration}_no_dp') + (
+      f'_n{FLAGS.num_clients}_m{clients_per_round(configuration)}'
+      f'_r{rounds(configuration)}_s{seed}'
+      + (f'_c{clip(configuration):g}' if private else '')
+      + procs.flags_suffix(FLAGS.extra))
+
+
 def run(configuration: str, target: float, seed: int) -> dict[str, float]:
   """Trains (or resumes, or reads from the record) one run; its figures at the last round.
   `target` is the ε the noise is calibrated to, or infinity for the run without DP."""
   private = math.isfinite(target)
   dp = [f'--dp_noise_multiplier={noise_multiplier(configuration, target):.6f}',
         f'--dp_clip={clip(configuration):g}', f'--dp_delta={DELTA}'] if private else []
-  name = (f'{configuration}_eps{target:g}' if private else f'{configuration}_no_dp') + (
-      f'_n{FLAGS.num_clients}_m{clients_per_round(configuration)}'
-      f'_r{rounds(configuration)}_s{seed}'
-      + (f'_c{clip(configuration):g}' if private else '')
-      + procs.flags_suffix(FLAGS.extra))
   return procs.recorded_figures(
-      FLAGS.record, os.path.join(FLAGS.work_dir, name),
+      FLAGS.record, os.path.join(FLAGS.work_dir, run_name(configuration, target, seed)),
       [*COMMON, *CONFIGURATIONS[configuration].flags, *dp, f'--num_clients={FLAGS.num_clients}',
        f'--clients_per_round={clients_per_round(configuration)}',
        f'--eval_every={FLAGS.eval_every}', f'--seed={seed}', *FLAGS.extra], rounds(configuration),
@@ -154,6 +161,11 @@ def main(argv):
       label='under DP', xlabel=f'ε of one client (δ = {DELTA:g})',
       title=lambda c: (f'ring, user-level DP, {c}: {FLAGS.num_clients:,} clients, '
                        f'{clients_per_round(c)} a round (Poisson), {rounds(c)} rounds'))
+  curves.print_table(
+      curves.path(FLAGS.record),
+      {f'{c}, ε {t}, seed {s}': run_name(c, float(t), int(s))
+       for c in FLAGS.configurations for t in FLAGS.epsilons for s in FLAGS.seeds},
+      ('modes_captured', 'high_quality_fraction'))
   return 0
 
 

@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import curves
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO_ROOT, 'bin', 'train.py')
 
@@ -141,23 +143,29 @@ def recorded_figures(record: str, output_dir: str, flags: list[str], rounds: int
   """`last_figures` of the run in `output_dir`, kept in the CSV `record` (committed under
   `bench/results/`; `runs/` is not). A run the record holds (by its directory's name) is not
   trained again; otherwise it is trained or resumed (`train_or_read`) and its figures are
-  appended to the record with the day they were taken (`source`). The record has a column
-  for every figure of `RING_FIGURES` and `IMAGE_FIGURES`, empty where a run has none."""
+  appended to the record with the day they were taken (`source`), and its evaluations to the
+  record's curves CSV (`curves`). The record has a column for every figure of `RING_FIGURES`
+  and `IMAGE_FIGURES`, empty where a run has none."""
   name = os.path.basename(os.path.normpath(output_dir))
   keys = ('epsilon', *(f.column for f in figures), 'minutes')
   for row in read_rows(record):
     if row['run'] == name:
       return {key: float(row[key] or 'nan') for key in keys}
-  result = last_figures(train_or_read(output_dir, flags, rounds), private, figures)
+  rows = train_or_read(output_dir, flags, rounds)
+  result = last_figures(rows, private, figures)
+  source = time.strftime('trained %Y-%m-%d')
   os.makedirs(os.path.dirname(record), exist_ok=True)
-  with _RECORD_LOCK, open(record, 'a', newline='') as f:  # Runs finish on several threads.
-    text = io.StringIO()
-    writer = csv.DictWriter(text, RECORD_COLUMNS, lineterminator='\n')
-    if f.tell() == 0:  # A new (or empty) record: its header first.
-      writer.writeheader()
-    writer.writerow({'run': name, **{k: f'{v:.6g}' for k, v in result.items()},
-                     'source': time.strftime('trained %Y-%m-%d')})
-    f.write(text.getvalue())
+  with _RECORD_LOCK:  # Runs finish on several threads.
+    # The curve first: a run the record holds has its curve too.
+    curves.append(curves.path(record), name, rows, tuple(f.column for f in figures), source)
+    with open(record, 'a', newline='') as f:
+      text = io.StringIO()
+      writer = csv.DictWriter(text, RECORD_COLUMNS, lineterminator='\n')
+      if f.tell() == 0:  # A new (or empty) record: its header first.
+        writer.writeheader()
+      writer.writerow({'run': name, **{k: f'{v:.6g}' for k, v in result.items()},
+                       'source': source})
+      f.write(text.getvalue())
   return result
 
 

@@ -71,3 +71,34 @@ def test_runs_judged_by_different_figures_share_a_record(tmp_path, monkeypatch):
       'epsilon': 4.0, 'frechet_distance': 118.5, 'classifier_score': 4.25, 'minutes': 1.0}
   again = procs.recorded_figures(record, str(tmp_path / 'ring_s0'), [], 2, True)
   assert again['high_quality_fraction'] == ring['high_quality_fraction'] == 0.5
+
+
+def test_a_recorded_run_keeps_every_evaluation_in_the_curves_csv(tmp_path, monkeypatch, capsys):
+  import curves  # noqa: PLC0415  (bench/ is on the path above)
+
+  rows = [{'round': str(r), 'round_seconds': '30', 'epsilon': f'{0.5 * r}',
+           'modes_captured': str(r + 4) if r % 2 == 0 else '',
+           'high_quality_fraction': f'{0.125 * r}' if r % 2 == 0 else '', 'reverse_kl': ''}
+          for r in (1, 2, 3, 4)]
+  monkeypatch.setattr(procs, 'train_or_read', lambda *args: rows)
+  record = str(tmp_path / 'dp.csv')
+  for seed in (0, 1):
+    procs.recorded_figures(record, str(tmp_path / f'ring_s{seed}'), [], 4, True)
+  curves_csv = str(tmp_path / 'dp_curves.csv')
+  assert curves.path(record) == curves_csv
+  for seed in (0, 1):  # The evaluated rounds (2 and 4) of each run, as metrics.csv has them.
+    kept = curves.read(curves_csv, f'ring_s{seed}')
+    assert [(r['round'], r['epsilon'], r['modes_captured'], r['high_quality_fraction'])
+            for r in kept] == [('2', '1.0', '6', '0.25'), ('4', '2.0', '8', '0.5')]
+    assert all(r['source'].startswith('trained ') for r in kept)
+  with open(curves_csv) as f:  # One header for both runs.
+    assert f.read().count('run,round') == 1
+
+  # The table: a row a run, a column an evaluated round; a run with no curve is left out.
+  curves.print_table(curves_csv, {'seed 0': 'ring_s0', 'seed 1': 'ring_s1', 'old': 'gone'},
+                     ('modes_captured', 'high_quality_fraction'))
+  table = capsys.readouterr().out.splitlines()
+  assert table[1:] == ['| run | 2 | 4 |', '|---|---:|---:|', '| seed 0 | 6 / 0.25 | 8 / 0.5 |',
+                       '| seed 1 | 6 / 0.25 | 8 / 0.5 |']
+  curves.print_table(curves_csv, {'old': 'gone'}, ('modes_captured',))
+  assert capsys.readouterr().out == ''
