@@ -26,7 +26,7 @@ again. `--noreference` skips the runs without DP. `--jobs=2` trains two runs at 
   .venv/bin/python bench/dp_quality.py --configurations=fedgan --epsilons=10 --curve_epsilons=10 \\
       --seeds=0,1,2 --noreference   # without --curve_epsilons it trains eps 2, 4 and 20 too
   .venv/bin/python bench/dp_quality.py --configurations=fedgan_400 --epsilons=10 \\
-      --curve_epsilons=10 --seeds=1,2,0 --noreference --jobs=2   # about 2.7 h a run alone
+      --curve_epsilons=10 --seeds=1,2,0 --noreference --jobs=2   # 2.7-7.5 h a run: README
 """
 
 from __future__ import annotations
