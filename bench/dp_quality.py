@@ -162,7 +162,7 @@ def main(argv):
       title=lambda c: (f'ring, user-level DP, {c}: {FLAGS.num_clients:,} clients, '
                        f'{clients_per_round(c)} a round (Poisson), {rounds(c)} rounds'))
   curves.print_table(
-      curves.path(FLAGS.record),
+      procs.curves_path(FLAGS.record),
       {f'{c}, ε {t}, seed {s}': run_name(c, float(t), int(s))
        for c in FLAGS.configurations for t in FLAGS.epsilons for s in FLAGS.seeds},
       ('modes_captured', 'high_quality_fraction'))

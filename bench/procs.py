@@ -18,8 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import curves
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO_ROOT, 'bin', 'train.py')
 
@@ -123,6 +121,26 @@ IMAGE_FIGURES = (Figure('frechet_distance', 'Fréchet distance', _number(1)),
 
 RECORD_COLUMNS = ('run', 'epsilon', *(f.column for f in RING_FIGURES + IMAGE_FIGURES),
                   'minutes', 'source')
+# The record's curves CSV (`curves_path`): every evaluated row of each recorded run.
+CURVE_COLUMNS = ('run', 'round', 'epsilon', *(f.column for f in RING_FIGURES + IMAGE_FIGURES),
+                 'source')
+
+
+def curves_path(record: str) -> str:
+  """The curves CSV of the record `record`: `<record>_curves.csv` beside it."""
+  base, extension = os.path.splitext(record)
+  return f'{base}_curves{extension}'
+
+
+def append_rows(path: str, columns: tuple[str, ...], rows: list[dict[str, str]]) -> None:
+  """Appends `rows` to the CSV `path`, under a header of `columns` if it is new or empty."""
+  with open(path, 'a', newline='') as f:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator='\n')
+    if f.tell() == 0:
+      writer.writeheader()
+    writer.writerows(rows)
+    f.write(text.getvalue())
 
 
 def last_figures(rows: list[dict[str, str]], private: bool,
@@ -143,9 +161,9 @@ def recorded_figures(record: str, output_dir: str, flags: list[str], rounds: int
   """`last_figures` of the run in `output_dir`, kept in the CSV `record` (committed under
   `bench/results/`; `runs/` is not). A run the record holds (by its directory's name) is not
   trained again; otherwise it is trained or resumed (`train_or_read`) and its figures are
-  appended to the record with the day they were taken (`source`), and its evaluations to the
-  record's curves CSV (`curves`). The record has a column for every figure of `RING_FIGURES`
-  and `IMAGE_FIGURES`, empty where a run has none."""
+  appended to the record with the day they were taken (`source`), and its evaluated rows to the
+  record's curves CSV (`curves_path`, read by `curves.py`). The record has a column for every
+  figure of `RING_FIGURES` and `IMAGE_FIGURES`, empty where a run has none."""
   name = os.path.basename(os.path.normpath(output_dir))
   keys = ('epsilon', *(f.column for f in figures), 'minutes')
   for row in read_rows(record):
@@ -154,18 +172,16 @@ def recorded_figures(record: str, output_dir: str, flags: list[str], rounds: int
   rows = train_or_read(output_dir, flags, rounds)
   result = last_figures(rows, private, figures)
   source = time.strftime('trained %Y-%m-%d')
+  columns = [f.column for f in figures]
   os.makedirs(os.path.dirname(record), exist_ok=True)
   with _RECORD_LOCK:  # Runs finish on several threads.
     # The curve first: a run the record holds has its curve too.
-    curves.append(curves.path(record), name, rows, tuple(f.column for f in figures), source)
-    with open(record, 'a', newline='') as f:
-      text = io.StringIO()
-      writer = csv.DictWriter(text, RECORD_COLUMNS, lineterminator='\n')
-      if f.tell() == 0:  # A new (or empty) record: its header first.
-        writer.writeheader()
-      writer.writerow({'run': name, **{k: f'{v:.6g}' for k, v in result.items()},
-                       'source': source})
-      f.write(text.getvalue())
+    append_rows(curves_path(record), CURVE_COLUMNS,
+                [{'run': name, 'round': row['round'], 'epsilon': row.get('epsilon', ''),
+                  **{c: row[c] for c in columns}, 'source': source}
+                 for row in rows if row[columns[0]]])  # The evaluated rounds.
+    append_rows(record, RECORD_COLUMNS, [{'run': name, 'source': source,
+                                          **{k: f'{v:.6g}' for k, v in result.items()}}])
   return result
 
 

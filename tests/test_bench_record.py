@@ -85,9 +85,9 @@ def test_a_recorded_run_keeps_every_evaluation_in_the_curves_csv(tmp_path, monke
   for seed in (0, 1):
     procs.recorded_figures(record, str(tmp_path / f'ring_s{seed}'), [], 4, True)
   curves_csv = str(tmp_path / 'dp_curves.csv')
-  assert curves.path(record) == curves_csv
+  assert procs.curves_path(record) == curves_csv
   for seed in (0, 1):  # The evaluated rounds (2 and 4) of each run, as metrics.csv has them.
-    kept = curves.read(curves_csv, f'ring_s{seed}')
+    kept = [r for r in procs.read_rows(curves_csv) if r['run'] == f'ring_s{seed}']
     assert [(r['round'], r['epsilon'], r['modes_captured'], r['high_quality_fraction'])
             for r in kept] == [('2', '1.0', '6', '0.25'), ('4', '2.0', '8', '0.5')]
     assert all(r['source'].startswith('trained ') for r in kept)
