@@ -94,15 +94,18 @@ def main(argv: list[str]) -> int:
       setting = (f'num_clients={FLAGS.num_clients} clients_per_round='
                  f'{FLAGS.clients_per_round} rounds={FLAGS.rounds} sampling={FLAGS.sampling}')
     privacy.make_accountant(FLAGS.accountant, sampling)
-    privacy.check_delta(FLAGS.delta)
+    privacy.check_delta(FLAGS.delta, flag='--delta')
     if FLAGS.noise_multiplier is not None and FLAGS.noise_multiplier < 0:
       raise ValueError(f'--noise_multiplier must be >= 0, got {FLAGS.noise_multiplier}.')
   except ValueError as e:
     _cli.usage_error(program, str(e))
-  units = FLAGS.examples if FLAGS.dp_unit == 'example' else FLAGS.num_clients
-  if FLAGS.delta >= 1 / units:
-    print(f'{program}: warning: delta={FLAGS.delta:g} >= 1/{FLAGS.dp_unit}s ({units}); use a '
-          'smaller delta.', file=sys.stderr)
+  if FLAGS.dp_unit == 'example':
+    warning = privacy.delta_warning(FLAGS.delta, FLAGS.examples, 'examples', 'example',
+                                    flag='--delta')
+  else:
+    warning = privacy.delta_warning(FLAGS.delta, FLAGS.num_clients, 'clients', flag='--delta')
+  if warning:
+    print(f'{program}: warning: {warning}', file=sys.stderr)
 
   import dp_accounting  # noqa: PLC0415
 

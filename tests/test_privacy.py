@@ -163,6 +163,17 @@ def test_bin_privacy_reports_the_known_answer_and_inverts_it():
   assert float(result.stdout.split()[0].split('=')[1]) == pytest.approx(1.3, abs=1e-3)
 
 
+def test_bin_privacy_warns_in_one_line_when_delta_is_at_least_one_over_the_units():
+  result = run_privacy('--num_clients=1000', '--clients_per_round=10', '--rounds=5',
+                       '--noise_multiplier=1', '--delta=1e-3')
+  assert result.returncode == 0 and result.stdout.startswith('epsilon=')
+  warnings = [line for line in result.stderr.splitlines() if 'privacy.py: warning' in line]
+  assert len(warnings) == 1 and '--delta=0.001 is at least 1/clients = 0.001' in warnings[0]
+  result = run_privacy('--num_clients=1000', '--clients_per_round=10', '--rounds=5',
+                       '--noise_multiplier=1', '--delta=9e-4')
+  assert result.returncode == 0 and 'privacy.py: warning' not in result.stderr
+
+
 @pytest.mark.parametrize('args, message', [
     (['--num_clients=10', '--clients_per_round=20', '--rounds=5', '--noise_multiplier=1'],
      'clients_per_round must be in'),
@@ -170,7 +181,7 @@ def test_bin_privacy_reports_the_known_answer_and_inverts_it():
     (['--num_clients=100', '--clients_per_round=10', '--rounds=5', '--noise_multiplier=-1'],
      'noise_multiplier must be >= 0'),
     (['--num_clients=100', '--clients_per_round=10', '--rounds=5', '--noise_multiplier=1',
-      '--delta=1.5'], 'delta must be in (0, 1)'),
+      '--delta=1.5'], '--delta must be in (0, 1)'),
     (['--num_clients=100', '--clients_per_round=10', '--rounds=5', '--noise_multiplier=1',
       '--sampling=fixed', '--accountant=pld'], 'PLD accountant does not support'),
     (['--num_clients=100', '--clients_per_round=10', '--rounds=0', '--noise_multiplier=1'],

@@ -238,19 +238,20 @@ def example_epsilon(num_examples: int, batch_size: int, noise_multiplier: float,
                  accountant)
 
 
-def check_delta(delta: float) -> None:
+def check_delta(delta: float, flag: str = '--dp_delta') -> None:
   if not 0 < delta < 1:
-    raise ValueError(f'--dp_delta must be in (0, 1), got {delta}.')
+    raise ValueError(f'{flag} must be in (0, 1), got {delta}.')
 
 
 def delta_warning(delta: float, num_units: int, units: str = 'num_clients',
-                  unit: str = "client's data") -> str | None:
+                  unit: str = "client's data", flag: str = '--dp_delta') -> str | None:
   """A warning to show when δ ≥ 1/num_units (which permits leaking one unit), else None.
 
-  The units are clients under client-level DP, one client's examples under example-level DP.
+  The units are clients under client-level DP, one client's examples under example-level DP;
+  `flag` names the δ's flag in the message.
   """
   if delta >= 1 / num_units:
-    return (f'--dp_delta={delta:g} is at least 1/{units} = {1 / num_units:g}: a '
+    return (f'{flag}={delta:g} is at least 1/{units} = {1 / num_units:g}: a '
             f'mechanism that publishes one random {unit} outright meets such a δ. '
             f'Use δ well below 1/{units}.')
   return None
